@@ -1,0 +1,9 @@
+//! SeaORM entities of mithril's schema, and nothing else.
+pub mod client;
+pub mod client_type;
+pub mod connection;
+pub mod connection_event;
+pub mod outbox;
+pub mod sent_notification;
+pub mod token;
+pub mod user;

@@ -1,0 +1,46 @@
+//! Schema migrations. One file per change, each with `down`; the same files run on
+//! SQLite (embedded default) and PostgreSQL.
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_users;
+mod m20261128_000002_create_client_types;
+mod m20261128_000003_create_clients;
+mod m20261128_000004_create_connections;
+mod m20261128_000005_create_tokens;
+mod m20261128_000006_create_connection_events;
+mod m20261128_000007_create_outbox;
+mod m20261128_000008_create_sent_notifications;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261128_000001_create_users::Migration),
+            Box::new(m20261128_000002_create_client_types::Migration),
+            Box::new(m20261128_000003_create_clients::Migration),
+            Box::new(m20261128_000004_create_connections::Migration),
+            Box::new(m20261128_000005_create_tokens::Migration),
+            Box::new(m20261128_000006_create_connection_events::Migration),
+            Box::new(m20261128_000007_create_outbox::Migration),
+            Box::new(m20261128_000008_create_sent_notifications::Migration),
+        ]
+    }
+}
+
+/// Timestamps are stored with a time zone and always written in UTC.
+pub(crate) fn timestamp(col: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(col)
+        .timestamp_with_time_zone()
+        .not_null()
+        .to_owned()
+}
+
+pub(crate) fn uuid_pk(col: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(col)
+        .uuid()
+        .not_null()
+        .primary_key()
+        .to_owned()
+}

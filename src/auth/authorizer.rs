@@ -1,0 +1,144 @@
+//! The Authorizer actor: owns the token cache and answers `Authorize` messages.
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use entity::{client, client_type, token, user};
+use moka::sync::Cache;
+use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{AuthError, Principal, may_act_on};
+use crate::secrets::SecretDigest;
+
+/// Is the bearer of this token allowed to call a method with `scope` on the path's
+/// client id?
+pub struct Authorize {
+    /// Digest of the bearer token; `None` when the header is missing or malformed.
+    pub token: Option<SecretDigest>,
+    pub scope: &'static str,
+    /// The `{id}` of the path as the caller sent it; `None` for methods without one.
+    pub path_client_id: Option<String>,
+}
+
+impl Message for Authorize {
+    type Result = Result<Principal, AuthError>;
+}
+
+pub struct Authorizer {
+    db: DatabaseConnection,
+    /// Token digest → principal. Bounded, with a short TTL so a blocked user or client is
+    /// refused again within `ttl` (an expired token is refused at once: each hit checks
+    /// `expires_at`).
+    cache: Cache<SecretDigest, Principal>,
+}
+
+impl Authorizer {
+    pub fn new(db: DatabaseConnection, ttl: Duration, capacity: u64) -> Self {
+        Self {
+            db,
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+}
+
+impl Actor for Authorizer {
+    type Context = Context<Self>;
+}
+
+impl Handler<Authorize> for Authorizer {
+    // A cache miss reads the database in a future of its own, so the mailbox goes on
+    // serving other requests meanwhile.
+    type Result = ResponseFuture<Result<Principal, AuthError>>;
+
+    fn handle(&mut self, msg: Authorize, _: &mut Context<Self>) -> Self::Result {
+        let Some(digest) = msg.token else {
+            return Box::pin(std::future::ready(Err(AuthError::AccessDenied)));
+        };
+        if let Some(principal) = self.cache.get(&digest) {
+            return Box::pin(std::future::ready(check(
+                principal,
+                msg.scope,
+                msg.path_client_id,
+            )));
+        }
+        let db = self.db.clone();
+        let cache = self.cache.clone();
+        Box::pin(async move {
+            let principal = load_principal(&db, &digest).await?;
+            cache.insert(digest, principal.clone());
+            check(principal, msg.scope, msg.path_client_id)
+        })
+    }
+}
+
+/// Scope, then context: API.md's order after the token itself.
+fn check(
+    principal: Principal,
+    scope: &str,
+    path_client_id: Option<String>,
+) -> Result<Principal, AuthError> {
+    if principal.expires_at <= Utc::now() {
+        return Err(AuthError::AccessDenied);
+    }
+    if !principal.has_scope(scope) {
+        return Err(AuthError::InvalidScopes);
+    }
+    if let Some(path_client_id) = path_client_id
+        && !may_act_on(&principal, &path_client_id)
+    {
+        return Err(AuthError::Forbidden);
+    }
+    Ok(principal)
+}
+
+/// The `details` JSON of a token row.
+#[derive(Deserialize)]
+struct TokenDetails {
+    client_id: Uuid,
+    #[serde(default)]
+    scope: String,
+}
+
+async fn load_principal(
+    db: &DatabaseConnection,
+    digest: &SecretDigest,
+) -> Result<Principal, AuthError> {
+    let token = token::Entity::find()
+        .filter(token::Column::ValueHash.eq(digest.as_str()))
+        .one(db)
+        .await?
+        .ok_or(AuthError::AccessDenied)?;
+    if !digest.matches(&token.value_hash) || token.expires_at <= Utc::now() {
+        return Err(AuthError::AccessDenied);
+    }
+    let details: TokenDetails =
+        serde_json::from_value(token.details.clone()).map_err(|_| AuthError::AccessDenied)?;
+    let user = user::Entity::find_by_id(token.user_id)
+        .one(db)
+        .await?
+        .ok_or(AuthError::AccessDenied)?;
+    let (client, client_type) = client::Entity::find_by_id(details.client_id)
+        .find_also_related(client_type::Entity)
+        .one(db)
+        .await?
+        .ok_or(AuthError::AccessDenied)?;
+    if user.is_blocked || client.is_blocked {
+        return Err(AuthError::AccessDenied);
+    }
+    Ok(Principal {
+        user_id: user.id,
+        client_id: client.id,
+        client_type: client_type.map(|t| t.name).unwrap_or_default(),
+        scopes: details
+            .scope
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        expires_at: token.expires_at,
+    })
+}

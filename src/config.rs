@@ -1,0 +1,51 @@
+//! Typed configuration, read once at start-up from the command line and environment and
+//! then passed explicitly: nothing reads the environment after this.
+use std::time::Duration;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mithril.db?mode=rwc";
+pub const DEFAULT_MAIL_FROM: &str = "Mithril <no-reply@localhost>";
+pub const DEFAULT_BIND: &str = "127.0.0.1:4000";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: String,
+    /// Unset: jobs queue in the database and caches stay in-process.
+    pub redis_url: Option<String>,
+    /// Unset: notices are written as `.eml` files under `mail_dir`.
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    pub bind: String,
+    /// Longest grace period a caller may ask for (API.md default: 7 days).
+    pub max_grace_period: Duration,
+    /// A per-client actor with no work for this long stops, so memory stays bounded.
+    pub actor_idle_timeout: Duration,
+    /// How long an authorized token stays in the Authorizer's cache (at most 60 s).
+    pub token_cache_ttl: Duration,
+    pub token_cache_capacity: u64,
+    /// HTTP worker threads; 0 means one per core.
+    pub http_workers: usize,
+    pub db_max_connections: u32,
+}
+
+impl Config {
+    /// The embedded default: no PostgreSQL, Redis or mail server needed.
+    pub fn embedded(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            redis_url: None,
+            smtp_url: None,
+            mail_from: DEFAULT_MAIL_FROM.to_owned(),
+            bind: DEFAULT_BIND.to_owned(),
+            max_grace_period: Duration::from_secs(7 * 24 * 3600),
+            actor_idle_timeout: Duration::from_secs(60),
+            token_cache_ttl: Duration::from_secs(30),
+            token_cache_capacity: 100_000,
+            http_workers: 0,
+            db_max_connections: 20,
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}

@@ -1,0 +1,18 @@
+//! The connection aggregate: rotation through per-client actors, verification, and the
+//! persistence both rely on.
+mod actor;
+mod registry;
+mod rotation;
+mod verify;
+
+pub use actor::ConnectionActor;
+pub use registry::{ActiveActors, ConnectionRegistry};
+pub use rotation::{Rotate, RotateError, Rotated, rotate};
+pub use verify::{VerifiedConnection, verify};
+
+/// Kinds of outbox rows and audit events.
+pub mod kinds {
+    pub const SECRET_REFRESHED: &str = "secret_refreshed";
+    pub const NOTIFY_OWNER: &str = "notify_owner";
+    pub const INVALIDATE_CREDENTIALS: &str = "invalidate_credentials";
+}

@@ -1,0 +1,217 @@
+//! One rotation: a new secret, the old one kept for its grace period, the audit event
+//! and the outbox rows, all in one transaction.
+use actix::Message;
+use chrono::{DateTime, Duration, Utc};
+use entity::{connection, connection_event, outbox};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait as _, ConnectionTrait as _, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait as _, QueryFilter as _, QuerySelect as _,
+    TransactionTrait as _,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::kinds;
+use crate::secrets::Plaintext;
+
+/// Rotate the secret of one connection of one client.
+#[derive(Clone, Debug)]
+pub struct Rotate {
+    pub client_id: Uuid,
+    pub connection_id: Uuid,
+    /// Seconds the previous secret keeps working; already validated against the maximum.
+    pub grace_period: i64,
+    pub actor_user_id: Uuid,
+    pub actor_client_id: Uuid,
+    pub request_id: String,
+    pub remote_address: Option<String>,
+}
+
+impl Message for Rotate {
+    type Result = Result<Rotated, RotateError>;
+}
+
+/// The committed outcome. `secret` is the only copy of the new plaintext anywhere.
+pub struct Rotated {
+    pub connection: connection::Model,
+    pub secret: Plaintext,
+    pub event_id: Uuid,
+    /// The outbox rows written with the rotation, for the relay to push after commit.
+    pub outbox_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("no such connection for this client")]
+    NotFound,
+    #[error("storing the rotation failed")]
+    Store(#[from] DbErr),
+    #[error("generating the secret failed")]
+    Secret(#[source] anyhow::Error),
+    #[error("the connection actor is not running")]
+    Stopped,
+}
+
+/// Runs one rotation in one transaction. Safe under any concurrency, on one instance or
+/// many: the row lock orders concurrent rotations of the same connection.
+pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, RotateError> {
+    let txn = db.begin().await?;
+    let current = lock_connection(&txn, cmd.client_id, cmd.connection_id)
+        .await?
+        .ok_or(RotateError::NotFound)?;
+
+    let now = Utc::now();
+    let secret = Plaintext::generate().map_err(RotateError::Secret)?;
+    let digest = secret.digest();
+    let version = current.secret_version + 1;
+    let grace_ends = (cmd.grace_period > 0).then(|| now + Duration::seconds(cmd.grace_period));
+
+    // CAUTION: what retires now must be evicted from every cache; what has a grace period
+    // retires at its expiry. A previous secret still inside an earlier grace period is
+    // displaced by this rotation: only one previous secret is ever kept.
+    let mut retire_now: Vec<String> = Vec::new();
+    if let (Some(previous), Some(expires)) = (
+        &current.previous_secret_hash,
+        current.previous_secret_expires_at,
+    ) && expires > now
+    {
+        retire_now.push(previous.clone());
+    }
+    let (previous_hash, previous_expires) = match grace_ends {
+        Some(expires) => (Some(current.secret_hash.clone()), Some(expires)),
+        None => {
+            retire_now.push(current.secret_hash.clone());
+            (None, None)
+        }
+    };
+
+    let updated = connection::Model {
+        secret_hash: digest.into_string(),
+        previous_secret_hash: previous_hash,
+        previous_secret_expires_at: previous_expires,
+        secret_version: version,
+        updated_at: now,
+        ..current
+    };
+    connection::Entity::update_many()
+        .col_expr(
+            connection::Column::SecretHash,
+            Expr::value(updated.secret_hash.clone()),
+        )
+        .col_expr(
+            connection::Column::PreviousSecretHash,
+            Expr::value(updated.previous_secret_hash.clone()),
+        )
+        .col_expr(
+            connection::Column::PreviousSecretExpiresAt,
+            Expr::value(updated.previous_secret_expires_at),
+        )
+        .col_expr(connection::Column::SecretVersion, Expr::value(version))
+        .col_expr(connection::Column::UpdatedAt, Expr::value(now))
+        .filter(connection::Column::Id.eq(updated.id))
+        .exec(&txn)
+        .await?;
+
+    let event_id = Uuid::now_v7();
+    connection_event::Entity::insert(connection_event::ActiveModel {
+        id: Set(event_id),
+        connection_id: Set(updated.id),
+        client_id: Set(updated.client_id),
+        kind: Set(kinds::SECRET_REFRESHED.to_owned()),
+        actor_user_id: Set(cmd.actor_user_id),
+        actor_client_id: Set(cmd.actor_client_id),
+        request_id: Set(cmd.request_id.clone()),
+        remote_address: Set(cmd.remote_address.clone()),
+        secret_version: Set(Some(version)),
+        grace_period: Set(Some(cmd.grace_period)),
+        occurred_at: Set(now),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+
+    // CAUTION: outbox payloads carry ids and digests only, never the plaintext secret.
+    let outbox_ids = vec![Uuid::now_v7(), Uuid::now_v7()];
+    let notify = outbox_row(
+        outbox_ids[0],
+        kinds::NOTIFY_OWNER,
+        json!({
+            "event_id": event_id,
+            "connection_id": updated.id,
+            "client_id": updated.client_id,
+            "consumer_id": updated.consumer_id,
+            "actor_user_id": cmd.actor_user_id,
+            "request_id": cmd.request_id,
+            "secret_version": version,
+            "grace_period": cmd.grace_period,
+            "occurred_at": now,
+        }),
+        now,
+    );
+    let invalidate = outbox_row(
+        outbox_ids[1],
+        kinds::INVALIDATE_CREDENTIALS,
+        json!({
+            "event_id": event_id,
+            "connection_id": updated.id,
+            "retire_now": retire_now,
+            "retire_at": grace_ends.map(|at| json!({"digest": updated.previous_secret_hash, "at": at})),
+        }),
+        now,
+    );
+    outbox::Entity::insert_many([notify, invalidate])
+        .exec_without_returning(&txn)
+        .await?;
+
+    txn.commit().await?;
+    Ok(Rotated {
+        connection: updated,
+        secret,
+        event_id,
+        outbox_ids,
+    })
+}
+
+/// Takes the row lock that orders concurrent rotations of one connection, and reads the
+/// row under it.
+async fn lock_connection(
+    txn: &DatabaseTransaction,
+    client_id: Uuid,
+    connection_id: Uuid,
+) -> Result<Option<connection::Model>, DbErr> {
+    let find = connection::Entity::find_by_id(connection_id)
+        .filter(connection::Column::ClientId.eq(client_id));
+    match txn.get_database_backend() {
+        // SQLite has no row locks: a first write takes the database's write lock before
+        // anything is read, so a deferred transaction never reads a row it cannot then
+        // update (that would fail with SQLITE_BUSY instead of waiting).
+        DatabaseBackend::Sqlite => {
+            connection::Entity::update_many()
+                .col_expr(
+                    connection::Column::SecretVersion,
+                    Expr::col(connection::Column::SecretVersion),
+                )
+                .filter(connection::Column::Id.eq(connection_id))
+                .exec(txn)
+                .await?;
+            find.one(txn).await
+        }
+        _ => find.lock_exclusive().one(txn).await,
+    }
+}
+
+fn outbox_row(
+    id: Uuid,
+    kind: &str,
+    payload: serde_json::Value,
+    now: DateTime<Utc>,
+) -> outbox::ActiveModel {
+    outbox::ActiveModel {
+        id: Set(id),
+        kind: Set(kind.to_owned()),
+        payload: Set(payload),
+        created_at: Set(now),
+        dispatched_at: Set(None),
+        attempts: Set(0),
+    }
+}

@@ -1,0 +1,189 @@
+//! Handlers of the connection resource.
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use entity::connection;
+use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::views::{ConnectionWithSecret, VerifiedView};
+use super::{ApiError, Invalid, RequestMeta};
+use crate::app::AppState;
+use crate::auth::scope;
+use crate::connections::{Rotate, RotateError, verify as verify_secret};
+use crate::secrets::Plaintext;
+
+/// `PATCH /api/clients/{id}/connections/{connection_id}/actions/refresh_secret`
+///
+/// Scope `connection:refresh_secret`; context: the caller's own client, any for NHS and
+/// CABINET. Body: none, or `{"grace_period": seconds}`.
+pub async fn refresh_secret(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    let (client_id, connection_id) = path.into_inner();
+    let principal = state
+        .authorize(&req, scope::REFRESH_SECRET, Some(&client_id))
+        .await?;
+    let client_id = parse_id(&client_id)?;
+    let connection_id = parse_id(&connection_id)?;
+    let grace_period = match grace_period(&body, state.config.max_grace_period.as_secs()) {
+        Ok(grace_period) => grace_period,
+        // Existence answers before the body does (API.md's order).
+        Err(invalid) => {
+            ensure_connection_exists(&state, client_id, connection_id).await?;
+            return Err(ApiError::Validation(invalid));
+        }
+    };
+    let rotated = state
+        .registry
+        .send(Rotate {
+            client_id,
+            connection_id,
+            grace_period,
+            actor_user_id: principal.user_id,
+            actor_client_id: principal.client_id,
+            request_id: meta.request_id.clone(),
+            remote_address: meta.remote_address.clone(),
+        })
+        .await
+        .map_err(|_| RotateError::Stopped)
+        .and_then(|result| result)?;
+    tracing::info!(
+        client_id = %client_id,
+        connection_id = %connection_id,
+        secret_version = rotated.connection.secret_version,
+        grace_period,
+        "secret rotated"
+    );
+    Ok(meta.object(
+        StatusCode::OK,
+        ConnectionWithSecret::new(&rotated.connection, rotated.secret.expose()),
+    ))
+}
+
+/// `POST /api/connections/actions/verify` with header `api-key`. No bearer token: this
+/// is the gateways' path.
+pub async fn verify(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    let Some(presented) = req.headers().get("api-key") else {
+        return Err(ApiError::InvalidApiKey("api-key header not set"));
+    };
+    let presented = Plaintext::from_received(presented.to_str().unwrap_or_default().to_owned());
+    let digest = presented.digest();
+    drop(presented);
+    let connection = verify_secret(&state.db, &digest)
+        .await?
+        .ok_or(ApiError::InvalidApiKey("invalid api-key header"))?;
+    Ok(meta.object(StatusCode::OK, VerifiedView::from(&connection)))
+}
+
+impl From<RotateError> for ApiError {
+    fn from(err: RotateError) -> Self {
+        match err {
+            RotateError::NotFound => ApiError::NotFound,
+            RotateError::Store(db) => db.into(),
+            RotateError::Secret(e) => ApiError::Internal(e),
+            RotateError::Stopped => {
+                ApiError::Internal(anyhow::anyhow!("connection actor mailbox closed"))
+            }
+        }
+    }
+}
+
+/// A path id that is not a UUID names nothing: 404.
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
+}
+
+async fn ensure_connection_exists(
+    state: &AppState,
+    client_id: Uuid,
+    connection_id: Uuid,
+) -> Result<(), ApiError> {
+    let found = connection::Entity::find_by_id(connection_id)
+        .filter(connection::Column::ClientId.eq(client_id))
+        .count(&state.db)
+        .await?;
+    if found == 0 {
+        return Err(ApiError::NotFound);
+    }
+    Ok(())
+}
+
+/// The refresh body: empty, or an object whose optional `grace_period` is a whole number
+/// of seconds in `0..=max`.
+fn grace_period(body: &[u8], max: u64) -> Result<i64, Vec<Invalid>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(0);
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|_| {
+        vec![Invalid::json_property(
+            "$",
+            "json",
+            "the request body is not valid JSON",
+            vec![],
+        )]
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(vec![Invalid::json_property(
+            "$",
+            "type",
+            "type mismatch. Expected object",
+            vec![json!("object")],
+        )]);
+    };
+    let out_of_range = || {
+        vec![Invalid::json_property(
+            "$.grace_period",
+            "number",
+            format!("expected an integer from 0 to {max}"),
+            vec![json!({"greater_than_or_equal_to": 0, "less_than_or_equal_to": max})],
+        )]
+    };
+    match fields.get("grace_period") {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n
+            .as_u64()
+            .filter(|secs| *secs <= max)
+            .and_then(|secs| i64::try_from(secs).ok())
+            .ok_or_else(out_of_range),
+        Some(_) => Err(vec![Invalid::json_property(
+            "$.grace_period",
+            "type",
+            "type mismatch. Expected integer",
+            vec![json!("integer")],
+        )]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grace_period;
+
+    #[test]
+    fn grace_period_rules() {
+        assert_eq!(grace_period(b"", 10).unwrap(), 0);
+        assert_eq!(grace_period(b" \n", 10).unwrap(), 0);
+        assert_eq!(grace_period(b"{}", 10).unwrap(), 0);
+        assert_eq!(grace_period(br#"{"grace_period": 10}"#, 10).unwrap(), 10);
+        assert_eq!(grace_period(br#"{"grace_period": null}"#, 10).unwrap(), 0);
+        for bad in [
+            &br#"{"grace_period": 11}"#[..],
+            br#"{"grace_period": -1}"#,
+            br#"{"grace_period": 1.5}"#,
+            br#"{"grace_period": "5"}"#,
+            br#"[1]"#,
+            br#"{"grace_period": "#,
+        ] {
+            let invalid = grace_period(bad, 10).unwrap_err();
+            assert_eq!(invalid.len(), 1, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The eHealth envelope: `meta` beside `data` (or `error`), and the request id.
+use std::future::{Ready, ready};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+use serde_json::json;
+
+use super::error::ApiError;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of one request: the caller's `x-request-id` when it is 1 to 200 printable
+/// ASCII characters, else a new UUID.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    fn for_request(req: &ServiceRequest) -> Self {
+        req.headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                (1..=200).contains(&v.len()) && v.bytes().all(|b| (0x20..=0x7e).contains(&b))
+            })
+            .map(|v| Self(v.to_owned()))
+            .unwrap_or_else(|| Self(uuid::Uuid::new_v4().to_string()))
+    }
+}
+
+/// What `meta` needs of the request, taken by handlers as an extractor.
+#[derive(Clone, Debug)]
+pub struct RequestMeta {
+    pub url: String,
+    pub request_id: String,
+    /// The TCP peer, for the audit trail. Forwarding headers are not trusted here.
+    pub remote_address: Option<String>,
+}
+
+impl RequestMeta {
+    pub fn of(req: &HttpRequest) -> Self {
+        let info = req.connection_info();
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default();
+        Self {
+            url: format!("{}://{}{}", info.scheme(), info.host(), req.uri()),
+            request_id,
+            remote_address: req.peer_addr().map(|addr| addr.ip().to_string()),
+        }
+    }
+
+    fn meta(&self, kind: &str, status: StatusCode) -> serde_json::Value {
+        json!({"url": self.url, "type": kind, "code": status.as_u16(), "request_id": self.request_id})
+    }
+
+    pub fn object(&self, status: StatusCode, data: impl Serialize) -> HttpResponse {
+        HttpResponse::build(status).json(json!({"meta": self.meta("object", status), "data": data}))
+    }
+
+    pub fn list(&self, data: impl Serialize, paging: &Paging) -> HttpResponse {
+        let status = StatusCode::OK;
+        HttpResponse::build(status)
+            .json(json!({"meta": self.meta("list", status), "data": data, "paging": paging}))
+    }
+}
+
+impl FromRequest for RequestMeta {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(Ok(Self::of(req)))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Paging {
+    pub page_number: u64,
+    pub page_size: u64,
+    pub total_pages: u64,
+    pub total_entries: u64,
+}
+
+/// Middleware: assigns the request id, echoes it as `x-request-id`, and wraps every
+/// error, including actix's own 404 and 405, in the envelope with `meta`.
+pub async fn envelope(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let request_id = RequestId::for_request(&req);
+    req.extensions_mut().insert(request_id.clone());
+    let mut res = next.call(req).await?.map_into_boxed_body();
+
+    let status = res.status();
+    let error = match res.response().error() {
+        Some(err) => Some(match err.as_error::<ApiError>() {
+            Some(api) => (api.status_code(), api.body()),
+            None => mapped(status),
+        }),
+        // Actix answers unmatched routes and methods itself, without an error value.
+        None if (status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED)
+            && !is_json(&res) =>
+        {
+            Some(mapped(status))
+        }
+        None => None,
+    };
+    if let Some((status, body)) = error {
+        let meta = RequestMeta::of(res.request());
+        let mut builder = HttpResponse::build(status);
+        for (name, value) in res.headers() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                builder.append_header((name.clone(), value.clone()));
+            }
+        }
+        let body = json!({"meta": meta.meta("object", status), "error": body});
+        res = res.into_response(builder.json(body));
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
+        res.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(res)
+}
+
+fn is_json(res: &ServiceResponse<BoxBody>) -> bool {
+    res.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// An error actix raised itself (an unmatched route, an unreadable payload), as the
+/// API.md error it stands for.
+fn mapped(status: StatusCode) -> (StatusCode, serde_json::Value) {
+    let api = ApiError::from_status(status);
+    (api.status_code(), api.body())
+}

@@ -1,0 +1,190 @@
+//! The one error type of the HTTP boundary, mapped once to API.md's statuses and bodies.
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use serde_json::json;
+
+/// One broken rule of a request body or query, in eHealth's `invalid` shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invalid {
+    pub entry_type: &'static str,
+    pub entry: String,
+    pub rules: Vec<InvalidRule>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidRule {
+    pub rule: &'static str,
+    pub description: String,
+    pub params: Vec<serde_json::Value>,
+}
+
+impl Invalid {
+    pub fn json_property(
+        entry: impl Into<String>,
+        rule: &'static str,
+        description: impl Into<String>,
+        params: Vec<serde_json::Value>,
+    ) -> Self {
+        Self {
+            entry_type: "json_data_property",
+            entry: entry.into(),
+            rules: vec![InvalidRule {
+                rule,
+                description: description.into(),
+                params,
+            }],
+        }
+    }
+
+    pub fn query_parameter(
+        entry: impl Into<String>,
+        rule: &'static str,
+        description: impl Into<String>,
+        params: Vec<serde_json::Value>,
+    ) -> Self {
+        Self {
+            entry_type: "query_parameter",
+            ..Self::json_property(entry, rule, description, params)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No bearer header, unknown, expired or blocked token: always "Access denied".
+    #[error("access denied")]
+    AccessDenied,
+    /// The verify endpoint's 401s, whose messages API.md fixes.
+    #[error("invalid api key: {0}")]
+    InvalidApiKey(&'static str),
+    #[error("invalid scopes")]
+    InvalidScopes,
+    #[error("forbidden by the context rule")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("validation failed")]
+    Validation(Vec<Invalid>),
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("a backing service is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::AccessDenied | Self::InvalidApiKey(_) => "access_denied",
+            Self::InvalidScopes | Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Validation(_) => "validation_failed",
+            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::AccessDenied => "Access denied",
+            Self::InvalidApiKey(message) => message,
+            Self::InvalidScopes => "Invalid scopes",
+            Self::Forbidden => "Forbidden",
+            Self::NotFound => "Resource not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Validation(_) => {
+                "Validation failed. You can find validators description at our API Manifest: http://docs.uaehealthapi.apiary.io/#introduction/interacting-with-api/errors."
+            }
+            Self::TooManyRequests { .. } => "Too many requests",
+            Self::Unavailable(_) => "Service unavailable",
+            Self::Internal(_) => "Internal server error",
+        }
+    }
+
+    /// The `error` object of the envelope. Never carries a cause chain.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({"type": self.error_type(), "message": self.message()});
+        if let Self::Validation(invalid) = self {
+            error["invalid"] = json!(invalid);
+        }
+        error
+    }
+
+    pub fn from_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            401 => Self::AccessDenied,
+            403 => Self::Forbidden,
+            404 => Self::NotFound,
+            405 => Self::MethodNotAllowed,
+            413 | 415 | 400 | 422 => Self::Validation(vec![Invalid::json_property(
+                "$",
+                "invalid",
+                "the request body could not be read",
+                vec![],
+            )]),
+            503 => Self::Unavailable(anyhow::anyhow!("upstream answered 503")),
+            _ => Self::Internal(anyhow::anyhow!("unmapped status {status}")),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::AccessDenied | Self::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            Self::InvalidScopes | Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The body without `meta`; the envelope middleware adds `meta`, which needs the
+    /// request.
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Internal(cause) | Self::Unavailable(cause) => {
+                // The cause goes to the log only; the body stays generic.
+                tracing::error!(
+                    error = format!("{cause:#}"),
+                    kind = self.error_type(),
+                    "request failed"
+                );
+            }
+            _ => {}
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::TooManyRequests { retry_after_secs } = self {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
+        }
+        response.json(json!({"error": self.body()}))
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        if is_unavailable(&err) {
+            Self::Unavailable(err.into())
+        } else {
+            Self::Internal(err.into())
+        }
+    }
+}
+
+/// Errors that mean "the database did not answer", as opposed to a query that failed.
+pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
+    matches!(
+        err,
+        sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)
+    )
+}

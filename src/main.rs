@@ -1,0 +1,174 @@
+//! The `mithril` command line: serve, migrate, seed.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use mithril::config::{self, Config};
+use mithril::{Application, db, seed};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "mithril",
+    version,
+    about = "Rotates OAuth connection secrets for eHealth"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings shared by every command; each also reads its environment variable.
+#[derive(Args)]
+struct Settings {
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL)]
+    database_url: String,
+    #[arg(long, global = true, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    #[arg(long, global = true, env = "SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    #[arg(long, global = true, env = "MAIL_FROM", default_value = config::DEFAULT_MAIL_FROM)]
+    mail_from: String,
+    /// Longest grace period a caller may ask for, in seconds.
+    #[arg(long, global = true, env = "MITHRIL_MAX_GRACE_PERIOD", default_value_t = 7 * 24 * 3600)]
+    max_grace_period: u64,
+    /// Seconds before an idle per-client actor stops.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_ACTOR_IDLE_TIMEOUT",
+        default_value_t = 60
+    )]
+    actor_idle_timeout: u64,
+    /// `json` for one JSON object per log line.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API (and, unless --no-workers, the job workers).
+    Serve {
+        #[arg(long, env = "MITHRIL_BIND", default_value = config::DEFAULT_BIND)]
+        bind: String,
+        #[arg(long)]
+        no_workers: bool,
+        /// Load the demo data set first and print its token and curl.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply migrations and exit.
+    Migrate,
+    /// Load a seed file, or the demo data set.
+    Seed {
+        #[arg(required_unless_present = "demo", conflicts_with = "demo")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        demo: bool,
+        /// Where the printed curl points.
+        #[arg(long, env = "MITHRIL_BIND", default_value = config::DEFAULT_BIND)]
+        bind: String,
+    },
+}
+
+impl Settings {
+    fn config(&self, bind: Option<&str>) -> Config {
+        let mut config = Config::embedded(self.database_url.clone());
+        config.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
+        config.smtp_url = self.smtp_url.clone().filter(|u| !u.is_empty());
+        config.mail_from = self.mail_from.clone();
+        config.max_grace_period = Duration::from_secs(self.max_grace_period);
+        config.actor_idle_timeout = Duration::from_secs(self.actor_idle_timeout.max(1));
+        if let Some(bind) = bind {
+            config.bind = bind.to_owned();
+        }
+        config
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.settings.log_format);
+    match cli.command {
+        Command::Serve {
+            bind,
+            demo,
+            no_workers: _,
+        } => {
+            let config = cli.settings.config(Some(&bind));
+            let database = db::connect(&config).await?;
+            db::migrate(&database).await?;
+            if demo {
+                print_demo(&database, &config.bind).await?;
+            }
+            let app = Application::build_with_db(config, database)?;
+            tracing::info!(port = app.port(), "mithril listening");
+            app.run_until_stopped()
+                .await
+                .context("running the server")?;
+        }
+        Command::Migrate => {
+            let config = cli.settings.config(None);
+            let database = db::connect(&config).await?;
+            db::migrate(&database).await?;
+            println!("migrations applied");
+        }
+        Command::Seed { file, demo, bind } => {
+            let config = cli.settings.config(None);
+            let database = db::connect(&config).await?;
+            db::migrate(&database).await?;
+            if demo {
+                print_demo(&database, &bind).await?;
+            } else if let Some(file) = file {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let seed: seed::SeedFile = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", file.display()))?;
+                for generated in seed::load(&database, seed).await? {
+                    // Shown once: only its digest is stored.
+                    println!(
+                        "connection {} secret: {}",
+                        generated.connection_id,
+                        generated.secret.expose()
+                    );
+                }
+                println!("seeded {}", file.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn print_demo(database: &sea_orm::DatabaseConnection, bind: &str) -> anyhow::Result<()> {
+    let demo = seed::load_demo(database).await?;
+    println!(
+        "Demo data loaded. Bearer token (valid 30 days): {}",
+        demo.token.expose()
+    );
+    println!(
+        "Rotate the demo connection's secret:\n\n{}\n",
+        demo.curl(bind)
+    );
+    Ok(())
+}
