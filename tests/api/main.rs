@@ -1,0 +1,12 @@
+//! Black-box tests over real HTTP: the real app on port 0, a fresh database per test
+//! (SQLite by default; PostgreSQL when `MITHRIL_TEST_POSTGRES_URL` is set).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod common;
+mod concurrency;
+mod context;
+mod envelope;
+mod refresh_secret;
+mod rotation_effects;
+mod verify;
