@@ -1,5 +1,6 @@
 //! Wiring: the application built from a config, on any port, for `serve` and for tests.
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
@@ -7,8 +8,10 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpServer, web};
 use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
+use workers::credentials::RedisCredentials;
 
 use crate::auth::{AuthError, Authorize, Authorizer, Principal};
+use crate::cache::{CredentialsCache, follow_evictions};
 use crate::config::Config;
 use crate::connections::ConnectionRegistry;
 use crate::http::{self, ApiError};
@@ -20,6 +23,7 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub authorizer: Addr<Authorizer>,
     pub registry: Addr<ConnectionRegistry>,
+    pub credentials: Arc<CredentialsCache>,
 }
 
 impl AppState {
@@ -67,10 +71,10 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = crate::db::connect(&config).await?;
         crate::db::migrate(&db).await?;
-        Self::build_with_db(config, db)
+        Self::build_with_db(config, db).await
     }
 
-    pub fn build_with_db(config: Config, db: DatabaseConnection) -> anyhow::Result<Self> {
+    pub async fn build_with_db(config: Config, db: DatabaseConnection) -> anyhow::Result<Self> {
         let listener =
             TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
         let port = listener
@@ -84,12 +88,30 @@ impl Application {
         )
         .start();
         let registry = ConnectionRegistry::new(db.clone(), config.actor_idle_timeout).start();
+        let redis = match &config.redis_url {
+            Some(url) => Some(crate::redis::connect(url).await?),
+            None => None,
+        };
+        let credentials = Arc::new(CredentialsCache::new(
+            config.credentials_cache_ttl,
+            config.credentials_cache_capacity,
+            redis.as_ref().map(|r| {
+                RedisCredentials::new(
+                    r.manager.clone(),
+                    config.credentials_cache_ttl.as_secs().max(1),
+                )
+            }),
+        ));
+        if let Some(redis) = &redis {
+            actix_web::rt::spawn(follow_evictions(redis.client.clone(), credentials.clone()));
+        }
         let workers = config.http_workers;
         let state = web::Data::new(AppState {
             config,
             db,
             authorizer,
             registry,
+            credentials,
         });
         let shared = state.clone();
         let mut server = HttpServer::new(move || {

@@ -22,6 +22,12 @@ pub struct Config {
     /// How long an authorized token stays in the Authorizer's cache (at most 60 s).
     pub token_cache_ttl: Duration,
     pub token_cache_capacity: u64,
+    /// How long a verified credential stays cached, here and in Redis: the worst-case
+    /// bound if every invalidation path failed.
+    pub credentials_cache_ttl: Duration,
+    pub credentials_cache_capacity: u64,
+    /// Where notices go as `.eml` files when `smtp_url` is unset.
+    pub mail_dir: std::path::PathBuf,
     /// HTTP worker threads; 0 means one per core.
     pub http_workers: usize,
     pub db_max_connections: u32,
@@ -40,6 +46,9 @@ impl Config {
             actor_idle_timeout: Duration::from_secs(60),
             token_cache_ttl: Duration::from_secs(30),
             token_cache_capacity: 100_000,
+            credentials_cache_ttl: Duration::from_secs(60),
+            credentials_cache_capacity: 100_000,
+            mail_dir: std::path::PathBuf::from("data/mail"),
             http_workers: 0,
             db_max_connections: 20,
         }

@@ -5,10 +5,12 @@
 //! rotation, its audit event and its outbox rows in one transaction.
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod connections;
 pub mod db;
 pub mod http;
+pub mod redis;
 pub mod secrets;
 pub mod seed;
 

@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
             if demo {
                 print_demo(&database, &config.bind).await?;
             }
-            let app = Application::build_with_db(config, database)?;
+            let app = Application::build_with_db(config, database).await?;
             tracing::info!(port = app.port(), "mithril listening");
             app.run_until_stopped()
                 .await

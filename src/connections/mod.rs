@@ -8,7 +8,7 @@ mod verify;
 pub use actor::ConnectionActor;
 pub use registry::{ActiveActors, ConnectionRegistry};
 pub use rotation::{Rotate, RotateError, Rotated, rotate};
-pub use verify::{VerifiedConnection, verify};
+pub use verify::{lookup_credential, view};
 
 /// Kinds of outbox rows and audit events.
 pub mod kinds {

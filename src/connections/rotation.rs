@@ -12,8 +12,9 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-use super::kinds;
+use super::{kinds, view};
 use crate::secrets::Plaintext;
+use workers::credentials::{Demoted, Invalidation};
 
 /// Rotate the secret of one connection of one client.
 #[derive(Clone, Debug)]
@@ -37,6 +38,8 @@ pub struct Rotated {
     pub connection: connection::Model,
     pub secret: Plaintext,
     pub event_id: Uuid,
+    /// What every cache must forget, applied right after commit and again by the job.
+    pub invalidation: Invalidation,
     /// The outbox rows written with the rotation, for the relay to push after commit.
     pub outbox_ids: Vec<Uuid>,
 }
@@ -67,21 +70,22 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
     let version = current.secret_version + 1;
     let grace_ends = (cmd.grace_period > 0).then(|| now + Duration::seconds(cmd.grace_period));
 
-    // CAUTION: what retires now must be evicted from every cache; what has a grace period
-    // retires at its expiry. A previous secret still inside an earlier grace period is
-    // displaced by this rotation: only one previous secret is ever kept.
-    let mut retire_now: Vec<String> = Vec::new();
-    if let (Some(previous), Some(expires)) = (
-        &current.previous_secret_hash,
-        current.previous_secret_expires_at,
-    ) && expires > now
-    {
-        retire_now.push(previous.clone());
-    }
+    // CAUTION: every digest this rotation changes must leave every cache. Without a
+    // grace period the old secret retires now; with one it is demoted to expire at the
+    // end of the grace period. A previous secret still inside an earlier grace period is
+    // displaced: only one previous secret is ever kept.
+    let mut retire: Vec<String> = current.previous_secret_hash.iter().cloned().collect();
+    let mut demote = Vec::new();
     let (previous_hash, previous_expires) = match grace_ends {
-        Some(expires) => (Some(current.secret_hash.clone()), Some(expires)),
+        Some(valid_until) => {
+            demote.push(Demoted {
+                digest: current.secret_hash.clone(),
+                valid_until,
+            });
+            (Some(current.secret_hash.clone()), Some(valid_until))
+        }
         None => {
-            retire_now.push(current.secret_hash.clone());
+            retire.push(current.secret_hash.clone());
             (None, None)
         }
     };
@@ -148,15 +152,15 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
         }),
         now,
     );
+    let invalidation = Invalidation {
+        connection: view(&updated),
+        retire,
+        demote,
+    };
     let invalidate = outbox_row(
         outbox_ids[1],
         kinds::INVALIDATE_CREDENTIALS,
-        json!({
-            "event_id": event_id,
-            "connection_id": updated.id,
-            "retire_now": retire_now,
-            "retire_at": grace_ends.map(|at| json!({"digest": updated.previous_secret_hash, "at": at})),
-        }),
+        json!({"event_id": event_id, "invalidation": invalidation}),
         now,
     );
     outbox::Entity::insert_many([notify, invalidate])
@@ -168,6 +172,7 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
         connection: updated,
         secret,
         event_id,
+        invalidation,
         outbox_ids,
     })
 }

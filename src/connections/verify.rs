@@ -1,27 +1,27 @@
-//! Verification of a presented connection secret, for gateways.
+//! Looking a presented secret's digest up in the database, for the verify path.
 use chrono::Utc;
 use entity::connection;
 use sea_orm::sea_query::Condition;
 use sea_orm::{ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _, QueryFilter as _};
-use uuid::Uuid;
+use workers::credentials::{CachedCredential, ConnectionView};
 
 use crate::secrets::SecretDigest;
 
-/// What a gateway learns from a valid secret: never the secret itself.
-#[derive(Clone, Debug)]
-pub struct VerifiedConnection {
-    pub id: Uuid,
-    pub client_id: Uuid,
-    pub consumer_id: Uuid,
-    pub redirect_uri: String,
+pub fn view(c: &connection::Model) -> ConnectionView {
+    ConnectionView {
+        id: c.id,
+        client_id: c.client_id,
+        consumer_id: c.consumer_id,
+        redirect_uri: c.redirect_uri.clone(),
+    }
 }
 
-/// The connection whose current secret, or previous secret still inside its grace
-/// period, has this digest.
-pub async fn verify(
+/// The cache entry for `digest`: the connection whose current secret, or previous secret
+/// still inside its grace period, has it; `None` when no connection accepts it.
+pub async fn lookup_credential(
     db: &DatabaseConnection,
     digest: &SecretDigest,
-) -> Result<Option<VerifiedConnection>, DbErr> {
+) -> Result<Option<CachedCredential>, DbErr> {
     let now = Utc::now();
     let found = connection::Entity::find()
         .filter(
@@ -35,23 +35,26 @@ pub async fn verify(
         )
         .one(db)
         .await?;
-    Ok(found
-        .filter(|c| accepts(c, digest, now))
-        .map(|c| VerifiedConnection {
-            id: c.id,
-            client_id: c.client_id,
-            consumer_id: c.consumer_id,
-            redirect_uri: c.redirect_uri,
-        }))
-}
-
-/// CAUTION: the grace period ends by the clock, whatever a query or cache returned.
-fn accepts(c: &connection::Model, digest: &SecretDigest, now: chrono::DateTime<Utc>) -> bool {
-    let current = digest.matches(&c.secret_hash);
-    let previous = c
-        .previous_secret_hash
-        .as_deref()
-        .is_some_and(|p| digest.matches(p))
-        && c.previous_secret_expires_at.is_some_and(|at| at > now);
-    current | previous
+    Ok(found.and_then(|c| {
+        // Compare again in constant time: the query matched on an index, this decides.
+        if digest.matches(&c.secret_hash) {
+            Some(CachedCredential::Valid {
+                connection: view(&c),
+                valid_until: None,
+            })
+        } else if c
+            .previous_secret_hash
+            .as_deref()
+            .is_some_and(|p| digest.matches(p))
+        {
+            c.previous_secret_expires_at
+                .filter(|at| *at > now)
+                .map(|at| CachedCredential::Valid {
+                    connection: view(&c),
+                    valid_until: Some(at),
+                })
+        } else {
+            None
+        }
+    }))
 }

@@ -6,12 +6,12 @@ use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilt
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::views::{ConnectionWithSecret, VerifiedView};
+use super::views::ConnectionWithSecret;
 use super::{ApiError, Invalid, RequestMeta};
 use crate::app::AppState;
 use crate::auth::scope;
-use crate::connections::{Rotate, RotateError, verify as verify_secret};
-use crate::secrets::Plaintext;
+use crate::connections::{Rotate, RotateError};
+use crate::secrets::SecretDigest;
 
 /// `PATCH /api/clients/{id}/connections/{connection_id}/actions/refresh_secret`
 ///
@@ -52,6 +52,9 @@ pub async fn refresh_secret(
         .await
         .map_err(|_| RotateError::Stopped)
         .and_then(|result| result)?;
+    // Before answering: the old secret must already fail here and, through Redis, on
+    // every other instance.
+    state.credentials.invalidate(&rotated.invalidation).await;
     tracing::info!(
         client_id = %client_id,
         connection_id = %connection_id,
@@ -75,13 +78,13 @@ pub async fn verify(
     let Some(presented) = req.headers().get("api-key") else {
         return Err(ApiError::InvalidApiKey("api-key header not set"));
     };
-    let presented = Plaintext::from_received(presented.to_str().unwrap_or_default().to_owned());
-    let digest = presented.digest();
-    drop(presented);
-    let connection = verify_secret(&state.db, &digest)
+    let digest = SecretDigest::of(presented.to_str().unwrap_or_default());
+    let connection = state
+        .credentials
+        .verify(&state.db, &digest)
         .await?
         .ok_or(ApiError::InvalidApiKey("invalid api-key header"))?;
-    Ok(meta.object(StatusCode::OK, VerifiedView::from(&connection)))
+    Ok(meta.object(StatusCode::OK, &connection))
 }
 
 impl From<RotateError> for ApiError {

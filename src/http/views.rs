@@ -3,8 +3,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::connections::VerifiedConnection;
-
 /// RFC 3339, UTC, `Z` suffix.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -32,26 +30,6 @@ impl<'a> ConnectionWithSecret<'a> {
             secret,
             inserted_at: timestamp(connection.inserted_at),
             updated_at: timestamp(connection.updated_at),
-        }
-    }
-}
-
-/// What the verify endpoint tells a gateway.
-#[derive(Serialize)]
-pub struct VerifiedView<'a> {
-    pub id: Uuid,
-    pub client_id: Uuid,
-    pub consumer_id: Uuid,
-    pub redirect_uri: &'a str,
-}
-
-impl<'a> From<&'a VerifiedConnection> for VerifiedView<'a> {
-    fn from(c: &'a VerifiedConnection) -> Self {
-        Self {
-            id: c.id,
-            client_id: c.client_id,
-            consumer_id: c.consumer_id,
-            redirect_uri: &c.redirect_uri,
         }
     }
 }

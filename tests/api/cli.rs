@@ -13,12 +13,25 @@ async fn seed_demo_prints_a_token_and_curl_that_work() {
         .env_remove("SMTP_URL")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let curl_start = stdout.find("curl ").expect("a curl command");
     let curl = &stdout[curl_start..];
-    let url = curl.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
-    let token = curl.split("Bearer ").nth(1).unwrap().split('\'').next().unwrap();
+    let url = curl
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap();
+    let token = curl
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
     assert!(stdout.contains(token), "the token is printed");
 
     let app = TestApp::spawn_on(database, |_| {}).await;

@@ -39,20 +39,25 @@ impl TestDatabase {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}/mithril.db?mode=rwc", dir.path().display());
-                Self { url, _dir: Some(dir) }
+                Self {
+                    url,
+                    _dir: Some(dir),
+                }
             }
             // CAUTION: configured but unreachable is a failure, never a silent skip.
             Backend::Postgres(base) => {
-                let admin = Database::connect(base.as_str())
-                    .await
-                    .unwrap_or_else(|e| panic!("MITHRIL_TEST_POSTGRES_URL is set but unreachable: {e}"));
+                let admin = Database::connect(base.as_str()).await.unwrap_or_else(|e| {
+                    panic!("MITHRIL_TEST_POSTGRES_URL is set but unreachable: {e}")
+                });
                 let name = format!("mithril_test_{}", Uuid::new_v4().simple());
                 admin
                     .execute_unprepared(&format!("CREATE DATABASE {name}"))
                     .await
                     .unwrap();
                 admin.close().await.unwrap();
-                let (prefix, _) = base.rsplit_once('/').expect("postgres URL with a database path");
+                let (prefix, _) = base
+                    .rsplit_once('/')
+                    .expect("postgres URL with a database path");
                 Self {
                     url: format!("{prefix}/{name}"),
                     _dir: None,
@@ -89,7 +94,10 @@ impl TestApp {
     }
 
     /// Another instance on the same database, as behind a load balancer.
-    pub async fn spawn_on(database: std::sync::Arc<TestDatabase>, adjust: impl FnOnce(&mut Config)) -> Self {
+    pub async fn spawn_on(
+        database: std::sync::Arc<TestDatabase>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = test_config(&database.url);
         adjust(&mut config);
         let app = Application::build(config).await.expect("the app builds");
@@ -134,8 +142,13 @@ impl TestApp {
     }
 
     pub async fn refresh(&self, client_id: Uuid, connection_id: Uuid, token: &str) -> (u16, Value) {
-        self.refresh_raw(&client_id.to_string(), &connection_id.to_string(), Some(token), None)
-            .await
+        self.refresh_raw(
+            &client_id.to_string(),
+            &connection_id.to_string(),
+            Some(token),
+            None,
+        )
+        .await
     }
 
     pub async fn refresh_with_grace(
@@ -146,8 +159,13 @@ impl TestApp {
         grace: u64,
     ) -> (u16, Value) {
         let body = format!(r#"{{"grace_period": {grace}}}"#);
-        self.refresh_raw(&client_id.to_string(), &connection_id.to_string(), Some(token), Some(&body))
-            .await
+        self.refresh_raw(
+            &client_id.to_string(),
+            &connection_id.to_string(),
+            Some(token),
+            Some(&body),
+        )
+        .await
     }
 
     pub async fn verify(&self, secret: &str) -> (u16, Value) {
@@ -205,8 +223,13 @@ impl TestApp {
 
     /// A token for a new user acting through `client_id`.
     pub async fn token(&self, client_id: Uuid, scope: &str) -> String {
-        self.token_with(client_id, scope, Utc::now() + chrono::Duration::hours(1), false)
-            .await
+        self.token_with(
+            client_id,
+            scope,
+            Utc::now() + chrono::Duration::hours(1),
+            false,
+        )
+        .await
     }
 
     pub async fn token_with(
@@ -265,7 +288,9 @@ impl TestApp {
         for table in tables {
             let name: String = table.try_get_by_index(0).unwrap();
             let rows_sql = match backend {
-                sea_orm::DatabaseBackend::Postgres => format!("SELECT CAST(t AS text) FROM \"{name}\" t"),
+                sea_orm::DatabaseBackend::Postgres => {
+                    format!("SELECT CAST(t AS text) FROM \"{name}\" t")
+                }
                 _ => {
                     let columns = self
                         .db
@@ -329,7 +354,12 @@ pub fn assert_error(actual: &(u16, Value), status: u16, error_type: &str, messag
         assert_eq!(body["error"]["message"], message, "{body}");
     }
     assert_eq!(body["meta"]["code"], status, "{body}");
-    assert!(body["meta"]["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    assert!(
+        body["meta"]["request_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
     assert!(body.get("data").is_none(), "{body}");
 }
 
@@ -353,7 +383,10 @@ where
 
 /// eHealth's published schema for `name`, vendored under `tests/fixtures`.
 pub fn ehealth_schema(name: &str) -> jsonschema::Validator {
-    let path = format!("{}/tests/fixtures/ehealth-schemas/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/ehealth-schemas/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     jsonschema::draft4::new(&schema).unwrap()
 }

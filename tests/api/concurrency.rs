@@ -22,11 +22,19 @@ async fn assert_gap_free(app: &TestApp, me: &Owned, secrets: &[String]) {
         .collect();
     let expected: BTreeSet<i64> = (1..=REFRESHES as i64).collect();
     assert_eq!(versions, expected, "versions 1..=100, no gap, no repeat");
-    let row = connection::Entity::find_by_id(me.connection_id).one(&app.db).await.unwrap().unwrap();
+    let row = connection::Entity::find_by_id(me.connection_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.secret_version, REFRESHES as i64);
 
     let distinct: BTreeSet<&String> = secrets.iter().collect();
-    assert_eq!(distinct.len(), REFRESHES, "every 200 returned its own secret");
+    assert_eq!(
+        distinct.len(),
+        REFRESHES,
+        "every 200 returned its own secret"
+    );
     let mut still_valid = 0;
     for secret in secrets {
         if app.verifies(secret).await {
@@ -77,7 +85,11 @@ async fn per_client_actors_stop_after_their_idle_timeout() {
         let (status, _) = app.refresh(me.client_id, me.connection_id, &me.token).await;
         assert_eq!(status, 200);
     }
-    assert_eq!(app.state.registry.send(ActiveActors).await.unwrap(), 2, "one actor per client");
+    assert_eq!(
+        app.state.registry.send(ActiveActors).await.unwrap(),
+        2,
+        "one actor per client"
+    );
     let stopped = eventually(Duration::from_secs(10), || async {
         app.state.registry.send(ActiveActors).await.unwrap() == 0
     })

@@ -1,7 +1,15 @@
 //! The context matrix: each of the seven client types against its own and another client.
 use crate::common::{TestApp, assert_error};
 
-const TYPES: [&str; 7] = ["MSP", "PHARMACY", "MSP_PHARMACY", "MIS", "MSP_LIMITED", "NHS", "CABINET"];
+const TYPES: [&str; 7] = [
+    "MSP",
+    "PHARMACY",
+    "MSP_PHARMACY",
+    "MIS",
+    "MSP_LIMITED",
+    "NHS",
+    "CABINET",
+];
 
 #[actix_web::test]
 async fn each_client_type_on_its_own_and_another_client() {
@@ -14,7 +22,9 @@ async fn each_client_type_on_its_own_and_another_client() {
         let (status, body) = app.refresh(me.client_id, me.connection_id, &me.token).await;
         assert_eq!(status, 200, "{client_type} on its own client: {body}");
 
-        let got = app.refresh(target.client_id, target.connection_id, &me.token).await;
+        let got = app
+            .refresh(target.client_id, target.connection_id, &me.token)
+            .await;
         if matches!(client_type, "NHS" | "CABINET") {
             assert_eq!(got.0, 200, "{client_type} on another client: {}", got.1);
         } else {
@@ -30,7 +40,9 @@ async fn an_unknown_client_type_acts_only_on_its_own_client() {
     let target = app.owned("MSP").await;
     let (status, _) = app.refresh(me.client_id, me.connection_id, &me.token).await;
     assert_eq!(status, 200);
-    let got = app.refresh(target.client_id, target.connection_id, &me.token).await;
+    let got = app
+        .refresh(target.client_id, target.connection_id, &me.token)
+        .await;
     assert_error(&got, 403, "forbidden", Some("Forbidden"));
 }
 
@@ -40,7 +52,10 @@ async fn msp_limited_is_seeded_with_read_scope_only() {
     let scopes = entity_scope(&app, "MSP_LIMITED").await;
     assert_eq!(scopes, "connection:read");
     for client_type in TYPES {
-        assert!(!entity_scope(&app, client_type).await.is_empty(), "{client_type} seeded");
+        assert!(
+            !entity_scope(&app, client_type).await.is_empty(),
+            "{client_type} seeded"
+        );
     }
 }
 

@@ -30,7 +30,10 @@ async fn unusable_request_id_is_replaced_by_a_uuid() {
             .send()
             .await
             .unwrap();
-        let header = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let header = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert!(uuid::Uuid::parse_str(&header).is_ok(), "{header}");
         let (_, body) = into_parts(response).await;
         assert_eq!(body["meta"]["request_id"], header.as_str());
@@ -40,11 +43,21 @@ async fn unusable_request_id_is_replaced_by_a_uuid() {
 #[actix_web::test]
 async fn unknown_route_is_404_in_the_envelope() {
     let app = TestApp::spawn().await;
-    let response = app.http.get(format!("{}/api/nowhere", app.address)).send().await.unwrap();
+    let response = app
+        .http
+        .get(format!("{}/api/nowhere", app.address))
+        .send()
+        .await
+        .unwrap();
     assert!(response.headers().contains_key("x-request-id"));
     let got = into_parts(response).await;
     assert_error(&got, 404, "not_found", None);
-    assert!(got.1["meta"]["url"].as_str().unwrap().ends_with("/api/nowhere"));
+    assert!(
+        got.1["meta"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/api/nowhere")
+    );
 }
 
 #[actix_web::test]

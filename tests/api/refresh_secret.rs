@@ -17,13 +17,25 @@ async fn refresh_returns_a_new_secret_in_the_ehealth_shape() {
     fields.sort_unstable();
     assert_eq!(
         fields,
-        ["client_id", "consumer_id", "id", "inserted_at", "redirect_uri", "secret", "updated_at"]
+        [
+            "client_id",
+            "consumer_id",
+            "id",
+            "inserted_at",
+            "redirect_uri",
+            "secret",
+            "updated_at"
+        ]
     );
     assert_eq!(data["id"], me.connection_id.to_string());
     assert_eq!(data["client_id"], me.client_id.to_string());
     let secret = data["secret"].as_str().unwrap();
     assert!(secret.len() >= 43, "256 bits in base64url is 43 characters");
-    assert!(secret.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    assert!(
+        secret
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
     assert_ne!(secret, me.secret);
     for field in ["inserted_at", "updated_at"] {
         let at = data[field].as_str().unwrap();
@@ -32,7 +44,12 @@ async fn refresh_returns_a_new_secret_in_the_ehealth_shape() {
     }
     assert_eq!(body["meta"]["type"], "object");
     assert_eq!(body["meta"]["code"], 200);
-    assert!(body["meta"]["url"].as_str().unwrap().ends_with("/actions/refresh_secret"));
+    assert!(
+        body["meta"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/actions/refresh_secret")
+    );
 }
 
 #[actix_web::test]
@@ -40,7 +57,12 @@ async fn missing_authorization_header_is_401() {
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
     let got = app
-        .refresh_raw(&me.client_id.to_string(), &me.connection_id.to_string(), None, None)
+        .refresh_raw(
+            &me.client_id.to_string(),
+            &me.connection_id.to_string(),
+            None,
+            None,
+        )
         .await;
     assert_error(&got, 401, "access_denied", Some("Access denied"));
 }
@@ -72,7 +94,9 @@ async fn malformed_authorization_header_is_401() {
 async fn unknown_token_is_401() {
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
-    let got = app.refresh(me.client_id, me.connection_id, "no-such-token").await;
+    let got = app
+        .refresh(me.client_id, me.connection_id, "no-such-token")
+        .await;
     assert_error(&got, 401, "access_denied", Some("Access denied"));
 }
 
@@ -81,7 +105,12 @@ async fn expired_token_is_401() {
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
     let expired = app
-        .token_with(me.client_id, ALL_SCOPES, Utc::now() - chrono::Duration::seconds(1), false)
+        .token_with(
+            me.client_id,
+            ALL_SCOPES,
+            Utc::now() - chrono::Duration::seconds(1),
+            false,
+        )
         .await;
     let got = app.refresh(me.client_id, me.connection_id, &expired).await;
     assert_error(&got, 401, "access_denied", Some("Access denied"));
@@ -92,7 +121,12 @@ async fn blocked_user_is_401() {
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
     let blocked = app
-        .token_with(me.client_id, ALL_SCOPES, Utc::now() + chrono::Duration::hours(1), true)
+        .token_with(
+            me.client_id,
+            ALL_SCOPES,
+            Utc::now() + chrono::Duration::hours(1),
+            true,
+        )
         .await;
     let got = app.refresh(me.client_id, me.connection_id, &blocked).await;
     assert_error(&got, 401, "access_denied", Some("Access denied"));
@@ -109,7 +143,11 @@ async fn blocked_client_is_401() {
 
 async fn mark_client_blocked(app: &TestApp, client_id: Uuid) {
     use sea_orm::{ActiveModelTrait as _, ActiveValue::Set, EntityTrait as _};
-    let client = entity::client::Entity::find_by_id(client_id).one(&app.db).await.unwrap().unwrap();
+    let client = entity::client::Entity::find_by_id(client_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
     let mut client: entity::client::ActiveModel = client.into();
     client.is_blocked = Set(true);
     client.update(&app.db).await.unwrap();
@@ -119,8 +157,12 @@ async fn mark_client_blocked(app: &TestApp, client_id: Uuid) {
 async fn token_without_the_scope_is_403_invalid_scopes() {
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
-    let read_only = app.token(me.client_id, "connection:read connection:write").await;
-    let got = app.refresh(me.client_id, me.connection_id, &read_only).await;
+    let read_only = app
+        .token(me.client_id, "connection:read connection:write")
+        .await;
+    let got = app
+        .refresh(me.client_id, me.connection_id, &read_only)
+        .await;
     assert_error(&got, 403, "forbidden", Some("Invalid scopes"));
 }
 
@@ -129,7 +171,9 @@ async fn another_clients_id_is_403_forbidden() {
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
     let other = app.owned("MSP").await;
-    let got = app.refresh(other.client_id, other.connection_id, &me.token).await;
+    let got = app
+        .refresh(other.client_id, other.connection_id, &me.token)
+        .await;
     assert_error(&got, 403, "forbidden", Some("Forbidden"));
 }
 
@@ -138,7 +182,9 @@ async fn nhs_may_refresh_another_clients_connection() {
     let app = TestApp::spawn().await;
     let nhs = app.owned("NHS").await;
     let clinic = app.owned("MSP").await;
-    let (status, body) = app.refresh(clinic.client_id, clinic.connection_id, &nhs.token).await;
+    let (status, body) = app
+        .refresh(clinic.client_id, clinic.connection_id, &nhs.token)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["client_id"], clinic.client_id.to_string());
 }
@@ -147,7 +193,9 @@ async fn nhs_may_refresh_another_clients_connection() {
 async fn unknown_client_is_404() {
     let app = TestApp::spawn().await;
     let nhs = app.owned("NHS").await;
-    let got = app.refresh(Uuid::new_v4(), nhs.connection_id, &nhs.token).await;
+    let got = app
+        .refresh(Uuid::new_v4(), nhs.connection_id, &nhs.token)
+        .await;
     assert_error(&got, 404, "not_found", None);
 }
 
@@ -164,9 +212,14 @@ async fn connection_of_another_client_is_404_and_untouched() {
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
     let other = app.owned("MSP").await;
-    let got = app.refresh(me.client_id, other.connection_id, &me.token).await;
+    let got = app
+        .refresh(me.client_id, other.connection_id, &me.token)
+        .await;
     assert_error(&got, 404, "not_found", None);
-    assert!(app.verifies(&other.secret).await, "the other client's secret still works");
+    assert!(
+        app.verifies(&other.secret).await,
+        "the other client's secret still works"
+    );
 }
 
 #[actix_web::test]
@@ -175,11 +228,21 @@ async fn non_uuid_ids_are_404() {
     let me = app.owned("MSP").await;
     let nhs = app.owned("NHS").await;
     let got = app
-        .refresh_raw(&me.client_id.to_string(), "not-a-uuid", Some(&me.token), None)
+        .refresh_raw(
+            &me.client_id.to_string(),
+            "not-a-uuid",
+            Some(&me.token),
+            None,
+        )
         .await;
     assert_error(&got, 404, "not_found", None);
     let got = app
-        .refresh_raw("not-a-uuid", &me.connection_id.to_string(), Some(&nhs.token), None)
+        .refresh_raw(
+            "not-a-uuid",
+            &me.connection_id.to_string(),
+            Some(&nhs.token),
+            None,
+        )
         .await;
     assert_error(&got, 404, "not_found", None);
 }
@@ -197,7 +260,11 @@ async fn uppercase_ids_name_the_same_client() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["id"], me.connection_id.to_string(), "ids answer lowercase");
+    assert_eq!(
+        body["data"]["id"],
+        me.connection_id.to_string(),
+        "ids answer lowercase"
+    );
 }
 
 #[actix_web::test]
@@ -226,9 +293,13 @@ async fn grace_period_out_of_range_is_422_and_changes_nothing() {
         assert_eq!(invalid["entry_type"], "json_data_property");
         assert!(invalid["rules"][0]["rule"].is_string());
     }
-    assert!(app.verifies(&me.secret).await, "a refused refresh rotates nothing");
+    assert!(
+        app.verifies(&me.secret).await,
+        "a refused refresh rotates nothing"
+    );
     assert_eq!(
-        app.query_i64("SELECT COUNT(*) FROM connection_events").await,
+        app.query_i64("SELECT COUNT(*) FROM connection_events")
+            .await,
         0,
         "and records nothing"
     );
@@ -236,11 +307,16 @@ async fn grace_period_out_of_range_is_422_and_changes_nothing() {
 
 #[actix_web::test]
 async fn grace_period_at_the_maximum_is_accepted() {
-    let app = TestApp::spawn_with(|c| c.max_grace_period = std::time::Duration::from_secs(600)).await;
+    let app =
+        TestApp::spawn_with(|c| c.max_grace_period = std::time::Duration::from_secs(600)).await;
     let me = app.owned("MSP").await;
-    let (status, _) = app.refresh_with_grace(me.client_id, me.connection_id, &me.token, 600).await;
+    let (status, _) = app
+        .refresh_with_grace(me.client_id, me.connection_id, &me.token, 600)
+        .await;
     assert_eq!(status, 200);
-    let got = app.refresh_with_grace(me.client_id, me.connection_id, &me.token, 601).await;
+    let got = app
+        .refresh_with_grace(me.client_id, me.connection_id, &me.token, 601)
+        .await;
     assert_error(&got, 422, "validation_failed", None);
 }
 
@@ -250,7 +326,12 @@ async fn malformed_json_body_is_422() {
     let me = app.owned("MSP").await;
     for body in [r#"{"grace_period": "#, "not json", "[1, 2]", "42"] {
         let got = app
-            .refresh_raw(&me.client_id.to_string(), &me.connection_id.to_string(), Some(&me.token), Some(body))
+            .refresh_raw(
+                &me.client_id.to_string(),
+                &me.connection_id.to_string(),
+                Some(&me.token),
+                Some(body),
+            )
             .await;
         assert_error(&got, 422, "validation_failed", None);
         assert_eq!(got.1["error"]["invalid"][0]["entry"], "$", "{body}");
@@ -266,21 +347,44 @@ async fn checks_answer_in_api_order() {
     let bad_body = Some("{");
     let (client, connection) = (me.client_id.to_string(), me.connection_id.to_string());
     // Token before scope, context, existence and body.
-    let got = app.refresh_raw(&other.client_id.to_string(), "x", Some("nope"), bad_body).await;
+    let got = app
+        .refresh_raw(&other.client_id.to_string(), "x", Some("nope"), bad_body)
+        .await;
     assert_error(&got, 401, "access_denied", None);
     // Scope before context.
     let read_only = app.token(me.client_id, "connection:read").await;
-    let got = app.refresh_raw(&other.client_id.to_string(), "x", Some(&read_only), bad_body).await;
+    let got = app
+        .refresh_raw(
+            &other.client_id.to_string(),
+            "x",
+            Some(&read_only),
+            bad_body,
+        )
+        .await;
     assert_error(&got, 403, "forbidden", Some("Invalid scopes"));
     // Context before existence.
     let got = app
-        .refresh_raw(&other.client_id.to_string(), &Uuid::new_v4().to_string(), Some(&me.token), bad_body)
+        .refresh_raw(
+            &other.client_id.to_string(),
+            &Uuid::new_v4().to_string(),
+            Some(&me.token),
+            bad_body,
+        )
         .await;
     assert_error(&got, 403, "forbidden", Some("Forbidden"));
     // Existence before body.
-    let got = app.refresh_raw(&client, &Uuid::new_v4().to_string(), Some(&me.token), bad_body).await;
+    let got = app
+        .refresh_raw(
+            &client,
+            &Uuid::new_v4().to_string(),
+            Some(&me.token),
+            bad_body,
+        )
+        .await;
     assert_error(&got, 404, "not_found", None);
     // Body last.
-    let got = app.refresh_raw(&client, &connection, Some(&me.token), bad_body).await;
+    let got = app
+        .refresh_raw(&client, &connection, Some(&me.token), bad_body)
+        .await;
     assert_error(&got, 422, "validation_failed", None);
 }

@@ -1,1 +1,5 @@
+//! Background work of mithril: owner notices and credential invalidation, shared by
+//! `mithril serve` (in-process) and the `mithril-workers` binary.
+pub mod credentials;
 pub mod jobs;
+pub mod mail;

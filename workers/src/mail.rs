@@ -1,0 +1,254 @@
+//! Owner notices: rendering from the template files, and delivery by SMTP or to `.eml`
+//! files.
+use std::path::Path;
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{
+    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
+};
+use minijinja::{AutoEscape, Environment};
+use serde::Serialize;
+
+/// Everything a notice says. There is deliberately no field for a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct NoticeFields {
+    pub client_name: String,
+    pub consumer_name: String,
+    pub connection_id: String,
+    pub consumer_id: String,
+    pub occurred_at: String,
+    /// Who rotated: the acting user's e-mail, or their id when they have none on file.
+    pub actor: String,
+    pub request_id: String,
+    pub secret_version: i64,
+    pub grace_period: i64,
+    pub grace_ends_at: String,
+}
+
+/// The languages notices are written in; anything else falls back to Ukrainian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locale {
+    Uk,
+    En,
+}
+
+impl Locale {
+    pub fn parse(value: &str) -> Self {
+        if value.eq_ignore_ascii_case("en") {
+            Self::En
+        } else {
+            Self::Uk
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Self::Uk => "uk",
+            Self::En => "en",
+        }
+    }
+}
+
+/// The notice templates, kept as files under `workers/templates/` and compiled in.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+pub struct RenderedNotice {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Templates {
+    pub fn load() -> Result<Self, minijinja::Error> {
+        let mut env = Environment::new();
+        env.set_auto_escape_callback(|name| {
+            if name.contains(".html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        for (name, source) in [
+            (
+                "notice.uk.subject",
+                include_str!("../templates/notice.uk.subject.j2"),
+            ),
+            (
+                "notice.uk.txt",
+                include_str!("../templates/notice.uk.txt.j2"),
+            ),
+            (
+                "notice.uk.html",
+                include_str!("../templates/notice.uk.html.j2"),
+            ),
+            (
+                "notice.en.subject",
+                include_str!("../templates/notice.en.subject.j2"),
+            ),
+            (
+                "notice.en.txt",
+                include_str!("../templates/notice.en.txt.j2"),
+            ),
+            (
+                "notice.en.html",
+                include_str!("../templates/notice.en.html.j2"),
+            ),
+        ] {
+            env.add_template(name, source)?;
+        }
+        Ok(Self { env })
+    }
+
+    pub fn render(
+        &self,
+        locale: Locale,
+        fields: &NoticeFields,
+    ) -> Result<RenderedNotice, minijinja::Error> {
+        let render = |part: &str| {
+            self.env
+                .get_template(&format!("notice.{}.{part}", locale.code()))?
+                .render(fields)
+        };
+        Ok(RenderedNotice {
+            subject: render("subject")?.trim().to_owned(),
+            text: render("txt")?,
+            html: render("html")?,
+        })
+    }
+}
+
+/// Why a message was not delivered, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The address or the message is refused for good (SMTP 5xx, unparsable address).
+    #[error("permanent delivery failure: {0}")]
+    Permanent(String),
+    /// The server was unreachable or answered 4xx: retry with backoff.
+    #[error("transient delivery failure: {0}")]
+    Transient(String),
+}
+
+pub enum Mailer {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// The embedded default: one `.eml` file per message.
+    Files(AsyncFileTransport<Tokio1Executor>),
+}
+
+impl Mailer {
+    /// SMTP when `smtp_url` is set (pooled, with a timeout), else files under `mail_dir`.
+    pub fn new(smtp_url: Option<&str>, mail_dir: &Path) -> anyhow::Result<Self> {
+        match smtp_url {
+            Some(url) => {
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|e| anyhow::anyhow!("SMTP_URL is not usable: {e}"))?
+                    .timeout(Some(Duration::from_secs(10)))
+                    .pool_config(PoolConfig::new().max_size(8))
+                    .build();
+                Ok(Self::Smtp(transport))
+            }
+            None => {
+                std::fs::create_dir_all(mail_dir)
+                    .map_err(|e| anyhow::anyhow!("creating {}: {e}", mail_dir.display()))?;
+                Ok(Self::Files(AsyncFileTransport::<Tokio1Executor>::new(
+                    mail_dir,
+                )))
+            }
+        }
+    }
+
+    pub async fn send(&self, message: Message) -> Result<(), DeliveryError> {
+        match self {
+            Self::Smtp(transport) => transport.send(message).await.map(drop).map_err(|e| {
+                if e.is_permanent() {
+                    DeliveryError::Permanent(e.to_string())
+                } else {
+                    DeliveryError::Transient(e.to_string())
+                }
+            }),
+            Self::Files(transport) => transport
+                .send(message)
+                .await
+                .map(drop)
+                .map_err(|e| DeliveryError::Transient(e.to_string())),
+        }
+    }
+}
+
+/// Builds the multipart (text + HTML) notice.
+pub fn compose(
+    from: &str,
+    to: &str,
+    message_id: &str,
+    rendered: RenderedNotice,
+) -> Result<Message, DeliveryError> {
+    let from: Mailbox = from
+        .parse()
+        .map_err(|e| DeliveryError::Permanent(format!("MAIL_FROM is not an address: {e}")))?;
+    let to: Mailbox = to.parse().map_err(|e| {
+        DeliveryError::Permanent(format!("the owner's e-mail is not an address: {e}"))
+    })?;
+    Message::builder()
+        .from(from)
+        .to(to)
+        .subject(rendered.subject)
+        .message_id(Some(message_id.to_owned()))
+        .multipart(MultiPart::alternative_plain_html(
+            rendered.text,
+            rendered.html,
+        ))
+        .map_err(|e| DeliveryError::Permanent(format!("building the message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> NoticeFields {
+        NoticeFields {
+            client_name: "Clinic <One>".into(),
+            consumer_name: "MIS".into(),
+            connection_id: "c1".into(),
+            consumer_id: "m1".into(),
+            occurred_at: "2026-11-28T10:00:00Z".into(),
+            actor: "doctor@example.org".into(),
+            request_id: "req-1".into(),
+            secret_version: 3,
+            grace_period: 0,
+            grace_ends_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn both_languages_render_every_field_and_escape_html() {
+        let templates = Templates::load().unwrap();
+        for locale in [Locale::Uk, Locale::En] {
+            let notice = templates.render(locale, &fields()).unwrap();
+            for part in [&notice.text, &notice.html] {
+                for value in [
+                    "c1",
+                    "m1",
+                    "2026-11-28T10:00:00Z",
+                    "doctor@example.org",
+                    "req-1",
+                ] {
+                    assert!(part.contains(value), "{locale:?} lacks {value}");
+                }
+            }
+            assert!(notice.html.contains("Clinic &lt;One&gt;"));
+            assert!(notice.text.contains("Clinic <One>"));
+        }
+        assert!(
+            templates
+                .render(Locale::Uk, &fields())
+                .unwrap()
+                .subject
+                .contains("змінено")
+        );
+        assert_eq!(Locale::parse("EN"), Locale::En);
+        assert_eq!(Locale::parse("fr"), Locale::Uk);
+    }
+}
