@@ -9,12 +9,17 @@ use actix_web::{App, HttpRequest, HttpServer, web};
 use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
 use workers::credentials::RedisCredentials;
+use workers::mail::{Mailer, Templates};
+use workers::notify::Notifier;
+use workers::queue::Queue;
+use workers::run::{Invalidator, Workers};
 
 use crate::auth::{AuthError, Authorize, Authorizer, Principal};
 use crate::cache::{CredentialsCache, follow_evictions};
 use crate::config::Config;
 use crate::connections::ConnectionRegistry;
 use crate::http::{self, ApiError};
+use crate::outbox::OutboxRelay;
 use crate::secrets::SecretDigest;
 
 /// What every handler shares.
@@ -24,6 +29,7 @@ pub struct AppState {
     pub authorizer: Addr<Authorizer>,
     pub registry: Addr<ConnectionRegistry>,
     pub credentials: Arc<CredentialsCache>,
+    pub relay: OutboxRelay,
 }
 
 impl AppState {
@@ -48,6 +54,39 @@ impl AppState {
     }
 }
 
+/// The job workers `serve` runs by default: the same as `mithril-workers`, plus eviction
+/// from this process's own cache.
+fn in_process_workers(
+    config: &Config,
+    db: &DatabaseConnection,
+    redis: Option<&crate::redis::Redis>,
+    credentials: &Arc<CredentialsCache>,
+) -> anyhow::Result<Workers> {
+    let local = credentials.clone();
+    Ok(Workers {
+        notifier: Arc::new(Notifier {
+            db: db.clone(),
+            mailer: Mailer::new(config.smtp_url.as_deref(), &config.mail_dir)?,
+            templates: Templates::load().context("loading the notice templates")?,
+            mail_from: config.mail_from.clone(),
+        }),
+        invalidator: Arc::new(Invalidator {
+            redis: redis.map(|r| {
+                RedisCredentials::new(
+                    r.manager.clone(),
+                    config.credentials_cache_ttl.as_secs().max(1),
+                )
+            }),
+            local: Some(Arc::new(move |digests: &[String]| {
+                local.evict_local(digests)
+            })),
+        }),
+        retry: config.worker_retry.clone(),
+        concurrency: config.worker_concurrency,
+        poll_interval: config.worker_poll_interval,
+    })
+}
+
 /// The digest of `Authorization: Bearer <token>`; the plaintext goes no further.
 fn bearer_digest(req: &HttpRequest) -> Option<SecretDigest> {
     let value = req
@@ -64,6 +103,8 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    stop_workers: tokio::sync::watch::Sender<bool>,
+    job_workers: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -88,6 +129,9 @@ impl Application {
         )
         .start();
         let registry = ConnectionRegistry::new(db.clone(), config.actor_idle_timeout).start();
+        // Background tasks go on Tokio's scheduler rather than actix's thread-local set,
+        // so they are dropped inside the runtime when it shuts down (a pooled database
+        // connection cannot be dropped outside one).
         let redis = match &config.redis_url {
             Some(url) => Some(crate::redis::connect(url).await?),
             None => None,
@@ -103,8 +147,29 @@ impl Application {
             }),
         ));
         if let Some(redis) = &redis {
-            actix_web::rt::spawn(follow_evictions(redis.client.clone(), credentials.clone()));
+            tokio::spawn(follow_evictions(redis.client.clone(), credentials.clone()));
         }
+        let queue =
+            Queue::connect(&db, config.redis_url.as_deref(), &config.queue_namespace).await?;
+        let relay = OutboxRelay::new(db.clone(), queue.clone());
+        tokio::spawn(relay.clone().run_sweeper());
+        let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
+        let job_workers = if config.run_workers {
+            let workers = in_process_workers(&config, &db, redis.as_ref(), &credentials)?;
+            let mut stopped = workers_stopped;
+            let grace = config.shutdown_timeout;
+            Some(tokio::spawn(async move {
+                let shutdown = async move {
+                    // Ends on `true` or when the sender is dropped.
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(e) = workers::run::run(queue, workers, grace, shutdown).await {
+                    tracing::error!(error = format!("{e:#}"), "in-process job workers stopped");
+                }
+            }))
+        } else {
+            None
+        };
         let workers = config.http_workers;
         let state = web::Data::new(AppState {
             config,
@@ -112,6 +177,7 @@ impl Application {
             authorizer,
             registry,
             credentials,
+            relay,
         });
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
@@ -125,10 +191,13 @@ impl Application {
         if workers > 0 {
             server = server.workers(workers);
         }
+        server = server.shutdown_timeout(state.config.shutdown_timeout.as_secs());
         Ok(Self {
             port,
             server: server.run(),
             state,
+            stop_workers,
+            job_workers,
         })
     }
 
@@ -140,7 +209,21 @@ impl Application {
         self.state.clone()
     }
 
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+    /// Serves until SIGTERM or Ctrl-C (actix stops accepting and lets requests in flight
+    /// finish), then pushes what the outbox still holds and stops the job workers.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await.context("running the server")?;
+        match self.state.relay.flush().await {
+            Ok(n) => tracing::info!(rows = n, "outbox flushed"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "outbox flush failed; the next start's sweeper will push it"
+            ),
+        }
+        let _ = self.stop_workers.send(true);
+        if let Some(job_workers) = self.job_workers {
+            let _ = job_workers.await;
+        }
+        Ok(())
     }
 }

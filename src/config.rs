@@ -28,6 +28,15 @@ pub struct Config {
     pub credentials_cache_capacity: u64,
     /// Where notices go as `.eml` files when `smtp_url` is unset.
     pub mail_dir: std::path::PathBuf,
+    /// Prefix of the job queue names (lets deployments, or tests, share one Redis).
+    pub queue_namespace: String,
+    /// Run the job workers in this process (`serve` without `--no-workers`).
+    pub run_workers: bool,
+    pub worker_retry: workers::run::RetrySettings,
+    pub worker_concurrency: usize,
+    pub worker_poll_interval: Duration,
+    /// How long in-flight requests and jobs get to finish after SIGTERM or Ctrl-C.
+    pub shutdown_timeout: Duration,
     /// HTTP worker threads; 0 means one per core.
     pub http_workers: usize,
     pub db_max_connections: u32,
@@ -49,6 +58,12 @@ impl Config {
             credentials_cache_ttl: Duration::from_secs(60),
             credentials_cache_capacity: 100_000,
             mail_dir: std::path::PathBuf::from("data/mail"),
+            queue_namespace: "mithril".to_owned(),
+            run_workers: true,
+            worker_retry: workers::run::RetrySettings::default(),
+            worker_concurrency: 8,
+            worker_poll_interval: Duration::from_millis(250),
+            shutdown_timeout: Duration::from_secs(30),
             http_workers: 0,
             db_max_connections: 20,
         }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod connections;
 pub mod db;
 pub mod http;
+pub mod outbox;
 pub mod redis;
 pub mod secrets;
 pub mod seed;

@@ -10,9 +10,7 @@ pub use registry::{ActiveActors, ConnectionRegistry};
 pub use rotation::{Rotate, RotateError, Rotated, rotate};
 pub use verify::{lookup_credential, view};
 
-/// Kinds of outbox rows and audit events.
+/// Kinds of audit events.
 pub mod kinds {
     pub const SECRET_REFRESHED: &str = "secret_refreshed";
-    pub const NOTIFY_OWNER: &str = "notify_owner";
-    pub const INVALIDATE_CREDENTIALS: &str = "invalidate_credentials";
 }

@@ -9,12 +9,12 @@ use sea_orm::{
     DatabaseTransaction, DbErr, EntityTrait as _, QueryFilter as _, QuerySelect as _,
     TransactionTrait as _,
 };
-use serde_json::json;
 use uuid::Uuid;
 
 use super::{kinds, view};
 use crate::secrets::Plaintext;
 use workers::credentials::{Demoted, Invalidation};
+use workers::jobs::{self, InvalidateCredentials, NotifyOwner};
 
 /// Rotate the secret of one connection of one client.
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ pub enum RotateError {
     NotFound,
     #[error("storing the rotation failed")]
     Store(#[from] DbErr),
-    #[error("generating the secret failed")]
+    #[error("generating the secret or its jobs failed")]
     Secret(#[source] anyhow::Error),
     #[error("the connection actor is not running")]
     Stopped,
@@ -135,34 +135,34 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
     .await?;
 
     // CAUTION: outbox payloads carry ids and digests only, never the plaintext secret.
-    let outbox_ids = vec![Uuid::now_v7(), Uuid::now_v7()];
-    let notify = outbox_row(
-        outbox_ids[0],
-        kinds::NOTIFY_OWNER,
-        json!({
-            "event_id": event_id,
-            "connection_id": updated.id,
-            "client_id": updated.client_id,
-            "consumer_id": updated.consumer_id,
-            "actor_user_id": cmd.actor_user_id,
-            "request_id": cmd.request_id,
-            "secret_version": version,
-            "grace_period": cmd.grace_period,
-            "occurred_at": now,
-        }),
-        now,
-    );
     let invalidation = Invalidation {
         connection: view(&updated),
         retire,
         demote,
     };
+    let notify = NotifyOwner {
+        event_id,
+        connection_id: updated.id,
+        client_id: updated.client_id,
+        consumer_id: updated.consumer_id,
+        actor_user_id: cmd.actor_user_id,
+        request_id: cmd.request_id.clone(),
+        secret_version: version,
+        grace_period: cmd.grace_period,
+        occurred_at: now,
+    };
+    let invalidate = InvalidateCredentials {
+        event_id,
+        invalidation: invalidation.clone(),
+    };
+    let outbox_ids = vec![Uuid::now_v7(), Uuid::now_v7()];
+    let notify = outbox_row(outbox_ids[0], jobs::NOTIFY_OWNER, &notify, now)?;
     let invalidate = outbox_row(
         outbox_ids[1],
-        kinds::INVALIDATE_CREDENTIALS,
-        json!({"event_id": event_id, "invalidation": invalidation}),
+        jobs::INVALIDATE_CREDENTIALS,
+        &invalidate,
         now,
-    );
+    )?;
     outbox::Entity::insert_many([notify, invalidate])
         .exec_without_returning(&txn)
         .await?;
@@ -208,15 +208,16 @@ async fn lock_connection(
 fn outbox_row(
     id: Uuid,
     kind: &str,
-    payload: serde_json::Value,
+    job: &impl serde::Serialize,
     now: DateTime<Utc>,
-) -> outbox::ActiveModel {
-    outbox::ActiveModel {
+) -> Result<outbox::ActiveModel, RotateError> {
+    let payload = serde_json::to_value(job).map_err(|e| RotateError::Secret(e.into()))?;
+    Ok(outbox::ActiveModel {
         id: Set(id),
         kind: Set(kind.to_owned()),
         payload: Set(payload),
         created_at: Set(now),
         dispatched_at: Set(None),
         attempts: Set(0),
-    }
+    })
 }

@@ -55,6 +55,18 @@ pub async fn refresh_secret(
     // Before answering: the old secret must already fail here and, through Redis, on
     // every other instance.
     state.credentials.invalidate(&rotated.invalidation).await;
+    // The notice and the shared invalidation go through the queue; if this push fails,
+    // the sweeper pushes the committed rows later.
+    let relay = state.relay.clone();
+    let outbox_ids = rotated.outbox_ids.clone();
+    actix_web::rt::spawn(async move {
+        if let Err(e) = relay.dispatch(&outbox_ids).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "outbox dispatch failed; the sweeper will retry"
+            );
+        }
+    });
     tracing::info!(
         client_id = %client_id,
         connection_id = %connection_id,

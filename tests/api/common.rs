@@ -9,6 +9,7 @@ use mithril::{AppState, Application};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::Value;
 use uuid::Uuid;
+use workers::run::RetrySettings;
 
 pub const ALL_SCOPES: &str =
     "connection:refresh_secret connection:read connection:write connection:delete";
@@ -27,10 +28,11 @@ fn backend() -> &'static Backend {
     })
 }
 
-/// A database of its own for one test; SQLite files go away with the guard.
+/// A database of its own for one test, and a directory for its files (the SQLite
+/// database, mail); files go away with the guard.
 pub struct TestDatabase {
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestDatabase {
@@ -39,10 +41,7 @@ impl TestDatabase {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}/mithril.db?mode=rwc", dir.path().display());
-                Self {
-                    url,
-                    _dir: Some(dir),
-                }
+                Self { url, dir }
             }
             // CAUTION: configured but unreachable is a failure, never a silent skip.
             Backend::Postgres(base) => {
@@ -60,18 +59,25 @@ impl TestDatabase {
                     .expect("postgres URL with a database path");
                 Self {
                     url: format!("{prefix}/{name}"),
-                    _dir: None,
+                    dir: tempfile::tempdir().unwrap(),
                 }
             }
         }
     }
 }
 
-pub fn test_config(database_url: &str) -> Config {
-    let mut config = Config::embedded(database_url);
+pub fn test_config(database: &TestDatabase) -> Config {
+    let mut config = Config::embedded(database.url.clone());
     config.bind = "127.0.0.1:0".to_owned();
     config.http_workers = 2;
     config.db_max_connections = 10;
+    config.mail_dir = database.dir.path().join("mail");
+    config.worker_retry = RetrySettings {
+        retries: 5,
+        min: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+    };
+    config.worker_poll_interval = Duration::from_millis(50);
     config
 }
 
@@ -98,7 +104,7 @@ impl TestApp {
         database: std::sync::Arc<TestDatabase>,
         adjust: impl FnOnce(&mut Config),
     ) -> Self {
-        let mut config = test_config(&database.url);
+        let mut config = test_config(&database);
         adjust(&mut config);
         let app = Application::build(config).await.expect("the app builds");
         let address = format!("http://127.0.0.1:{}", app.port());

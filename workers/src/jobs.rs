@@ -1,1 +1,33 @@
+//! The job types. The API writes them as outbox rows in the rotation's transaction and
+//! the relay pushes them to the queue; payloads carry ids and digests, never a secret.
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
+use crate::credentials::Invalidation;
+
+/// Outbox `kind` of each job type.
+pub const NOTIFY_OWNER: &str = "notify_owner";
+pub const INVALIDATE_CREDENTIALS: &str = "invalidate_credentials";
+
+/// E-mail the client's owner that a connection's secret was rotated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyOwner {
+    /// The audit event; also the notice's `Message-ID` and its idempotency key.
+    pub event_id: Uuid,
+    pub connection_id: Uuid,
+    pub client_id: Uuid,
+    pub consumer_id: Uuid,
+    pub actor_user_id: Uuid,
+    pub request_id: String,
+    pub secret_version: i64,
+    pub grace_period: i64,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Make every cache forget what a rotation or deletion changed. Idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidateCredentials {
+    pub event_id: Uuid,
+    pub invalidation: Invalidation,
+}

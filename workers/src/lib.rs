@@ -1,5 +1,9 @@
 //! Background work of mithril: owner notices and credential invalidation, shared by
 //! `mithril serve` (in-process) and the `mithril-workers` binary.
 pub mod credentials;
+pub mod db;
 pub mod jobs;
 pub mod mail;
+pub mod notify;
+pub mod queue;
+pub mod run;

@@ -1,0 +1,133 @@
+//! The outbox relay: after commit, push a change's outbox rows to the job queue and mark
+//! them dispatched; a sweeper in every instance re-pushes rows left behind (the queue was
+//! down, the process died).
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use entity::outbox;
+use sea_orm::sea_query::{Expr, ExprTrait as _, LockBehavior, LockType};
+use sea_orm::{
+    ColumnTrait as _, DatabaseBackend, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _, TransactionTrait as _,
+};
+use uuid::Uuid;
+use workers::queue::Queue;
+
+/// Rows younger than this are left to the request that wrote them.
+pub const SWEEP_AFTER: Duration = Duration::from_secs(3);
+const SWEEP_BATCH: u64 = 200;
+
+#[derive(Clone)]
+pub struct OutboxRelay {
+    db: DatabaseConnection,
+    queue: Queue,
+}
+
+impl OutboxRelay {
+    pub fn new(db: DatabaseConnection, queue: Queue) -> Self {
+        Self { db, queue }
+    }
+
+    /// Pushes the given rows, if still undispatched. Errors leave them to the sweeper.
+    pub async fn dispatch(&self, ids: &[Uuid]) -> anyhow::Result<usize> {
+        self.relay(
+            outbox::Column::Id.is_in(ids.iter().copied()),
+            ids.len() as u64,
+        )
+        .await
+    }
+
+    /// Pushes rows left undispatched for longer than `SWEEP_AFTER`.
+    pub async fn sweep(&self) -> anyhow::Result<usize> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(SWEEP_AFTER).unwrap_or_default();
+        self.relay(outbox::Column::CreatedAt.lt(cutoff), SWEEP_BATCH)
+            .await
+    }
+
+    /// Pushes every undispatched row, whatever its age: on the way out.
+    pub async fn flush(&self) -> anyhow::Result<usize> {
+        self.relay(outbox::Column::CreatedAt.lte(Utc::now()), SWEEP_BATCH)
+            .await
+    }
+
+    /// Runs `sweep` every second until the process ends.
+    pub async fn run_sweeper(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "outbox sweeper re-pushed rows"),
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "outbox sweep failed; will retry")
+                }
+            }
+        }
+    }
+
+    async fn relay(
+        &self,
+        which: sea_orm::sea_query::SimpleExpr,
+        limit: u64,
+    ) -> anyhow::Result<usize> {
+        let select = outbox::Entity::find()
+            .filter(outbox::Column::DispatchedAt.is_null())
+            .filter(which)
+            .order_by_asc(outbox::Column::CreatedAt)
+            .limit(limit);
+        match self.db.get_database_backend() {
+            // CAUTION: several instances sweep at once; SKIP LOCKED gives each row to one.
+            DatabaseBackend::Postgres => {
+                let txn = self.db.begin().await.context("outbox: begin")?;
+                let rows = select
+                    .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                    .all(&txn)
+                    .await
+                    .context("outbox: select")?;
+                let pushed = self.push_and_mark(&rows, &txn).await;
+                txn.commit().await.context("outbox: commit")?;
+                pushed
+            }
+            // SQLite has one writer and the embedded queue writes through another
+            // connection, so no transaction may span the push. A row pushed twice (a
+            // sweep racing the request) costs a duplicate job, and both jobs are
+            // idempotent.
+            _ => {
+                let rows = select.all(&self.db).await.context("outbox: select")?;
+                self.push_and_mark(&rows, &self.db).await
+            }
+        }
+    }
+
+    async fn push_and_mark(
+        &self,
+        rows: &[outbox::Model],
+        db: &impl sea_orm::ConnectionTrait,
+    ) -> anyhow::Result<usize> {
+        let mut pushed = 0;
+        for row in rows {
+            let result = self.queue.push(&row.kind, row.payload.clone()).await;
+            let mut update = outbox::Entity::update_many()
+                .col_expr(
+                    outbox::Column::Attempts,
+                    Expr::col(outbox::Column::Attempts).add(1),
+                )
+                .filter(outbox::Column::Id.eq(row.id))
+                .filter(outbox::Column::DispatchedAt.is_null());
+            if result.is_ok() {
+                update = update.col_expr(outbox::Column::DispatchedAt, Expr::value(Utc::now()));
+            }
+            update.exec(db).await.context("outbox: mark")?;
+            match result {
+                Ok(()) => pushed += 1,
+                Err(e) => {
+                    // The queue is down: stop here and leave the rest to the next sweep.
+                    metrics::counter!("mithril_outbox_push_failures_total").increment(1);
+                    return Err(e).context("outbox: pushing to the queue");
+                }
+            }
+        }
+        Ok(pushed)
+    }
+}

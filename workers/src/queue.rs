@@ -1,0 +1,160 @@
+//! The job queue: apalis on Redis when `REDIS_URL` is set, else on the service's own
+//! database (SQLite or PostgreSQL), sharing SeaORM's connection pool.
+use anyhow::Context as _;
+use apalis::prelude::TaskSink as _;
+use apalis_postgres::PostgresStorage;
+use apalis_redis::{Config as RedisConfig, ConnectionManager, RedisStorage};
+use apalis_sqlite::SqliteStorage;
+use sea_orm::{DatabaseBackend, DatabaseConnection};
+use serde::de::DeserializeOwned;
+
+use crate::jobs::{self, InvalidateCredentials, NotifyOwner};
+
+/// One storage per job type.
+#[derive(Clone)]
+pub struct Storages<N, I> {
+    pub notify: N,
+    pub invalidate: I,
+}
+
+#[derive(Clone)]
+pub struct RedisQueue {
+    pub storages: Storages<RedisStorage<NotifyOwner>, RedisStorage<InvalidateCredentials>>,
+    conn: ConnectionManager,
+    configs: Storages<RedisConfig, RedisConfig>,
+}
+
+#[derive(Clone)]
+pub enum Queue {
+    Redis(Box<RedisQueue>),
+    Sqlite(Storages<SqliteStorage<NotifyOwner>, SqliteStorage<InvalidateCredentials>>),
+    Postgres(Storages<PostgresStorage<NotifyOwner>, PostgresStorage<InvalidateCredentials>>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("unknown job kind {0:?}")]
+    UnknownKind(String),
+    #[error("the payload does not decode as its job type: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error("the queue refused the job: {0}")]
+    Push(String),
+}
+
+impl Queue {
+    /// `namespace` prefixes the queue names, so deployments (or tests) can share a Redis.
+    pub async fn connect(
+        db: &DatabaseConnection,
+        redis_url: Option<&str>,
+        namespace: &str,
+    ) -> anyhow::Result<Self> {
+        let notify_queue = format!("{namespace}:{}", jobs::NOTIFY_OWNER);
+        let invalidate_queue = format!("{namespace}:{}", jobs::INVALIDATE_CREDENTIALS);
+        if let Some(url) = redis_url {
+            let conn = apalis_redis::connect(url)
+                .await
+                .context("connecting the queue to Redis")?;
+            let configs = Storages {
+                notify: RedisConfig::default().queue(&notify_queue),
+                invalidate: RedisConfig::default().queue(&invalidate_queue),
+            };
+            let storages = Storages {
+                notify: RedisStorage::new(conn.clone()).with_config(configs.notify.clone()),
+                invalidate: RedisStorage::new(conn.clone()).with_config(configs.invalidate.clone()),
+            };
+            return Ok(Self::Redis(Box::new(RedisQueue {
+                storages,
+                conn,
+                configs,
+            })));
+        }
+        match db.get_database_backend() {
+            DatabaseBackend::Postgres => {
+                let pool = db.get_postgres_connection_pool();
+                // Only the queue's tables: `setup` would also change session settings.
+                PostgresStorage::<()>::migrations()
+                    .run(pool)
+                    .await
+                    .context("creating the queue tables")?;
+                Ok(Self::Postgres(Storages {
+                    notify: PostgresStorage::new(pool)
+                        .with_config(apalis_postgres::Config::default().queue(&notify_queue)),
+                    invalidate: PostgresStorage::new(pool)
+                        .with_config(apalis_postgres::Config::default().queue(&invalidate_queue)),
+                }))
+            }
+            _ => {
+                let pool = db.get_sqlite_connection_pool();
+                // Only the queue's tables: `setup` would also turn `synchronous` off on
+                // the service's own database, trading durability of committed rotations.
+                SqliteStorage::<()>::migrations()
+                    .run(pool)
+                    .await
+                    .context("creating the queue tables")?;
+                Ok(Self::Sqlite(Storages {
+                    notify: SqliteStorage::new(pool)
+                        .with_config(apalis_sqlite::Config::default().queue(&notify_queue)),
+                    invalidate: SqliteStorage::new(pool)
+                        .with_config(apalis_sqlite::Config::default().queue(&invalidate_queue)),
+                }))
+            }
+        }
+    }
+
+    /// Pushes an outbox row's payload as the job its `kind` names.
+    pub async fn push(&self, kind: &str, payload: serde_json::Value) -> Result<(), QueueError> {
+        match kind {
+            jobs::NOTIFY_OWNER => {
+                let job: NotifyOwner = decode(payload)?;
+                match self {
+                    Self::Redis(q) => q.storages.notify.clone().push(job).await.map_err(refused),
+                    Self::Sqlite(s) => s.notify.clone().push(job).await.map_err(refused),
+                    Self::Postgres(s) => s.notify.clone().push(job).await.map_err(refused),
+                }
+            }
+            jobs::INVALIDATE_CREDENTIALS => {
+                let job: InvalidateCredentials = decode(payload)?;
+                match self {
+                    Self::Redis(q) => q
+                        .storages
+                        .invalidate
+                        .clone()
+                        .push(job)
+                        .await
+                        .map_err(refused),
+                    Self::Sqlite(s) => s.invalidate.clone().push(job).await.map_err(refused),
+                    Self::Postgres(s) => s.invalidate.clone().push(job).await.map_err(refused),
+                }
+            }
+            other => Err(QueueError::UnknownKind(other.to_owned())),
+        }
+    }
+}
+
+impl RedisQueue {
+    /// Jobs waiting in Redis, both kinds (apalis 1.0's own statistics call fails on
+    /// Redis, so the keys are counted directly).
+    pub async fn depth(&self) -> redis::RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let mut total = 0;
+        for config in [&self.configs.notify, &self.configs.invalidate] {
+            let (active, scheduled): (u64, u64) = redis::pipe()
+                .cmd("LLEN")
+                .arg(config.active_jobs_list())
+                .cmd("ZCARD")
+                .arg(config.scheduled_jobs_set())
+                .query_async(&mut conn)
+                .await?;
+            total += active + scheduled;
+        }
+        Ok(total)
+    }
+}
+
+fn decode<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, QueueError> {
+    Ok(serde_json::from_value(payload)?)
+}
+
+fn refused(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Push(e.to_string())
+}
