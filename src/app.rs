@@ -59,7 +59,7 @@ impl AppState {
 fn in_process_workers(
     config: &Config,
     db: &DatabaseConnection,
-    redis: Option<&crate::redis::Redis>,
+    redis: Option<&workers::redis_connect::Redis>,
     credentials: &Arc<CredentialsCache>,
 ) -> anyhow::Result<Workers> {
     let local = credentials.clone();
@@ -133,7 +133,7 @@ impl Application {
         // so they are dropped inside the runtime when it shuts down (a pooled database
         // connection cannot be dropped outside one).
         let redis = match &config.redis_url {
-            Some(url) => Some(crate::redis::connect(url).await?),
+            Some(url) => Some(workers::redis_connect::connect(url).await?),
             None => None,
         };
         let credentials = Arc::new(CredentialsCache::new(
@@ -149,21 +149,20 @@ impl Application {
         if let Some(redis) = &redis {
             tokio::spawn(follow_evictions(redis.client.clone(), credentials.clone()));
         }
-        let queue =
-            Queue::connect(&db, config.redis_url.as_deref(), &config.queue_namespace).await?;
+        let queue = Queue::connect(
+            &db,
+            redis.as_ref().map(|r| r.manager.clone()),
+            &config.queue_namespace,
+        )
+        .await?;
         let relay = OutboxRelay::new(db.clone(), queue.clone());
         tokio::spawn(relay.clone().run_sweeper());
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let job_workers = if config.run_workers {
             let workers = in_process_workers(&config, &db, redis.as_ref(), &credentials)?;
-            let mut stopped = workers_stopped;
             let grace = config.shutdown_timeout;
             Some(tokio::spawn(async move {
-                let shutdown = async move {
-                    // Ends on `true` or when the sender is dropped.
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                };
-                if let Err(e) = workers::run::run(queue, workers, grace, shutdown).await {
+                if let Err(e) = workers::run::run(queue, workers, grace, workers_stopped).await {
                     tracing::error!(error = format!("{e:#}"), "in-process job workers stopped");
                 }
             }))

@@ -11,6 +11,13 @@ use workers::credentials::{CachedCredential, ConnectionView, Invalidation, Redis
 use crate::connections::lookup_credential;
 use crate::secrets::SecretDigest;
 
+/// How long a request waits on Redis before carrying on without it.
+const REDIS_BUDGET: Duration = Duration::from_millis(250);
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "Redis did not answer in time"))
+}
+
 pub struct CredentialsCache {
     local: Cache<String, CachedCredential>,
     redis: Option<RedisCredentials>,
@@ -45,7 +52,10 @@ impl CredentialsCache {
         }
         let epoch = self.current_epoch();
         if let Some(redis) = &self.redis {
-            match redis.get(digest.as_str()).await {
+            match tokio::time::timeout(REDIS_BUDGET, redis.get(digest.as_str()))
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+            {
                 Ok(Some(entry)) => {
                     metrics::counter!("mithril_credentials_cache_total", "layer" => "redis", "result" => "hit")
                         .increment(1);
@@ -64,7 +74,9 @@ impl CredentialsCache {
         };
         if self.fill_local(digest, &entry, epoch)
             && let Some(redis) = &self.redis
-            && let Err(e) = redis.fill(digest.as_str(), &entry).await
+            && let Err(e) = tokio::time::timeout(REDIS_BUDGET, redis.fill(digest.as_str(), &entry))
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
         {
             tracing::warn!(error = %e, "credentials cache: Redis fill failed");
         }
@@ -124,7 +136,9 @@ impl CredentialsCache {
     pub async fn invalidate(&self, invalidation: &Invalidation) {
         self.evict_local(&invalidation.digests());
         if let Some(redis) = &self.redis
-            && let Err(e) = redis.invalidate(invalidation).await
+            && let Err(e) = tokio::time::timeout(REDIS_BUDGET, redis.invalidate(invalidation))
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
         {
             tracing::warn!(error = %e, "credentials cache: Redis invalidation failed; the job will retry it");
         }

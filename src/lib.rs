@@ -11,7 +11,6 @@ pub mod connections;
 pub mod db;
 pub mod http;
 pub mod outbox;
-pub mod redis;
 pub mod secrets;
 pub mod seed;
 

@@ -59,7 +59,7 @@ pub async fn refresh_secret(
     // the sweeper pushes the committed rows later.
     let relay = state.relay.clone();
     let outbox_ids = rotated.outbox_ids.clone();
-    actix_web::rt::spawn(async move {
+    tokio::spawn(async move {
         if let Err(e) = relay.dispatch(&outbox_ids).await {
             tracing::warn!(
                 error = format!("{e:#}"),

@@ -28,6 +28,23 @@ fn backend() -> &'static Backend {
     })
 }
 
+/// `MITHRIL_TEST_LOG=debug` (any filter) shows the app's logs while debugging a test.
+fn init_logs() {
+    static LOGS: OnceLock<()> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        if let Ok(filter) = std::env::var("MITHRIL_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+pub fn is_postgres(app: &TestApp) -> bool {
+    app.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres
+}
+
 /// A database of its own for one test, and a directory for its files (the SQLite
 /// database, mail); files go away with the guard.
 pub struct TestDatabase {
@@ -104,6 +121,7 @@ impl TestApp {
         database: std::sync::Arc<TestDatabase>,
         adjust: impl FnOnce(&mut Config),
     ) -> Self {
+        init_logs();
         let mut config = test_config(&database);
         adjust(&mut config);
         let app = Application::build(config).await.expect("the app builds");
@@ -208,6 +226,29 @@ impl TestApp {
         client
     }
 
+    /// A client of `client_type` whose owner reads notices in `locale`; returns the
+    /// client id and the owner's e-mail.
+    pub async fn client_owned_by(&self, client_type: &str, locale: &str) -> (Uuid, String) {
+        let owner = Uuid::new_v4();
+        let client = Uuid::new_v4();
+        let mut owner_user = user(owner, false);
+        owner_user.locale = locale.to_owned();
+        let email = owner_user.email.clone();
+        self.load(SeedFile {
+            users: vec![owner_user],
+            clients: vec![SeedClient {
+                id: client,
+                name: format!("{client_type} {client}"),
+                client_type: client_type.to_owned(),
+                user_id: owner,
+                is_blocked: false,
+            }],
+            ..SeedFile::default()
+        })
+        .await;
+        (client, email)
+    }
+
     /// A connection of `client_id` to a new MIS consumer, with a known secret.
     pub async fn connection(&self, client_id: Uuid) -> (Uuid, String) {
         let consumer = self.client("MIS").await;
@@ -280,8 +321,10 @@ impl TestApp {
     pub async fn dump_database(&self) -> String {
         let backend = self.db.get_database_backend();
         let tables_sql = match backend {
+            // The queue's own tables (schema `apalis`) hold job payloads: scanned too.
             sea_orm::DatabaseBackend::Postgres => {
-                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'"
+                "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables \
+                 WHERE table_schema IN ('public', 'apalis') AND table_type = 'BASE TABLE'"
             }
             _ => "SELECT name FROM sqlite_master WHERE type = 'table'",
         };
@@ -424,4 +467,89 @@ impl TestApp {
             token,
         }
     }
+}
+
+/// The Redis the suite may use, from `MITHRIL_TEST_REDIS_URL` (CI sets it). Tests that
+/// need it say so on stderr and pass when it is unset; set but unreachable fails.
+pub async fn test_redis() -> Option<String> {
+    let url = std::env::var("MITHRIL_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let Some(url) = url else {
+        eprintln!("MITHRIL_TEST_REDIS_URL is not set: this test's Redis part does not run");
+        return None;
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("MITHRIL_TEST_REDIS_URL is set but unreachable: {e}"));
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    Some(url)
+}
+
+/// Every key and value under `pattern`, as text, to search for values that must not
+/// be stored.
+pub async fn dump_redis(url: &str, pattern: &str) -> String {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut dump = String::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let values: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap(),
+            ],
+            "hash" => redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "list" => redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            _ => vec![],
+        };
+        dump.push_str(&key);
+        for value in values {
+            dump.push(' ');
+            dump.push_str(&String::from_utf8_lossy(&value));
+        }
+        dump.push('\n');
+    }
+    dump
+}
+
+/// A queue namespace no other test shares.
+pub fn fresh_namespace() -> String {
+    format!("mithril-test-{}", Uuid::new_v4().simple())
 }

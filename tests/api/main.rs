@@ -2,11 +2,14 @@
 //! (SQLite by default; PostgreSQL when `MITHRIL_TEST_POSTGRES_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cache;
 mod cli;
 mod common;
 mod concurrency;
 mod context;
 mod envelope;
+mod notices;
 mod refresh_secret;
 mod rotation_effects;
+mod smtp;
 mod verify;

@@ -6,4 +6,5 @@ pub mod jobs;
 pub mod mail;
 pub mod notify;
 pub mod queue;
+pub mod redis_connect;
 pub mod run;

@@ -78,22 +78,17 @@ async fn main() -> anyhow::Result<()> {
     let redis_url = cli.redis_url.filter(|u| !u.is_empty());
     let smtp_url = cli.smtp_url.filter(|u| !u.is_empty());
     let db = workers::db::connect(&cli.database_url, 10).await?;
-    let queue = Queue::connect(&db, redis_url.as_deref(), &cli.queue_namespace).await?;
     let redis = match &redis_url {
-        Some(url) => {
-            let client =
-                redis::Client::open(url.as_str()).context("REDIS_URL is not a Redis URL")?;
-            let manager = client
-                .get_connection_manager()
-                .await
-                .context("connecting to Redis")?;
-            Some(RedisCredentials::new(
-                manager,
-                cli.credentials_cache_ttl.max(1),
-            ))
-        }
+        Some(url) => Some(workers::redis_connect::connect(url).await?),
         None => None,
     };
+    let queue = Queue::connect(
+        &db,
+        redis.as_ref().map(|r| r.manager.clone()),
+        &cli.queue_namespace,
+    )
+    .await?;
+    let redis = redis.map(|r| RedisCredentials::new(r.manager, cli.credentials_cache_ttl.max(1)));
     let workers = Workers {
         notifier: Arc::new(Notifier {
             db,
@@ -111,11 +106,17 @@ async fn main() -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(cli.poll_interval_ms.max(10)),
     };
     tracing::info!(namespace = cli.queue_namespace, "mithril-workers running");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: jobs in flight get to finish");
+        let _ = stop.send(true);
+    });
     run(
         queue,
         workers,
         Duration::from_secs(cli.shutdown_timeout),
-        shutdown_signal(),
+        stopped,
     )
     .await?;
     tracing::info!("mithril-workers stopped");

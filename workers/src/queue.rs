@@ -45,15 +45,12 @@ impl Queue {
     /// `namespace` prefixes the queue names, so deployments (or tests) can share a Redis.
     pub async fn connect(
         db: &DatabaseConnection,
-        redis_url: Option<&str>,
+        redis: Option<ConnectionManager>,
         namespace: &str,
     ) -> anyhow::Result<Self> {
         let notify_queue = format!("{namespace}:{}", jobs::NOTIFY_OWNER);
         let invalidate_queue = format!("{namespace}:{}", jobs::INVALIDATE_CREDENTIALS);
-        if let Some(url) = redis_url {
-            let conn = apalis_redis::connect(url)
-                .await
-                .context("connecting the queue to Redis")?;
+        if let Some(conn) = redis {
             let configs = Storages {
                 notify: RedisConfig::default().queue(&notify_queue),
                 invalidate: RedisConfig::default().queue(&invalidate_queue),

@@ -1,5 +1,4 @@
 //! Running the job workers: the same code in `mithril serve` and `mithril-workers`.
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,55 +162,86 @@ fn retry_policy(
     Ok(RetryPolicy::retries(settings.retries).with_backoff(backoff))
 }
 
-macro_rules! register_workers {
-    ($monitor:expr, $storages:expr, $workers:expr) => {{
-        let workers = $workers.clone();
-        let notify = $storages.notify.clone();
-        let invalidate = $storages.invalidate.clone();
-        let policy = retry_policy(&workers.retry)?;
-        let w = workers.clone();
-        let p = policy.clone();
-        $monitor
-            .register(move |_| {
-                WorkerBuilder::new(worker_name(jobs::NOTIFY_OWNER))
-                    .backend(notify.clone().poll_with_interval(w.poll_interval))
-                    .data(w.notifier.clone())
-                    .data(w.retry.clone())
-                    .retry(p.clone())
-                    .concurrency(w.concurrency)
-                    .build(notify_owner)
-            })
-            .register(move |_| {
-                WorkerBuilder::new(worker_name(jobs::INVALIDATE_CREDENTIALS))
-                    .backend(invalidate.clone().poll_with_interval(workers.poll_interval))
-                    .data(workers.invalidator.clone())
-                    .data(workers.retry.clone())
-                    .retry(policy.clone())
-                    .concurrency(workers.concurrency)
-                    .build(invalidate_credentials)
-            })
+/// Runs one worker until `stop` turns true, rebuilding it with backoff whenever its
+/// backend fails (Redis restarting, say): apalis's own monitor restarts at once, which
+/// spins while the backend is down.
+macro_rules! supervise {
+    ($stop:expr, $job:expr, $build:expr) => {{
+        let mut stop = $stop.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                if *stop.borrow() {
+                    return;
+                }
+                let signal = {
+                    let mut stop = stop.clone();
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                        Ok::<(), std::io::Error>(())
+                    }
+                };
+                match $build.run_until(signal).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(job = $job, error = %e, "job worker failed; restarting after backoff");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        })
     }};
 }
 
-/// Runs the workers of every job type until `shutdown` completes, then lets jobs in
-/// flight finish (up to `grace`).
+macro_rules! spawn_workers {
+    ($storages:expr, $workers:expr, $stop:expr) => {{
+        let policy = retry_policy(&$workers.retry)?;
+        let (w, p, notify) = ($workers.clone(), policy.clone(), $storages.notify.clone());
+        let notifier = supervise!($stop, jobs::NOTIFY_OWNER, {
+            WorkerBuilder::new(worker_name(jobs::NOTIFY_OWNER))
+                .backend(notify.clone().poll_with_interval(w.poll_interval))
+                .data(w.notifier.clone())
+                .data(w.retry.clone())
+                .concurrency(w.concurrency)
+                .retry(p.clone())
+                .build(notify_owner)
+        });
+        let (w, p, invalidate) = ($workers.clone(), policy, $storages.invalidate.clone());
+        let invalidator = supervise!($stop, jobs::INVALIDATE_CREDENTIALS, {
+            WorkerBuilder::new(worker_name(jobs::INVALIDATE_CREDENTIALS))
+                .backend(invalidate.clone().poll_with_interval(w.poll_interval))
+                .data(w.invalidator.clone())
+                .data(w.retry.clone())
+                .concurrency(w.concurrency)
+                .retry(p.clone())
+                .build(invalidate_credentials)
+        });
+        [notifier, invalidator]
+    }};
+}
+
+/// Runs the workers of every job type until `stop` turns true (or its sender goes),
+/// then lets jobs in flight finish, up to `grace`.
 pub async fn run(
     queue: Queue,
     workers: Workers,
     grace: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let monitor = Monitor::new().shutdown_timeout(grace);
-    let monitor = match &queue {
-        Queue::Redis(q) => register_workers!(monitor, q.storages, workers),
-        Queue::Sqlite(storages) => register_workers!(monitor, storages, workers),
-        Queue::Postgres(storages) => register_workers!(monitor, storages, workers),
+    let handles = match &queue {
+        Queue::Redis(q) => spawn_workers!(q.storages, workers, stop),
+        Queue::Sqlite(storages) => spawn_workers!(storages, workers, stop),
+        Queue::Postgres(storages) => spawn_workers!(storages, workers, stop),
     };
-    monitor
-        .run_with_signal(async move {
-            shutdown.await;
-            Ok(())
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("job workers stopped: {e}"))
+    let mut stopped = stop.clone();
+    let _ = stopped.wait_for(|s| *s).await;
+    let all = futures_util::future::join_all(handles);
+    if tokio::time::timeout(grace, all).await.is_err() {
+        tracing::warn!("job workers did not finish within the shutdown timeout");
+    }
+    Ok(())
 }

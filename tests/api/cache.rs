@@ -1,0 +1,134 @@
+//! The verify path's caches never let a retired secret through: not on the instance
+//! that rotated, not on another one sharing Redis, and not past a grace period.
+use std::time::{Duration, Instant};
+
+use entity::connection;
+use sea_orm::EntityTrait as _;
+
+use crate::common::{Owned, TestApp, eventually, test_redis};
+
+/// Verifies `secret` twice on each instance, so every cache layer holds it.
+async fn warm(apps: &[&TestApp], secret: &str) {
+    for app in apps {
+        for _ in 0..2 {
+            assert!(app.verifies(secret).await);
+        }
+    }
+}
+
+async fn refused_everywhere(apps: &[&TestApp], secret: &str) -> bool {
+    for app in apps {
+        if app.verifies(secret).await {
+            return false;
+        }
+    }
+    true
+}
+
+async fn two_instances_on_redis(redis_url: &str) -> (TestApp, TestApp) {
+    let first = TestApp::spawn_with(|c| c.redis_url = Some(redis_url.to_owned())).await;
+    let second = TestApp::spawn_on(first.database.clone(), |c| {
+        c.redis_url = Some(redis_url.to_owned())
+    })
+    .await;
+    (first, second)
+}
+
+#[actix_web::test]
+async fn a_retired_secret_is_refused_by_every_instance_within_a_second() {
+    let Some(redis_url) = test_redis().await else {
+        return;
+    };
+    let (first, second) = two_instances_on_redis(&redis_url).await;
+    let me: Owned = first.owned("MSP").await;
+    warm(&[&first, &second], &me.secret).await;
+
+    let (status, body) = first
+        .refresh(me.client_id, me.connection_id, &me.token)
+        .await;
+    assert_eq!(status, 200);
+    let new_secret = body["data"]["secret"].as_str().unwrap();
+    let started = Instant::now();
+    let both = [&first, &second];
+    assert!(
+        eventually(Duration::from_secs(1), || refused_everywhere(
+            &both, &me.secret
+        ))
+        .await,
+        "the old secret is refused by both instances within 1 s"
+    );
+    eprintln!(
+        "old secret refused everywhere after {:?}",
+        started.elapsed()
+    );
+    assert!(first.verifies(new_secret).await && second.verifies(new_secret).await);
+}
+
+#[actix_web::test]
+async fn a_grace_period_ends_on_time_through_every_cache() {
+    let redis_url = test_redis().await;
+    let first = match &redis_url {
+        Some(url) => TestApp::spawn_with(|c| c.redis_url = Some(url.clone())).await,
+        None => TestApp::spawn().await,
+    };
+    let second = match &redis_url {
+        Some(url) => Some(
+            TestApp::spawn_on(first.database.clone(), |c| c.redis_url = Some(url.clone())).await,
+        ),
+        None => None,
+    };
+    let apps: Vec<&TestApp> = std::iter::once(&first).chain(second.as_ref()).collect();
+    let me = first.owned("MSP").await;
+    warm(&apps, &me.secret).await;
+
+    let (status, body) = first
+        .refresh_with_grace(me.client_id, me.connection_id, &me.token, 2)
+        .await;
+    assert_eq!(status, 200);
+    let new_secret = body["data"]["secret"].as_str().unwrap().to_owned();
+    let row = connection::Entity::find_by_id(me.connection_id)
+        .one(&first.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let expires = row.previous_secret_expires_at.unwrap();
+
+    for app in &apps {
+        assert!(
+            app.verifies(&me.secret).await,
+            "accepted inside the grace period"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || refused_everywhere(
+            &apps, &me.secret
+        ))
+        .await,
+        "refused right after the grace period"
+    );
+    let late_by = chrono::Utc::now() - expires;
+    assert!(
+        late_by >= chrono::Duration::zero(),
+        "not refused before the expiry"
+    );
+    assert!(
+        late_by < chrono::Duration::seconds(1),
+        "refused within a second of the expiry: {late_by}"
+    );
+    for app in &apps {
+        assert!(app.verifies(&new_secret).await);
+    }
+}
+
+#[actix_web::test]
+async fn a_cached_secret_is_refused_on_the_same_instance_at_once() {
+    let app = TestApp::spawn().await;
+    let me = app.owned("MSP").await;
+    warm(&[&app], &me.secret).await;
+    let (status, _) = app.refresh(me.client_id, me.connection_id, &me.token).await;
+    assert_eq!(status, 200);
+    assert!(
+        !app.verifies(&me.secret).await,
+        "no poll needed on the instance that rotated"
+    );
+}

@@ -1,0 +1,452 @@
+//! Owner notices: one e-mail per rotation, in the owner's language, never a secret;
+//! delivered through SMTP or to `.eml` files, through outages, exactly once.
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use entity::{connection_event, sent_notification};
+use futures_util::future::join_all;
+use mail_parser::MessageParser;
+use sea_orm::{EntityTrait as _, PaginatorTrait as _};
+use uuid::Uuid;
+
+use crate::common::{ALL_SCOPES, TestApp, dump_redis, eventually, fresh_namespace, test_redis};
+use crate::smtp::{SmtpServer, SmtpState};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A client whose owner reads `locale`, one connection, and a token.
+struct Clinic {
+    client_id: Uuid,
+    connection_id: Uuid,
+    secret: String,
+    token: String,
+    owner_email: String,
+}
+
+async fn clinic(app: &TestApp, locale: &str) -> Clinic {
+    let (client_id, owner_email) = app.client_owned_by("MSP", locale).await;
+    let (connection_id, secret) = app.connection(client_id).await;
+    let token = app.token(client_id, ALL_SCOPES).await;
+    Clinic {
+        client_id,
+        connection_id,
+        secret,
+        token,
+        owner_email,
+    }
+}
+
+async fn refresh(app: &TestApp, c: &Clinic, request_id: &str) -> String {
+    let response = app
+        .http
+        .patch(app.refresh_url(&c.client_id.to_string(), &c.connection_id.to_string()))
+        .bearer_auth(&c.token)
+        .header("x-request-id", request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["data"]["secret"].as_str().unwrap().to_owned()
+}
+
+async fn sent_count(app: &TestApp) -> u64 {
+    sent_notification::Entity::find()
+        .count(&app.db)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn one_refresh_sends_one_notice_to_the_owner_in_their_language() {
+    let smtp_state = SmtpState::default();
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| {
+        c.smtp_url = Some(smtp.url());
+        c.mail_from = "Mithril Test <mithril@example.org>".to_owned();
+    })
+    .await;
+
+    for (n, (locale, subject_word, body_word)) in [
+        ("en", "rotated", "If this was not you"),
+        ("uk", "змінено", "Якщо це були не ви"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = clinic(&app, locale).await;
+        let request_id = format!("notice-{locale}");
+        let new_secret = refresh(&app, &c, &request_id).await;
+        let expected = n as u64 + 1;
+        assert!(
+            eventually(DEADLINE, || async { sent_count(&app).await == expected }).await,
+            "the notice is sent and recorded"
+        );
+        let messages = smtp_state.messages();
+        assert_eq!(
+            messages.len(),
+            expected as usize,
+            "exactly one message per refresh"
+        );
+        let raw = &messages[n];
+        assert_eq!(raw.to.as_slice(), std::slice::from_ref(&c.owner_email));
+        assert_eq!(
+            raw.from, "mithril@example.org",
+            "the envelope sender is MAIL_FROM"
+        );
+        let text = String::from_utf8_lossy(&raw.data);
+        for secret in [&new_secret, &c.secret] {
+            assert!(!text.contains(secret.as_str()), "no secret in the message");
+        }
+
+        let message = MessageParser::default().parse(&raw.data).unwrap();
+        let event = connection_event::Entity::find().all(&app.db).await.unwrap();
+        let event = event.iter().find(|e| e.request_id == request_id).unwrap();
+        assert_eq!(
+            message.message_id(),
+            Some(format!("{}@mithril", event.id).as_str())
+        );
+        assert_eq!(
+            message.from().unwrap().first().unwrap().address(),
+            Some("mithril@example.org")
+        );
+        assert_eq!(
+            message.to().unwrap().first().unwrap().address(),
+            Some(c.owner_email.as_str())
+        );
+        assert!(
+            message.subject().unwrap().contains(subject_word),
+            "{:?}",
+            message.subject()
+        );
+        assert_eq!(message.text_body_count(), 1, "a text part");
+        assert_eq!(message.html_body_count(), 1, "an HTML part");
+        let plain = message.body_text(0).unwrap();
+        let html = message.body_html(0).unwrap();
+        for part in [&plain, &html] {
+            for fact in [
+                c.connection_id.to_string(),
+                request_id.clone(),
+                body_word.to_owned(),
+            ] {
+                assert!(part.contains(&fact), "{locale}: {fact} missing");
+            }
+            for secret in [&new_secret, &c.secret] {
+                assert!(!part.contains(secret.as_str()));
+            }
+        }
+    }
+    smtp.stop().await;
+}
+
+#[actix_web::test]
+async fn without_smtp_the_notice_is_an_eml_file() {
+    let app = TestApp::spawn().await;
+    let c = clinic(&app, "uk").await;
+    let new_secret = refresh(&app, &c, "eml-1").await;
+    let dir = app.state.config.mail_dir.clone();
+    let files = || std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    assert!(
+        eventually(DEADLINE, || async { files() == 1 }).await,
+        "one .eml file appears"
+    );
+    let path = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(path.extension().unwrap(), "eml");
+    let raw = std::fs::read(&path).unwrap();
+    let message = MessageParser::default().parse(&raw).unwrap();
+    assert_eq!(
+        message.to().unwrap().first().unwrap().address(),
+        Some(c.owner_email.as_str())
+    );
+    assert!(message.body_text(0).unwrap().contains("eml-1"));
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains(&new_secret) && !raw.contains(&c.secret));
+}
+
+#[actix_web::test]
+async fn smtp_down_then_up_delivers_after_backoff() {
+    let smtp_state = SmtpState::default();
+    smtp_state.fail_transient.store(true, Ordering::SeqCst);
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| c.smtp_url = Some(smtp.url())).await;
+    let c = clinic(&app, "en").await;
+    refresh(&app, &c, "smtp-down").await;
+    assert!(
+        eventually(DEADLINE, || async {
+            smtp_state.attempts.load(Ordering::SeqCst) >= 2
+        })
+        .await,
+        "the worker retries while the server refuses"
+    );
+    assert_eq!(smtp_state.count(), 0);
+    smtp_state.fail_transient.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(DEADLINE, || async { sent_count(&app).await == 1 }).await,
+        "delivered once the server is back"
+    );
+    assert_eq!(smtp_state.count(), 1);
+    smtp.stop().await;
+}
+
+#[actix_web::test]
+async fn a_permanently_refused_owner_dead_letters_without_retrying() {
+    let smtp_state = SmtpState::default();
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| c.smtp_url = Some(smtp.url())).await;
+    let c = clinic(&app, "en").await;
+    smtp_state
+        .reject_rcpt
+        .lock()
+        .unwrap()
+        .push(c.owner_email.clone());
+    refresh(&app, &c, "dead-letter").await;
+    let table = if crate::common::is_postgres(&app) {
+        "apalis.jobs"
+    } else {
+        "Jobs"
+    };
+    let killed = format!("SELECT COUNT(*) FROM {table} WHERE status = 'Killed'");
+    assert!(
+        eventually(DEADLINE, || async { app.query_i64(&killed).await == 1 }).await,
+        "the job is dead-lettered"
+    );
+    assert_eq!(
+        smtp_state.attempts.load(Ordering::SeqCst),
+        1,
+        "a 550 is not retried"
+    );
+    assert_eq!(smtp_state.count(), 0);
+    assert_eq!(sent_count(&app).await, 0);
+    smtp.stop().await;
+}
+
+/// `mithril-workers` processes, stopped when dropped.
+struct WorkerProcesses(Vec<Child>);
+
+impl Drop for WorkerProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn workers_binary() -> std::path::PathBuf {
+    // target/debug/deps/api-… → target/debug/mithril-workers
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("mithril-workers");
+    assert!(
+        path.exists(),
+        "{} is built by `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn start_workers(count: usize, app: &TestApp, redis_url: &str, smtp_url: &str) -> WorkerProcesses {
+    let config = &app.state.config;
+    WorkerProcesses(
+        (0..count)
+            .map(|_| {
+                Command::new(workers_binary())
+                    .env("DATABASE_URL", &config.database_url)
+                    .env("REDIS_URL", redis_url)
+                    .env("SMTP_URL", smtp_url)
+                    .env("MITHRIL_QUEUE_NAMESPACE", &config.queue_namespace)
+                    .env("MITHRIL_WORKER_POLL_MS", "50")
+                    .env("MITHRIL_RETRY_MIN_MS", "50")
+                    .env("MITHRIL_RETRY_MAX_MS", "500")
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    )
+}
+
+#[actix_web::test]
+async fn two_worker_processes_on_redis_deliver_fifty_notices_exactly_once() {
+    let Some(redis_url) = test_redis().await else {
+        return;
+    };
+    let smtp_state = SmtpState::default();
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let namespace = fresh_namespace();
+    let app = TestApp::spawn_with(|c| {
+        c.redis_url = Some(redis_url.clone());
+        c.queue_namespace = namespace.clone();
+        c.run_workers = false;
+        c.smtp_url = Some(smtp.url());
+    })
+    .await;
+    let _workers = start_workers(2, &app, &redis_url, &smtp.url());
+
+    let mut clinics = Vec::new();
+    for _ in 0..10 {
+        clinics.push(clinic(&app, "uk").await);
+    }
+    let secrets: Vec<String> = join_all((0..50).map(|i| {
+        let (app, c) = (&app, &clinics[i % clinics.len()]);
+        async move { refresh(app, c, &format!("fifty-{i}")).await }
+    }))
+    .await;
+
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            sent_count(&app).await == 50
+        })
+        .await,
+        "all fifty notices are sent (sent: {})",
+        sent_count(&app).await
+    );
+    let messages = smtp_state.messages();
+    assert_eq!(messages.len(), 50, "none twice");
+    let ids: std::collections::BTreeSet<String> = messages
+        .iter()
+        .map(|m| {
+            MessageParser::default()
+                .parse(&m.data)
+                .unwrap()
+                .message_id()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 50, "fifty distinct events");
+
+    // Neither the queue nor the cache keeps a secret.
+    let dump = dump_redis(&redis_url, &format!("{namespace}*")).await
+        + &dump_redis(&redis_url, "mithril:credential:*").await;
+    assert!(
+        dump.contains("event_id"),
+        "the queue's payloads are in the dump"
+    );
+    for secret in secrets.iter().chain(clinics.iter().map(|c| &c.secret)) {
+        assert!(
+            !dump.contains(secret.as_str()),
+            "a plaintext secret is in Redis"
+        );
+    }
+    let database = app.dump_database().await;
+    for secret in &secrets {
+        assert!(!database.contains(secret.as_str()));
+    }
+    smtp.stop().await;
+}
+
+/// A Redis of the test's own, on a port of its own, that the test stops and restarts.
+struct OwnRedis {
+    port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let up = eventually(Duration::from_secs(10), || async {
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut c) => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(up, "redis-server started");
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[actix_web::test]
+async fn redis_down_during_refreshes_loses_no_notice_and_sends_none_twice() {
+    if test_redis().await.is_none() {
+        return;
+    }
+    let mut redis = OwnRedis::start(free_port());
+    redis.wait_ready().await;
+    let smtp_state = SmtpState::default();
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| {
+        c.redis_url = Some(redis.url());
+        c.queue_namespace = fresh_namespace();
+        c.smtp_url = Some(smtp.url());
+    })
+    .await;
+    let c = clinic(&app, "en").await;
+
+    redis.stop();
+    for i in 0..10 {
+        refresh(&app, &c, &format!("redis-down-{i}")).await;
+    }
+    assert_eq!(smtp_state.count(), 0, "nothing could be queued");
+
+    let port = redis.port;
+    drop(redis);
+    let redis = OwnRedis::start(port);
+    redis.wait_ready().await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            sent_count(&app).await == 10
+        })
+        .await,
+        "every notice arrives once Redis is back (sent: {})",
+        sent_count(&app).await
+    );
+    assert_eq!(smtp_state.count(), 10, "none twice");
+    smtp.stop().await;
+}

@@ -1,0 +1,149 @@
+//! A real SMTP server inside the test process: `mailin` speaks the protocol, a few lines
+//! of Tokio carry the bytes. It can refuse recipients for good (550) or everything for
+//! now (451), and stop and start again on the same port.
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mailin::{Action, Handler, Response, SessionBuilder, response};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+#[derive(Debug, Clone)]
+pub struct ReceivedMail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+/// Shared by every incarnation of the server.
+#[derive(Clone, Default)]
+pub struct SmtpState {
+    pub received: Arc<Mutex<Vec<ReceivedMail>>>,
+    /// Answer 451 to `MAIL FROM` while set.
+    pub fail_transient: Arc<AtomicBool>,
+    /// Recipients refused with 550.
+    pub reject_rcpt: Arc<Mutex<Vec<String>>>,
+    /// `MAIL FROM` commands seen, accepted or not.
+    pub attempts: Arc<AtomicUsize>,
+}
+
+impl SmtpState {
+    pub fn messages(&self) -> Vec<ReceivedMail> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+struct Session {
+    state: SmtpState,
+    from: String,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+impl Handler for Session {
+    fn mail(&mut self, _ip: IpAddr, _domain: &str, from: &str) -> Response {
+        self.state.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.state.fail_transient.load(Ordering::SeqCst) {
+            return response::INTERNAL_ERROR;
+        }
+        self.from = from.to_owned();
+        self.to.clear();
+        self.data.clear();
+        response::OK
+    }
+
+    fn rcpt(&mut self, to: &str) -> Response {
+        if self
+            .state
+            .reject_rcpt
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r == to)
+        {
+            return response::NO_MAILBOX;
+        }
+        self.to.push(to.to_owned());
+        response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> Response {
+        let mail = ReceivedMail {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            data: std::mem::take(&mut self.data),
+        };
+        self.state.received.lock().unwrap().push(mail);
+        response::OK
+    }
+}
+
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl SmtpServer {
+    /// Port 0 picks a free port; a stopped server's port starts it again there.
+    pub async fn start(state: SmtpState, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop, so stopping also cuts pooled connections.
+            let mut sessions = JoinSet::new();
+            while let Ok((socket, peer)) = listener.accept().await {
+                let state = state.clone();
+                sessions.spawn(async move {
+                    let handler = Session {
+                        state,
+                        from: String::new(),
+                        to: vec![],
+                        data: vec![],
+                    };
+                    let mut session = SessionBuilder::new("test-smtp").build(peer.ip(), handler);
+                    let mut stream = BufReader::new(socket);
+                    stream.write_all(&session.greeting().buffer()?).await?;
+                    let mut line = Vec::with_capacity(128);
+                    loop {
+                        line.clear();
+                        if stream.read_until(b'\n', &mut line).await? == 0 {
+                            break;
+                        }
+                        let reply = session.process(&line);
+                        match reply.action {
+                            Action::NoReply => {}
+                            Action::Reply => stream.write_all(&reply.buffer()?).await?,
+                            Action::Close | Action::UpgradeTls => {
+                                stream.write_all(&reply.buffer()?).await?;
+                                break;
+                            }
+                        }
+                    }
+                    Ok::<(), io::Error>(())
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.addr.port())
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
