@@ -338,7 +338,7 @@ impl TestApp {
             let name: String = table.try_get_by_index(0).unwrap();
             let rows_sql = match backend {
                 sea_orm::DatabaseBackend::Postgres => {
-                    format!("SELECT CAST(t AS text) FROM \"{name}\" t")
+                    format!("SELECT CAST(t AS text) FROM {name} t")
                 }
                 _ => {
                     let columns = self
