@@ -8,6 +8,7 @@ mod common;
 mod concurrency;
 mod context;
 mod envelope;
+mod measure;
 mod notices;
 mod refresh_secret;
 mod rotation_effects;

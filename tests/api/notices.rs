@@ -16,7 +16,7 @@ use crate::smtp::{SmtpServer, SmtpState};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A client whose owner reads `locale`, one connection, and a token.
-struct Clinic {
+pub struct Clinic {
     client_id: Uuid,
     connection_id: Uuid,
     secret: String,
@@ -24,7 +24,7 @@ struct Clinic {
     owner_email: String,
 }
 
-async fn clinic(app: &TestApp, locale: &str) -> Clinic {
+pub async fn clinic(app: &TestApp, locale: &str) -> Clinic {
     let (client_id, owner_email) = app.client_owned_by("MSP", locale).await;
     let (connection_id, secret) = app.connection(client_id).await;
     let token = app.token(client_id, ALL_SCOPES).await;
@@ -37,7 +37,7 @@ async fn clinic(app: &TestApp, locale: &str) -> Clinic {
     }
 }
 
-async fn refresh(app: &TestApp, c: &Clinic, request_id: &str) -> String {
+pub async fn refresh(app: &TestApp, c: &Clinic, request_id: &str) -> String {
     let response = app
         .http
         .patch(app.refresh_url(&c.client_id.to_string(), &c.connection_id.to_string()))
@@ -51,7 +51,7 @@ async fn refresh(app: &TestApp, c: &Clinic, request_id: &str) -> String {
     body["data"]["secret"].as_str().unwrap().to_owned()
 }
 
-async fn sent_count(app: &TestApp) -> u64 {
+pub async fn sent_count(app: &TestApp) -> u64 {
     sent_notification::Entity::find()
         .count(&app.db)
         .await
@@ -227,7 +227,7 @@ async fn a_permanently_refused_owner_dead_letters_without_retrying() {
 }
 
 /// `mithril-workers` processes, stopped when dropped.
-struct WorkerProcesses(Vec<Child>);
+pub struct WorkerProcesses(Vec<Child>);
 
 impl Drop for WorkerProcesses {
     fn drop(&mut self) {
@@ -255,7 +255,12 @@ fn workers_binary() -> std::path::PathBuf {
     path
 }
 
-fn start_workers(count: usize, app: &TestApp, redis_url: &str, smtp_url: &str) -> WorkerProcesses {
+pub fn start_workers(
+    count: usize,
+    app: &TestApp,
+    redis_url: &str,
+    smtp_url: &str,
+) -> WorkerProcesses {
     let config = &app.state.config;
     WorkerProcesses(
         (0..count)

@@ -16,6 +16,8 @@ pub struct ReceivedMail {
     pub from: String,
     pub to: Vec<String>,
     pub data: Vec<u8>,
+    /// When the server accepted the message (answered 250 to its data).
+    pub accepted_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Shared by every incarnation of the server.
@@ -84,6 +86,7 @@ impl Handler for Session {
             from: self.from.clone(),
             to: self.to.clone(),
             data: std::mem::take(&mut self.data),
+            accepted_at: chrono::Utc::now(),
         };
         self.state.received.lock().unwrap().push(mail);
         response::OK
