@@ -51,7 +51,7 @@ pub enum RotateError {
     #[error("storing the rotation failed")]
     Store(#[from] DbErr),
     #[error("generating the secret or its jobs failed")]
-    Secret(#[source] anyhow::Error),
+    Internal(#[source] anyhow::Error),
     #[error("the connection actor is not running")]
     Stopped,
 }
@@ -65,7 +65,7 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
         .ok_or(RotateError::NotFound)?;
 
     let now = Utc::now();
-    let secret = Plaintext::generate().map_err(RotateError::Secret)?;
+    let secret = Plaintext::generate().map_err(RotateError::Internal)?;
     let digest = secret.digest();
     let version = current.secret_version + 1;
     let grace_ends = (cmd.grace_period > 0).then(|| now + Duration::seconds(cmd.grace_period));
@@ -211,7 +211,7 @@ fn outbox_row(
     job: &impl serde::Serialize,
     now: DateTime<Utc>,
 ) -> Result<outbox::ActiveModel, RotateError> {
-    let payload = serde_json::to_value(job).map_err(|e| RotateError::Secret(e.into()))?;
+    let payload = serde_json::to_value(job).map_err(|e| RotateError::Internal(e.into()))?;
     Ok(outbox::ActiveModel {
         id: Set(id),
         kind: Set(kind.to_owned()),

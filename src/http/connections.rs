@@ -104,7 +104,7 @@ impl From<RotateError> for ApiError {
         match err {
             RotateError::NotFound => ApiError::NotFound,
             RotateError::Store(db) => db.into(),
-            RotateError::Secret(e) => ApiError::Internal(e),
+            RotateError::Internal(e) => ApiError::Internal(e),
             RotateError::Stopped => {
                 ApiError::Internal(anyhow::anyhow!("connection actor mailbox closed"))
             }

@@ -209,21 +209,7 @@ impl TestApp {
 
     /// A user who owns a new client of `client_type`.
     pub async fn client(&self, client_type: &str) -> Uuid {
-        let owner = Uuid::new_v4();
-        let client = Uuid::new_v4();
-        self.load(SeedFile {
-            users: vec![user(owner, false)],
-            clients: vec![SeedClient {
-                id: client,
-                name: format!("{client_type} {client}"),
-                client_type: client_type.to_owned(),
-                user_id: owner,
-                is_blocked: false,
-            }],
-            ..SeedFile::default()
-        })
-        .await;
-        client
+        self.client_owned_by(client_type, "uk").await.0
     }
 
     /// A client of `client_type` whose owner reads notices in `locale`; returns the
