@@ -189,7 +189,7 @@ macro_rules! supervise {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = stop.wait_for(|s| *s) => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             }
