@@ -416,6 +416,32 @@ where
     }
 }
 
+/// Polls `refused` until it holds, asserting it never holds before `expires`: each
+/// round's end time proves the refusal was not early.
+pub async fn assert_refused_from<F, Fut>(expires: DateTime<Utc>, deadline: Duration, mut refused: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let give_up = std::time::Instant::now() + deadline;
+    loop {
+        let now_refused = refused().await;
+        let round_ended = Utc::now();
+        if now_refused {
+            assert!(
+                round_ended >= expires,
+                "refused before the grace period ended"
+            );
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "still accepted {deadline:?} after the grace period"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// eHealth's published schema for `name`, vendored under `tests/fixtures`.
 pub fn ehealth_schema(name: &str) -> jsonschema::Validator {
     let path = format!(
