@@ -481,16 +481,12 @@ impl TestApp {
     }
 }
 
-/// The Redis the suite may use, from `MITHRIL_TEST_REDIS_URL` (CI sets it). Tests that
-/// need it say so on stderr and pass when it is unset; set but unreachable fails.
-pub async fn test_redis() -> Option<String> {
+/// The Redis the suite may use, from `MITHRIL_TEST_REDIS_URL` (CI sets it); `None`
+/// when unset. Set but unreachable fails.
+pub async fn optional_test_redis() -> Option<String> {
     let url = std::env::var("MITHRIL_TEST_REDIS_URL")
         .ok()
-        .filter(|u| !u.is_empty());
-    let Some(url) = url else {
-        eprintln!("MITHRIL_TEST_REDIS_URL is not set: this test's Redis part does not run");
-        return None;
-    };
+        .filter(|u| !u.is_empty())?;
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -498,6 +494,15 @@ pub async fn test_redis() -> Option<String> {
         .unwrap_or_else(|e| panic!("MITHRIL_TEST_REDIS_URL is set but unreachable: {e}"));
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
     Some(url)
+}
+
+/// The Redis a Redis-only test needs. Such tests are `#[ignore]`d in the default run
+/// (which needs no services) and run with `--include-ignored` where Redis is configured,
+/// as `.ci/run` does; run without it, they fail rather than pass silently.
+pub async fn test_redis() -> String {
+    optional_test_redis()
+        .await
+        .expect("this test needs MITHRIL_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379)")
 }
 
 /// Every key and value under `pattern`, as text, to search for values that must not
