@@ -3,7 +3,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix::{Actor as _, Addr};
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpServer, web};
 use anyhow::Context as _;
@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::connections::ConnectionRegistry;
 use crate::http::{self, ApiError};
 use crate::outbox::OutboxRelay;
+use crate::readiness::{DatabaseCheck, ReadinessCheck};
 use crate::secrets::SecretDigest;
+use crate::telemetry::Metrics;
 
 /// What every handler shares.
 pub struct AppState {
@@ -30,6 +32,11 @@ pub struct AppState {
     pub registry: Addr<ConnectionRegistry>,
     pub credentials: Arc<CredentialsCache>,
     pub relay: OutboxRelay,
+    /// This application's own recorder: `/metrics` renders it.
+    pub metrics: Metrics,
+    /// What `/health/ready` asks: the database always, then whatever was passed to
+    /// `Application::build_with_checks` (Redis, where configured).
+    pub readiness: Vec<Arc<dyn ReadinessCheck>>,
 }
 
 impl AppState {
@@ -116,6 +123,15 @@ impl Application {
     }
 
     pub async fn build_with_db(config: Config, db: DatabaseConnection) -> anyhow::Result<Self> {
+        Self::build_with_checks(config, db, Vec::new()).await
+    }
+
+    /// Like `build_with_db`, with more readiness checks beside the database's.
+    pub async fn build_with_checks(
+        config: Config,
+        db: DatabaseConnection,
+        checks: Vec<Arc<dyn ReadinessCheck>>,
+    ) -> anyhow::Result<Self> {
         let listener =
             TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
         let port = listener
@@ -170,6 +186,9 @@ impl Application {
             None
         };
         let workers = config.http_workers;
+        let shutdown_timeout = config.shutdown_timeout.as_secs();
+        let mut readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
+        readiness.extend(checks);
         let state = web::Data::new(AppState {
             config,
             db,
@@ -177,20 +196,27 @@ impl Application {
             registry,
             credentials,
             relay,
+            metrics: Metrics::new(),
+            readiness,
         });
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
+                // The last `wrap` runs first: `observe` sees the envelope's final answer.
                 .wrap(from_fn(http::envelope))
+                .wrap(from_fn(http::observe))
                 .configure(http::routes)
         })
+        // Signals are `run_until_signalled`'s, so Ctrl-C stops as gracefully as SIGTERM
+        // and test servers in one process do not each catch them.
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout)
         .listen(listener)
         .context("listening")?;
         if workers > 0 {
             server = server.workers(workers);
         }
-        server = server.shutdown_timeout(state.config.shutdown_timeout.as_secs());
         Ok(Self {
             port,
             server: server.run(),
@@ -208,10 +234,45 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGTERM or Ctrl-C (actix stops accepting and lets requests in flight
-    /// finish), then pushes what the outbox still holds and stops the job workers.
+    /// Stops this server from outside: `handle().stop(true)` is a graceful stop, after
+    /// which `run_until_stopped` drains like a signal would.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped through `handle()`, then drains (see `run_until_signalled`).
+    /// Catches no signal: for tests and embedders.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await.context("running the server")?;
+        self.run(std::future::pending()).await
+    }
+
+    /// `mithril serve`: serves until SIGTERM or Ctrl-C, then stops gracefully. The
+    /// listener closes at once; requests in flight (and the actor work they wait on)
+    /// finish within `config.shutdown_timeout`; then what the outbox still holds is
+    /// pushed and the in-process job workers stop.
+    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
+        self.run(shutdown_signal()).await
+    }
+
+    async fn run(self, stop: impl Future<Output = &'static str>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let mut server = actix_web::rt::spawn(self.server);
+        tokio::select! {
+            ended = &mut server => {
+                // Stopped through `handle`, or failed.
+                ended.context("joining the server")?.context("running the server")?;
+            }
+            signal = stop => {
+                tracing::info!(signal, "stopping: no new connections, finishing requests in flight");
+                handle.stop(true).await;
+                server
+                    .await
+                    .context("joining the server")?
+                    .context("running the server")?;
+            }
+        }
+        // CAUTION: only now has every request been answered and every rotation it
+        // started committed or rolled back, so the flush sees all their outbox rows.
         match self.state.relay.flush().await {
             Ok(n) => tracing::info!(rows = n, "outbox flushed"),
             Err(e) => tracing::warn!(
@@ -223,6 +284,31 @@ impl Application {
         if let Some(job_workers) = self.job_workers {
             let _ = job_workers.await;
         }
+        tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C (SIGINT) and names the one that came.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
     }
 }

@@ -40,6 +40,8 @@ pub struct Config {
     /// HTTP worker threads; 0 means one per core.
     pub http_workers: usize,
     pub db_max_connections: u32,
+    /// How long `/health/ready` waits for each backing service.
+    pub readiness_timeout: Duration,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             http_workers: 0,
             db_max_connections: 20,
+            readiness_timeout: Duration::from_secs(1),
         }
     }
 

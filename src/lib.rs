@@ -11,8 +11,10 @@ pub mod connections;
 pub mod db;
 pub mod http;
 pub mod outbox;
+pub mod readiness;
 pub mod secrets;
 pub mod seed;
+pub mod telemetry;
 
 pub use app::{AppState, Application};
 pub use config::Config;

@@ -43,6 +43,14 @@ struct Settings {
         default_value_t = 60
     )]
     actor_idle_timeout: u64,
+    /// On SIGTERM or Ctrl-C, seconds that requests in flight get to finish.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_SHUTDOWN_TIMEOUT",
+        default_value_t = 30
+    )]
+    shutdown_timeout: u64,
     /// `json` for one JSON object per log line.
     #[arg(
         long,
@@ -87,6 +95,7 @@ impl Settings {
         config.mail_from = self.mail_from.clone();
         config.max_grace_period = Duration::from_secs(self.max_grace_period);
         config.actor_idle_timeout = Duration::from_secs(self.actor_idle_timeout.max(1));
+        config.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
         if let Some(bind) = bind {
             config.bind = bind.to_owned();
         }
@@ -124,9 +133,9 @@ async fn main() -> anyhow::Result<()> {
             }
             let app = Application::build_with_db(config, database).await?;
             tracing::info!(port = app.port(), "mithril listening");
-            app.run_until_stopped()
-                .await
-                .context("running the server")?;
+            // Returns once requests have drained, the outbox is flushed and the in-process
+            // workers have stopped: then the process exits 0.
+            app.run_until_signalled().await?;
         }
         Command::Migrate => {
             let config = cli.settings.config(None);

@@ -2,7 +2,7 @@
 //! and the outbox rows, all in one transaction.
 use actix::Message;
 use chrono::{DateTime, Duration, Utc};
-use entity::{connection, connection_event, outbox};
+use entity::{connection, outbox};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, ConnectionTrait as _, DatabaseBackend, DatabaseConnection,
@@ -11,6 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::audit::{self, Actor, NewEvent};
 use super::{kinds, view};
 use crate::secrets::Plaintext;
 use workers::credentials::{Demoted, Invalidation};
@@ -117,21 +118,24 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
         .exec(&txn)
         .await?;
 
-    let event_id = Uuid::now_v7();
-    connection_event::Entity::insert(connection_event::ActiveModel {
-        id: Set(event_id),
-        connection_id: Set(updated.id),
-        client_id: Set(updated.client_id),
-        kind: Set(kinds::SECRET_REFRESHED.to_owned()),
-        actor_user_id: Set(cmd.actor_user_id),
-        actor_client_id: Set(cmd.actor_client_id),
-        request_id: Set(cmd.request_id.clone()),
-        remote_address: Set(cmd.remote_address.clone()),
-        secret_version: Set(Some(version)),
-        grace_period: Set(Some(cmd.grace_period)),
-        occurred_at: Set(now),
-    })
-    .exec_without_returning(&txn)
+    let actor = Actor {
+        user_id: cmd.actor_user_id,
+        client_id: cmd.actor_client_id,
+        request_id: cmd.request_id.clone(),
+        remote_address: cmd.remote_address.clone(),
+    };
+    let event_id = audit::record(
+        &txn,
+        NewEvent {
+            kind: kinds::SECRET_REFRESHED,
+            connection_id: updated.id,
+            client_id: updated.client_id,
+            actor: &actor,
+            secret_version: Some(version),
+            grace_period: Some(cmd.grace_period),
+            occurred_at: now,
+        },
+    )
     .await?;
 
     // CAUTION: outbox payloads carry ids and digests only, never the plaintext secret.
@@ -179,7 +183,7 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
 
 /// Takes the row lock that orders concurrent rotations of one connection, and reads the
 /// row under it.
-async fn lock_connection(
+pub(super) async fn lock_connection(
     txn: &DatabaseTransaction,
     client_id: Uuid,
     connection_id: Uuid,
@@ -205,7 +209,7 @@ async fn lock_connection(
     }
 }
 
-fn outbox_row(
+pub(super) fn outbox_row(
     id: Uuid,
     kind: &str,
     job: &impl serde::Serialize,

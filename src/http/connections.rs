@@ -6,6 +6,9 @@ use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilt
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::openapi::{
+    ConnectionWithSecretResponse, ErrorResponse, RefreshRequest, VerifiedResponse,
+};
 use super::views::ConnectionWithSecret;
 use super::{ApiError, Invalid, RequestMeta};
 use crate::app::AppState;
@@ -17,7 +20,42 @@ use crate::secrets::SecretDigest;
 ///
 /// Scope `connection:refresh_secret`; context: the caller's own client, any for NHS and
 /// CABINET. Body: none, or `{"grace_period": seconds}`.
+#[utoipa::path(
+    patch,
+    path = "/api/clients/{id}/connections/{connection_id}/actions/refresh_secret",
+    tag = "connections",
+    params(
+        ("id" = Uuid, Path, description = "The client (legal entity) id"),
+        ("connection_id" = Uuid, Path, description = "The connection id"),
+    ),
+    request_body(content = Option<RefreshRequest>, description = "None, or the grace period"),
+    responses(
+        (status = 200, description = "The connection and its new secret, shown this once", body = ConnectionWithSecretResponse),
+        (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
+        (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
+        (status = 404, description = "No such connection for this client, or an id is not a UUID", body = ErrorResponse),
+        (status = 422, description = "The body breaks its rules", body = ErrorResponse),
+        (status = 503, description = "The database is unreachable", body = ErrorResponse),
+    ),
+    security(("bearer" = ["connection:refresh_secret"]))
+)]
 pub async fn refresh_secret(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    meta: RequestMeta,
+) -> Result<HttpResponse, ApiError> {
+    let metrics = state.metrics.clone();
+    let answer = rotate_through_actor(req, state, path, body, meta).await;
+    metrics.refresh(match &answer {
+        Ok(_) => "rotated",
+        Err(err) => err.error_type(),
+    });
+    answer
+}
+
+async fn rotate_through_actor(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -80,8 +118,19 @@ pub async fn refresh_secret(
     ))
 }
 
-/// `POST /api/connections/actions/verify` with header `api-key`. No bearer token: this
-/// is the gateways' path.
+/// `POST /api/connections/actions/verify` with header `api-key`. No bearer token and no
+/// scope: this is the gateways' path.
+#[utoipa::path(
+    post,
+    path = "/api/connections/actions/verify",
+    tag = "connections",
+    responses(
+        (status = 200, description = "The connection this secret authenticates; never the secret", body = VerifiedResponse),
+        (status = 401, description = "api-key header not set, or no connection has that secret", body = ErrorResponse),
+        (status = 503, description = "The database is unreachable", body = ErrorResponse),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn verify(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -113,7 +162,7 @@ impl From<RotateError> for ApiError {
 }
 
 /// A path id that is not a UUID names nothing: 404.
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
 }
 

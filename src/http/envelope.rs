@@ -80,12 +80,27 @@ impl FromRequest for RequestMeta {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// The `paging` object beside `meta` in a list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Paging {
+    /// The page asked for, from 1 (it may lie past the last page: then `data` is empty).
     pub page_number: u64,
     pub page_size: u64,
+    /// At least 1, as in eHealth's paginated lists, even when there are no entries.
     pub total_pages: u64,
     pub total_entries: u64,
+}
+
+impl Paging {
+    pub fn of(page: crate::connections::PageRequest, total_entries: u64) -> Self {
+        let total_pages = total_entries.div_ceil(page.page_size.max(1)).max(1);
+        Self {
+            page_number: page.page,
+            page_size: page.page_size,
+            total_pages,
+            total_entries,
+        }
+    }
 }
 
 /// Middleware: assigns the request id, echoes it as `x-request-id`, and wraps every

@@ -6,15 +6,19 @@ use serde::Serialize;
 use serde_json::json;
 
 /// One broken rule of a request body or query, in eHealth's `invalid` shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Invalid {
+    /// `json_data_property` (a body field) or `query_parameter`.
+    #[schema(value_type = String)]
     pub entry_type: &'static str,
+    /// JSONPath of the field, such as `$.redirect_uri`.
     pub entry: String,
     pub rules: Vec<InvalidRule>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InvalidRule {
+    #[schema(value_type = String)]
     pub rule: &'static str,
     pub description: String,
     pub params: Vec<serde_json::Value>,

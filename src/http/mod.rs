@@ -2,19 +2,62 @@
 mod connections;
 mod envelope;
 mod error;
+mod manage;
+mod observe;
+pub mod openapi;
+mod ops;
+mod query;
 mod views;
 
 pub use envelope::{Paging, REQUEST_ID, RequestId, RequestMeta, envelope};
 pub use error::{ApiError, Invalid, InvalidRule};
+pub use observe::observe;
 
 use actix_web::web;
+use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/clients/{id}/connections/{connection_id}/actions/refresh_secret")
-            .route(web::patch().to(connections::refresh_secret)),
-    )
-    .service(
-        web::resource("/api/connections/actions/verify").route(web::post().to(connections::verify)),
-    );
+/// Declares the route table once: `ROUTES` lists it for the OpenAPI test and `routes`
+/// registers it with actix, one resource per path so a wrong method answers 405.
+macro_rules! route_table {
+    ($($path:literal => { $($method:ident => $handler:path),+ $(,)? }),+ $(,)?) => {
+        /// Every route the app serves, as (lowercase method, path pattern). Path patterns
+        /// use OpenAPI's `{name}` syntax, which is also actix's.
+        pub const ROUTES: &[(&str, &str)] = &[$($((stringify!($method), $path),)+)+];
+
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.service(web::resource($path)$(.route(web::$method().to($handler)))+);)+
+            // CAUTION: the one registration outside the table: the docs page's static
+            // assets, built into the binary (`vendored`), under `/docs/`.
+            cfg.service(
+                SwaggerUi::new("/docs/{_:.*}")
+                    .config(SwaggerConfig::new(["/api/openapi.json"]).try_it_out_enabled(true)),
+            );
+        }
+    };
+}
+
+route_table! {
+    "/api/clients/{id}/connections" => {
+        get => manage::list,
+        put => manage::upsert,
+    },
+    "/api/clients/{id}/connections/{connection_id}" => {
+        get => manage::show,
+        patch => manage::update,
+        delete => manage::delete,
+    },
+    "/api/clients/{id}/connections/{connection_id}/events" => {
+        get => manage::events,
+    },
+    "/api/clients/{id}/connections/{connection_id}/actions/refresh_secret" => {
+        patch => connections::refresh_secret,
+    },
+    "/api/connections/actions/verify" => {
+        post => connections::verify,
+    },
+    "/health/live" => { get => ops::live },
+    "/health/ready" => { get => ops::ready },
+    "/metrics" => { get => ops::metrics },
+    "/api/openapi.json" => { get => ops::openapi_json },
+    "/docs" => { get => ops::docs },
 }

@@ -1,6 +1,10 @@
 //! What handlers put in `data`: request and response shapes, never database models.
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
+use entity::{connection, connection_event};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// RFC 3339, UTC, `Z` suffix.
@@ -9,19 +13,22 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 }
 
 /// eHealth's connection with its new secret: exactly these seven fields.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ConnectionWithSecret<'a> {
     pub id: Uuid,
     pub client_id: Uuid,
     pub consumer_id: Uuid,
     pub redirect_uri: &'a str,
+    /// Returned by this response only, never again.
     pub secret: &'a str,
+    #[schema(value_type = String, format = DateTime)]
     pub inserted_at: String,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: String,
 }
 
 impl<'a> ConnectionWithSecret<'a> {
-    pub fn new(connection: &'a entity::connection::Model, secret: &'a str) -> Self {
+    pub fn new(connection: &'a connection::Model, secret: &'a str) -> Self {
         Self {
             id: connection.id,
             client_id: connection.client_id,
@@ -32,4 +39,76 @@ impl<'a> ConnectionWithSecret<'a> {
             updated_at: timestamp(connection.updated_at),
         }
     }
+}
+
+/// eHealth's connection without a secret: show, list, re-point, and an upsert that
+/// updates.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionView<'a> {
+    pub id: Uuid,
+    pub client_id: Uuid,
+    pub consumer_id: Uuid,
+    pub redirect_uri: &'a str,
+    #[schema(value_type = String, format = DateTime)]
+    pub inserted_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: String,
+}
+
+impl<'a> From<&'a connection::Model> for ConnectionView<'a> {
+    fn from(connection: &'a connection::Model) -> Self {
+        Self {
+            id: connection.id,
+            client_id: connection.client_id,
+            consumer_id: connection.consumer_id,
+            redirect_uri: &connection.redirect_uri,
+            inserted_at: timestamp(connection.inserted_at),
+            updated_at: timestamp(connection.updated_at),
+        }
+    }
+}
+
+/// One audit event of a connection. Never holds a secret: only its version.
+#[derive(Serialize, ToSchema)]
+pub struct EventView<'a> {
+    pub id: Uuid,
+    /// `created`, `updated`, `secret_refreshed` or `deleted`.
+    pub kind: &'a str,
+    pub connection_id: Uuid,
+    pub client_id: Uuid,
+    pub actor_user_id: Uuid,
+    pub actor_client_id: Uuid,
+    pub request_id: &'a str,
+    pub remote_address: Option<&'a str>,
+    pub secret_version: Option<i64>,
+    /// Seconds the previous secret stayed valid (rotations only).
+    pub grace_period: Option<i64>,
+    #[schema(value_type = String, format = DateTime)]
+    pub occurred_at: String,
+}
+
+impl<'a> From<&'a connection_event::Model> for EventView<'a> {
+    fn from(event: &'a connection_event::Model) -> Self {
+        Self {
+            id: event.id,
+            kind: &event.kind,
+            connection_id: event.connection_id,
+            client_id: event.client_id,
+            actor_user_id: event.actor_user_id,
+            actor_client_id: event.actor_client_id,
+            request_id: &event.request_id,
+            remote_address: event.remote_address.as_deref(),
+            secret_version: event.secret_version,
+            grace_period: event.grace_period,
+            occurred_at: timestamp(event.occurred_at),
+        }
+    }
+}
+
+/// The health endpoints' answer: `live`, or `ready` with each check's result.
+#[derive(Serialize, ToSchema)]
+pub struct HealthView {
+    pub status: &'static str,
+    /// Check name → `ok`.
+    pub checks: BTreeMap<&'static str, &'static str>,
 }

@@ -1,0 +1,55 @@
+//! Middleware: one log line and the request metrics per answered request.
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+use uuid::Uuid;
+
+use super::REQUEST_ID;
+use crate::app::AppState;
+
+/// Logs each request once it is answered (request id, method, route pattern, status,
+/// latency, the path's client id) and counts it in the metrics. Runs outside the
+/// envelope, so it sees the final status of errors too.
+///
+/// CAUTION: only the route pattern is logged and labelled, never the raw path or query,
+/// and never a header: tokens and secrets travel in headers and bodies only.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let res = next.call(req).await?;
+    let latency = started.elapsed();
+
+    let request = res.request();
+    let route = request.match_pattern();
+    let route = route.as_deref().unwrap_or("unmatched");
+    let client_id = request
+        .match_info()
+        .get("id")
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let status = res.status().as_u16();
+    let request_id = res
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if let Some(state) = &state {
+        state.metrics.http_request(&method, route, status, latency);
+    }
+    tracing::info!(
+        request_id,
+        method,
+        route,
+        status,
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        client_id = client_id.as_ref().map(tracing::field::display),
+        "request"
+    );
+    Ok(res)
+}

@@ -1,0 +1,121 @@
+//! Metrics in Prometheus format, one recorder per `Application`.
+//!
+//! The `metrics` crate's macros write to one process-global recorder, which would make
+//! every application in a process (the test suite spawns dozens) share its counters.
+//! Instead each `Application` owns a `Metrics`: a Prometheus recorder that handlers call
+//! through the `metrics::Recorder` trait directly, with no global state. Code that wants
+//! a new metric adds a method here, so names and labels stay in one place.
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata, Recorder as _};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub const SECRET_REFRESHES: &str = "secret_refreshes_total";
+
+/// Latency buckets, in seconds, for request histograms.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        // CAUTION: without buckets the exporter renders summaries, not histograms.
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+            // Only an empty bucket list is refused; summaries then, rather than no metrics.
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        Self {
+            recorder: Arc::new(recorder),
+            handle,
+        }
+    }
+
+    /// One answered HTTP request. `route` is the matched route pattern (never the raw
+    /// path, which holds ids), or `unmatched`.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, latency: Duration) {
+        let labels = [
+            Label::new("method", method.to_owned()),
+            Label::new("route", route.to_owned()),
+            Label::new("status", status.to_string()),
+        ];
+        self.counter(HTTP_REQUESTS, &labels, 1);
+        self.recorder
+            .register_histogram(
+                &Key::from_parts(HTTP_REQUEST_DURATION, labels.to_vec()),
+                &METADATA,
+            )
+            .record(latency.as_secs_f64());
+    }
+
+    /// One refresh call's outcome: `rotated`, or the `error.type` it answered with.
+    pub fn refresh(&self, outcome: &'static str) {
+        self.counter(
+            SECRET_REFRESHES,
+            &[Label::from_static_parts("outcome", outcome)],
+            1,
+        );
+    }
+
+    /// Adds `value` to the counter `name` with `labels`.
+    pub fn counter(&self, name: &'static str, labels: &[Label], value: u64) {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels.to_vec()), &METADATA)
+            .increment(value);
+    }
+
+    /// Sets the gauge `name` with `labels` (queue depth and the like).
+    pub fn gauge(&self, name: &'static str, labels: &[Label], value: f64) {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels.to_vec()), &METADATA)
+            .set(value);
+    }
+
+    /// Everything recorded so far, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_recorders_do_not_share_counters() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.refresh("rotated");
+        a.http_request("GET", "/health/live", 200, Duration::from_millis(3));
+        let rendered = a.render();
+        assert!(
+            rendered.contains(r#"secret_refreshes_total{outcome="rotated"} 1"#),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("http_request_duration_seconds_bucket{"),
+            "{rendered}"
+        );
+        assert!(!b.render().contains("secret_refreshes_total"));
+    }
+}
