@@ -2,15 +2,22 @@
 //! (SQLite by default; PostgreSQL when `MITHRIL_TEST_POSTGRES_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod cache;
+mod calls;
 mod cli;
 mod common;
 mod concurrency;
+mod connections_read;
+mod connections_write;
 mod context;
 mod envelope;
 mod measure;
 mod notices;
+mod openapi;
+mod operations;
 mod refresh_secret;
 mod rotation_effects;
+mod shutdown;
 mod smtp;
 mod verify;

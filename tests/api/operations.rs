@@ -1,0 +1,181 @@
+//! `/health/live`, `/health/ready` and `/metrics`.
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use mithril::Application;
+use mithril::readiness::ReadinessCheck;
+
+use crate::common::{TestApp, TestDatabase, assert_error, test_config};
+
+#[actix_web::test]
+async fn live_and_ready_answer_200_in_the_envelope() {
+    let app = TestApp::spawn().await;
+    let (status, text) = app.get_text("/health/live").await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["data"]["status"], "live");
+    assert_eq!(body["meta"]["code"], 200);
+
+    let (status, text) = app.get_text("/health/ready").await;
+    assert_eq!(status, 200, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["data"]["status"], "ready");
+    assert_eq!(body["data"]["checks"]["database"], "ok");
+}
+
+#[actix_web::test]
+async fn ready_is_503_once_the_database_is_gone_and_live_stays_200() {
+    let app = TestApp::spawn().await;
+    app.db.close_by_ref().await.unwrap();
+    let (status, text) = app.get_text("/health/ready").await;
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_error(&(status, body.clone()), 503, "service_unavailable", None);
+    assert!(
+        !text.to_lowercase().contains("pool"),
+        "no internals in the body: {text}"
+    );
+    let (status, _) = app.get_text("/health/live").await;
+    assert_eq!(status, 200);
+}
+
+/// A backing service that never answers, as a Redis check would be when Redis hangs.
+struct Hangs;
+
+impl ReadinessCheck for Hangs {
+    fn name(&self) -> &'static str {
+        "hangs"
+    }
+    fn check(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+struct Fails;
+
+impl ReadinessCheck for Fails {
+    fn name(&self) -> &'static str {
+        "fails"
+    }
+    fn check(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Err(anyhow::anyhow!("connection refused")) })
+    }
+}
+
+#[actix_web::test]
+async fn ready_is_503_within_the_timeout_when_an_added_check_hangs_or_fails() {
+    let database = TestDatabase::new().await;
+    for check in [Arc::new(Hangs) as Arc<dyn ReadinessCheck>, Arc::new(Fails)] {
+        let mut config = test_config(&database.url);
+        config.readiness_timeout = Duration::from_millis(300);
+        let db = mithril::db::connect(&config).await.unwrap();
+        mithril::db::migrate(&db).await.unwrap();
+        let app = Application::build_with_checks(config, db, vec![check]).unwrap();
+        let address = format!("http://127.0.0.1:{}", app.port());
+        actix_web::rt::spawn(app.run_until_stopped());
+
+        let started = std::time::Instant::now();
+        let response = reqwest::get(format!("{address}/health/ready"))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let got = crate::common::into_parts(response).await;
+        assert_error(
+            &got,
+            503,
+            "service_unavailable",
+            Some("Service unavailable"),
+        );
+        assert!(
+            !got.1.to_string().contains("refused"),
+            "the cause stays in the log"
+        );
+    }
+}
+
+fn sample(metrics: &str, line_start: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[actix_web::test]
+async fn metrics_count_requests_by_route_pattern_and_refreshes_by_outcome() {
+    let app = TestApp::spawn().await;
+    let me = app.owned("MSP").await;
+    let refresh_route =
+        r#"route="/api/clients/{id}/connections/{connection_id}/actions/refresh_secret""#;
+    let ok_line = format!(r#"http_requests_total{{method="PATCH",{refresh_route},status="200"}}"#);
+
+    let (_, before) = app.get_text("/metrics").await;
+    assert_eq!(sample(&before, &ok_line), None);
+
+    for _ in 0..2 {
+        let (status, _) = app.refresh(me.client_id, me.connection_id, &me.token).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = app
+        .refresh(me.client_id, uuid::Uuid::new_v4(), &me.token)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app.list(me.client_id, "", &me.token).await;
+    assert_eq!(status, 200);
+
+    let (status, after) = app.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&after, &ok_line), Some(2.0), "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            &format!(r#"http_requests_total{{method="PATCH",{refresh_route},status="404"}}"#)
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&after, r#"secret_refreshes_total{outcome="rotated"}"#),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, r#"secret_refreshes_total{outcome="not_found"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"http_requests_total{method="GET",route="/api/clients/{id}/connections",status="200"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        after.contains("http_request_duration_seconds_bucket{"),
+        "latency histograms"
+    );
+    assert!(
+        after.contains(&format!(r#"http_request_duration_seconds_count{{method="PATCH",{refresh_route},status="200"}} 2"#)),
+        "{after}"
+    );
+    // Route patterns only: no id, token or secret reaches a label.
+    for value in [
+        me.client_id.to_string(),
+        me.connection_id.to_string(),
+        me.token.clone(),
+        me.secret.clone(),
+    ] {
+        assert!(!after.contains(&value), "{value} leaked into /metrics");
+    }
+
+    // Another application in the same process keeps its own counts.
+    let other = TestApp::spawn().await;
+    let (_, fresh) = other.get_text("/metrics").await;
+    assert_eq!(
+        sample(&fresh, r#"secret_refreshes_total{outcome="rotated"}"#),
+        None
+    );
+}

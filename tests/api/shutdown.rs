@@ -1,0 +1,233 @@
+//! `mithril serve` as operators run it: JSON request logs, and a graceful stop on SIGTERM
+//! in the middle of a burst of refreshes.
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::{connection, connection_event, outbox};
+use mithril::seed::{self, SeedClient, SeedConnection, SeedFile, SeedToken, SeedUser};
+use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::common::{ALL_SCOPES, TestDatabase, eventually};
+
+struct Seeded {
+    token: String,
+    client_id: Uuid,
+    connections: Vec<(Uuid, String)>,
+}
+
+async fn seed_database(url: &str) -> Seeded {
+    let config = mithril::Config::embedded(url);
+    let db = mithril::db::connect(&config).await.unwrap();
+    mithril::db::migrate(&db).await.unwrap();
+    let (owner, client_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let token = format!("token-{}", Uuid::new_v4().simple());
+    let mut file = SeedFile {
+        users: vec![SeedUser {
+            id: owner,
+            email: "owner@example.org".into(),
+            locale: "uk".into(),
+            is_blocked: false,
+        }],
+        clients: vec![SeedClient {
+            id: client_id,
+            name: "Clinic".into(),
+            client_type: "MSP".into(),
+            user_id: owner,
+            is_blocked: false,
+        }],
+        tokens: vec![SeedToken {
+            value: token.clone(),
+            user_id: owner,
+            client_id,
+            scope: ALL_SCOPES.into(),
+            expires_at: Utc::now() + chrono::Duration::hours(1),
+        }],
+        ..SeedFile::default()
+    };
+    let mut connections = Vec::new();
+    for i in 0..3 {
+        let consumer = Uuid::new_v4();
+        file.clients.push(SeedClient {
+            id: consumer,
+            name: format!("MIS {i}"),
+            client_type: "MIS".into(),
+            user_id: owner,
+            is_blocked: false,
+        });
+        let (id, secret) = (
+            Uuid::new_v4(),
+            format!("seeded-{}", Uuid::new_v4().simple()),
+        );
+        file.connections.push(SeedConnection {
+            id,
+            client_id,
+            consumer_id: consumer,
+            redirect_uri: "https://mis.example.org/cb".into(),
+            secret: Some(secret.clone()),
+        });
+        connections.push((id, secret));
+    }
+    seed::load(&db, file).await.unwrap();
+    db.close().await.unwrap();
+    Seeded {
+        token,
+        client_id,
+        connections,
+    }
+}
+
+#[actix_web::test]
+async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
+    let database = Arc::new(TestDatabase::new().await);
+    let seeded = seed_database(&database.url).await;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mithril"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("DATABASE_URL", &database.url)
+        .env("MITHRIL_LOG_FORMAT", "json")
+        .env("MITHRIL_SHUTDOWN_TIMEOUT", "20")
+        .env("RUST_LOG", "info")
+        .env_remove("REDIS_URL")
+        .env_remove("SMTP_URL")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let port = || {
+        lines.lock().unwrap().iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["message"] == "mithril listening").then(|| v["fields"]["port"].as_u64())?
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async { port().is_some() }).await,
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    let address = format!("http://127.0.0.1:{}", port().unwrap());
+
+    // The burst: 30 refreshes over three connections, each on a connection of its own.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut burst = Vec::new();
+    for i in 0..30 {
+        let (id, _) = seeded.connections[i % 3];
+        let url = format!(
+            "{address}/api/clients/{}/connections/{id}/actions/refresh_secret",
+            seeded.client_id
+        );
+        let request = http
+            .patch(url)
+            .bearer_auth(&seeded.token)
+            .header("x-request-id", format!("burst-{i}"));
+        burst.push(actix_web::rt::spawn(async move {
+            (id, request.send().await.map(|r| r.status().as_u16()))
+        }));
+    }
+    // SIGTERM once the first answers are in, with the rest still in flight or queued.
+    let answered = || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("\"status\":200"))
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(30), || async { answered() >= 3 }).await);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let mut ok = std::collections::HashMap::<Uuid, i64>::new();
+    for task in burst {
+        let (id, outcome) = task.await.unwrap();
+        if let Ok(200) = outcome {
+            *ok.entry(id).or_default() += 1;
+        }
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(ok.values().sum::<i64>() >= 3);
+
+    // Every 200 committed, with its audit event and both outbox rows.
+    let db = sea_orm::Database::connect(database.url.as_str())
+        .await
+        .unwrap();
+    let mut events_total = 0;
+    for (id, _) in &seeded.connections {
+        let row = connection::Entity::find_by_id(*id)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let answered_ok = ok.get(id).copied().unwrap_or(0);
+        assert_eq!(
+            row.secret_version, answered_ok,
+            "connection {id}: one version per 200"
+        );
+        let events = connection_event::Entity::find()
+            .filter(connection_event::Column::ConnectionId.eq(*id))
+            .count(&db)
+            .await
+            .unwrap();
+        assert_eq!(events as i64, answered_ok);
+        events_total += events;
+    }
+    let outbox_rows = outbox::Entity::find().count(&db).await.unwrap();
+    assert_eq!(
+        outbox_rows,
+        2 * events_total,
+        "every committed rotation has its outbox rows"
+    );
+
+    // One JSON line per request, with its id, route, status, latency and client id, and
+    // never the token or a secret.
+    let lines = lines.lock().unwrap();
+    let requests: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "request")
+        .collect();
+    assert!(requests.len() as i64 >= ok.values().sum::<i64>());
+    let first = requests
+        .iter()
+        .find(|v| v["fields"]["status"] == 200)
+        .unwrap();
+    assert!(
+        first["fields"]["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("burst-")
+    );
+    assert_eq!(
+        first["fields"]["route"],
+        "/api/clients/{id}/connections/{connection_id}/actions/refresh_secret"
+    );
+    assert_eq!(first["fields"]["client_id"], seeded.client_id.to_string());
+    assert!(first["fields"]["latency_ms"].is_number());
+    let all = lines.join("\n");
+    assert!(!all.contains(&seeded.token), "the token reached the log");
+    for (_, secret) in &seeded.connections {
+        assert!(!all.contains(secret.as_str()));
+    }
+}
