@@ -23,6 +23,7 @@ use crate::secrets::SecretDigest;
 #[utoipa::path(
     patch,
     path = "/api/clients/{id}/connections/{connection_id}/actions/refresh_secret",
+    summary = "Refresh client secret, API-009-001-006-0340 (scope connection:refresh_secret)",
     tag = "connections",
     params(
         ("id" = Uuid, Path, description = "The client (legal entity) id"),
@@ -123,6 +124,7 @@ async fn rotate_through_actor(
 #[utoipa::path(
     post,
     path = "/api/connections/actions/verify",
+    summary = "Verify a connection secret (header api-key; no token)",
     tag = "connections",
     responses(
         (status = 200, description = "The connection this secret authenticates; never the secret", body = VerifiedResponse),

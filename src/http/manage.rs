@@ -23,6 +23,7 @@ use crate::connections::{Actor, audit};
 #[utoipa::path(
     get,
     path = "/api/clients/{id}/connections",
+    summary = "List a client's connections (scope connection:read)",
     tag = "connections",
     params(
         ("id" = Uuid, Path, description = "The client (legal entity) id"),
@@ -66,6 +67,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/api/clients/{id}/connections/{connection_id}",
+    summary = "Show one connection (scope connection:read)",
     tag = "connections",
     params(
         ("id" = Uuid, Path, description = "The client (legal entity) id"),
@@ -103,6 +105,7 @@ pub async fn show(
 #[utoipa::path(
     put,
     path = "/api/clients/{id}/connections",
+    summary = "Create or re-point the connection to a consumer (scope connection:write)",
     tag = "connections",
     params(("id" = Uuid, Path, description = "The client (legal entity) id")),
     request_body = UpsertRequest,
@@ -177,6 +180,7 @@ pub async fn upsert(
 #[utoipa::path(
     patch,
     path = "/api/clients/{id}/connections/{connection_id}",
+    summary = "Re-point a connection (scope connection:write)",
     tag = "connections",
     params(
         ("id" = Uuid, Path, description = "The client (legal entity) id"),
@@ -235,6 +239,7 @@ pub async fn update(
 #[utoipa::path(
     delete,
     path = "/api/clients/{id}/connections/{connection_id}",
+    summary = "Delete a connection (scope connection:delete)",
     tag = "connections",
     params(
         ("id" = Uuid, Path, description = "The client (legal entity) id"),
@@ -283,6 +288,7 @@ pub async fn delete(
 #[utoipa::path(
     get,
     path = "/api/clients/{id}/connections/{connection_id}/events",
+    summary = "A connection's audit events, newest first (scope connection:read)",
     tag = "connections",
     params(
         ("id" = Uuid, Path, description = "The client (legal entity) id"),

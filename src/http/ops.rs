@@ -16,6 +16,7 @@ use crate::readiness;
 #[utoipa::path(
     get,
     path = "/health/live",
+    summary = "Liveness",
     tag = "operations",
     responses((status = 200, description = "The process runs", body = HealthResponse))
 )]
@@ -34,6 +35,7 @@ pub async fn live(meta: RequestMeta) -> HttpResponse {
 #[utoipa::path(
     get,
     path = "/health/ready",
+    summary = "Readiness of every backing service",
     tag = "operations",
     responses(
         (status = 200, description = "Every backing service answered", body = HealthResponse),
@@ -69,6 +71,7 @@ pub async fn ready(
 #[utoipa::path(
     get,
     path = "/metrics",
+    summary = "Prometheus metrics",
     tag = "operations",
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
 )]
@@ -82,6 +85,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(
     get,
     path = "/api/openapi.json",
+    summary = "This OpenAPI document",
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json"))
 )]
@@ -96,6 +100,7 @@ pub async fn openapi_json() -> Result<HttpResponse, ApiError> {
 #[utoipa::path(
     get,
     path = "/docs",
+    summary = "The API reference page",
     tag = "operations",
     responses((status = 308, description = "Redirect to the API reference page at /docs/"))
 )]

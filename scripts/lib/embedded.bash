@@ -1,0 +1,75 @@
+# shellcheck shell=bash
+# Sourced by scripts/: build `mithril`, seed a temporary SQLite database through
+# `mithril seed FILE`, and start an embedded instance on a free loopback port.
+#
+# After `embedded_start`: BASE (http://127.0.0.1:PORT), TOKEN (an NHS bearer token with
+# every connection scope), SECRET (the seeded connection's secret), CLINIC, MIS, NHS
+# (client ids), CONNECTION (the clinic's connection to the MIS), WORK (a temporary
+# directory, removed on exit with the server stopped), SERVER_LOG.
+
+embedded_cleanup() {
+  if [[ -n "${SERVER_PID:-}" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  [[ -n "${WORK:-}" ]] && rm -rf "$WORK"
+}
+
+embedded_start() {
+  local target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+  echo "embedded: building mithril"
+  cargo build --quiet --bin mithril
+  BIN="$target_dir/debug/mithril"
+
+  WORK="$(mktemp -d)"
+  SERVER_PID=""
+  trap embedded_cleanup EXIT
+
+  uuid() { python3 -c 'import uuid; print(uuid.uuid4())'; }
+  local owner
+  owner=$(uuid); NHS=$(uuid); CLINIC=$(uuid); MIS=$(uuid); CONNECTION=$(uuid)
+  TOKEN="st-$(uuid)"
+  SECRET="st-secret-$(uuid)"
+  cat >"$WORK/seed.json" <<JSON
+{
+  "users": [{"id": "$owner", "email": "owner@example.org", "locale": "en"}],
+  "clients": [
+    {"id": "$NHS", "name": "NHS", "client_type": "NHS", "user_id": "$owner"},
+    {"id": "$CLINIC", "name": "Clinic", "client_type": "MSP", "user_id": "$owner"},
+    {"id": "$MIS", "name": "MIS", "client_type": "MIS", "user_id": "$owner"}
+  ],
+  "connections": [
+    {"id": "$CONNECTION", "client_id": "$CLINIC", "consumer_id": "$MIS",
+     "redirect_uri": "https://mis.example.org/cb", "secret": "$SECRET"}
+  ],
+  "tokens": [
+    {"value": "$TOKEN", "user_id": "$owner", "client_id": "$NHS",
+     "scope": "connection:refresh_secret connection:read connection:write connection:delete",
+     "expires_at": "2099-01-01T00:00:00Z"}
+  ]
+}
+JSON
+
+  export DATABASE_URL="sqlite://$WORK/mithril.db?mode=rwc"
+  unset REDIS_URL SMTP_URL
+  RUST_LOG=warn "$BIN" seed "$WORK/seed.json" >/dev/null
+
+  SERVER_LOG="$WORK/server.log"
+  MITHRIL_LOG_FORMAT=json RUST_LOG=info "$BIN" serve --bind 127.0.0.1:0 --no-workers \
+    >"$WORK/server.out" 2>"$SERVER_LOG" &
+  SERVER_PID=$!
+  local port=""
+  for _ in $(seq 1 150); do
+    port=$(grep -o '"message":"mithril listening","port":[0-9]*' "$SERVER_LOG" | grep -o '[0-9]*$' || true)
+    [[ -n "$port" ]] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  if [[ -z "$port" ]]; then
+    echo "embedded: the server did not start" >&2
+    tail -n 40 "$SERVER_LOG" >&2
+    return 1
+  fi
+  BASE="http://127.0.0.1:$port"
+  echo "embedded: mithril on $BASE"
+}
