@@ -50,7 +50,8 @@ embedded_start() {
 }
 JSON
 
-  export DATABASE_URL="sqlite://$WORK/mithril.db?mode=rwc"
+  # EMBEDDED_DATABASE_URL points the run at another (empty) database, e.g. PostgreSQL.
+  export DATABASE_URL="${EMBEDDED_DATABASE_URL:-sqlite://$WORK/mithril.db?mode=rwc}"
   unset REDIS_URL SMTP_URL
   RUST_LOG=warn "$BIN" seed "$WORK/seed.json" >/dev/null
 

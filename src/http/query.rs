@@ -97,9 +97,24 @@ pub fn list_filter(params: &HashMap<String, String>, invalid: &mut Vec<Invalid>)
                 None
             }
         });
+    // No stored `redirect_uri` holds a control character, and PostgreSQL refuses a NUL in
+    // a text parameter: such a filter is the caller's error, not the database's.
+    let redirect_uri = params.get("redirect_uri").and_then(|needle| {
+        if needle.chars().any(char::is_control) {
+            invalid.push(Invalid::query_parameter(
+                "$.redirect_uri",
+                "format",
+                "control characters are not allowed",
+                vec![],
+            ));
+            None
+        } else {
+            Some(needle.clone())
+        }
+    });
     ListFilter {
         consumer_id,
-        redirect_uri: params.get("redirect_uri").cloned(),
+        redirect_uri,
     }
 }
 
@@ -233,6 +248,8 @@ mod tests {
         let (_, filter, invalid) = parsed("consumer_id=nope&redirect_uri=%25x");
         assert_eq!(invalid[0].entry, "$.consumer_id");
         assert_eq!(filter.redirect_uri.as_deref(), Some("%x"));
+        let (_, _, invalid) = parsed("redirect_uri=a%00b");
+        assert_eq!(invalid[0].entry, "$.redirect_uri");
     }
 
     #[test]

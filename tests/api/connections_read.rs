@@ -127,6 +127,7 @@ async fn bad_paging_and_filters_are_422_query_parameters() {
         ("?page_size=301", "$.page_size"),
         ("?page_size=", "$.page_size"),
         ("?consumer_id=not-a-uuid", "$.consumer_id"),
+        ("?redirect_uri=a%00b", "$.redirect_uri"),
     ] {
         let got = app.list(me.client_id, query, &me.token).await;
         assert_error(&got, 422, "validation_failed", None);
