@@ -132,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 print_demo(&database, &config.bind).await?;
             }
             let app = Application::build_with_db(config, database).await?;
+            app.state().metrics.install_global();
             tracing::info!(port = app.port(), "mithril listening");
             // Returns once requests have drained, the outbox is flushed and the in-process
             // workers have stopped: then the process exits 0.

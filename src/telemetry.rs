@@ -4,7 +4,9 @@
 //! every application in a process (the test suite spawns dozens) share its counters.
 //! Instead each `Application` owns a `Metrics`: a Prometheus recorder that handlers call
 //! through the `metrics::Recorder` trait directly, with no global state. Code that wants
-//! a new metric adds a method here, so names and labels stay in one place.
+//! a new metric adds a method here, so names and labels stay in one place. `mithril serve`
+//! also installs its recorder as the global one (`Metrics::install_global`), for code that
+//! can only reach the `metrics` macros.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +87,15 @@ impl Metrics {
             .set(value);
     }
 
+    /// Makes this recorder the process-global one too, so the `metrics::counter!` family,
+    /// used where no `AppState` is at hand (the in-process job workers), lands at
+    /// `/metrics`. The facade keeps the first recorder set in a process: `mithril serve`
+    /// calls this once; tests never do, so their applications stay apart. Returns whether
+    /// this call installed it.
+    pub fn install_global(&self) -> bool {
+        metrics::set_global_recorder(self.recorder.clone()).is_ok()
+    }
+
     /// Everything recorded so far, in the Prometheus text format.
     pub fn render(&self) -> String {
         self.handle.render()
@@ -117,5 +128,17 @@ mod tests {
             "{rendered}"
         );
         assert!(!b.render().contains("secret_refreshes_total"));
+    }
+
+    #[test]
+    fn the_global_recorder_feeds_the_installed_application() {
+        let app = Metrics::new();
+        assert!(app.install_global());
+        assert!(
+            !Metrics::new().install_global(),
+            "only the first one counts"
+        );
+        metrics::counter!("jobs_total", "outcome" => "done").increment(2);
+        assert!(app.render().contains(r#"jobs_total{outcome="done"} 2"#));
     }
 }
