@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::connections::ConnectionRegistry;
 use crate::http::{self, ApiError};
 use crate::outbox::OutboxRelay;
-use crate::readiness::{DatabaseCheck, ReadinessCheck};
+use crate::readiness::{DatabaseCheck, ReadinessCheck, RedisCheck};
 use crate::secrets::SecretDigest;
 use crate::telemetry::Metrics;
 
@@ -188,6 +188,9 @@ impl Application {
         let workers = config.http_workers;
         let shutdown_timeout = config.shutdown_timeout.as_secs();
         let mut readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
+        if let Some(redis) = &redis {
+            readiness.push(Arc::new(RedisCheck(redis.manager.clone())));
+        }
         readiness.extend(checks);
         let state = web::Data::new(AppState {
             config,

@@ -123,9 +123,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             bind,
             demo,
-            no_workers: _,
+            no_workers,
         } => {
-            let config = cli.settings.config(Some(&bind));
+            let mut config = cli.settings.config(Some(&bind));
+            config.run_workers = !no_workers;
             let database = db::connect(&config).await?;
             db::migrate(&database).await?;
             if demo {

@@ -1,9 +1,8 @@
 //! Readiness: is every backing service this instance needs answering right now?
 //!
 //! `GET /health/ready` runs every registered check at once, each within the configured
-//! timeout. The database check is always there; other services (Redis, where
-//! configured) add theirs by passing a `ReadinessCheck` to
-//! `Application::build_with_checks`.
+//! timeout. The database check is always there, Redis's where `REDIS_URL` is set; other
+//! services add theirs by passing a `ReadinessCheck` to `Application::build_with_checks`.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +31,23 @@ impl ReadinessCheck for DatabaseCheck {
             self.0
                 .query_one_raw(Statement::from_string(backend, "SELECT 1"))
                 .await?;
+            Ok(())
+        })
+    }
+}
+
+/// `PING` on the connection the cache and the eviction channel use.
+pub struct RedisCheck(pub redis::aio::ConnectionManager);
+
+impl ReadinessCheck for RedisCheck {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn check(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut conn = self.0.clone();
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())
         })
     }

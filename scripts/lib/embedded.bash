@@ -56,8 +56,9 @@ JSON
   RUST_LOG=warn "$BIN" seed "$WORK/seed.json" >/dev/null
 
   SERVER_LOG="$WORK/server.log"
-  MITHRIL_LOG_FORMAT=json RUST_LOG=info "$BIN" serve --bind 127.0.0.1:0 --no-workers \
-    >"$WORK/server.out" 2>"$SERVER_LOG" &
+  # From $WORK: notices written as files land under its data/mail, not in the repository.
+  (cd "$WORK" && MITHRIL_LOG_FORMAT=json RUST_LOG=info exec "$BIN" serve --bind 127.0.0.1:0 \
+    >"$WORK/server.out" 2>"$SERVER_LOG") &
   SERVER_PID=$!
   local port=""
   for _ in $(seq 1 150); do

@@ -168,6 +168,7 @@ pub async fn upsert(
             )
         }
         Upserted::Updated { connection } => {
+            forget_cached_view(&state, &connection);
             tracing::info!(client_id = %client_id, connection_id = %connection.id, "connection re-pointed");
             meta.object(StatusCode::OK, ConnectionView::from(&connection))
         }
@@ -227,6 +228,7 @@ pub async fn update(
     .await?
     // Deleted between the check above and the update.
     .ok_or(ApiError::NotFound)?;
+    forget_cached_view(&state, &updated);
     tracing::info!(client_id = %client_id, connection_id = %connection_id, "connection re-pointed");
     Ok(meta.object(StatusCode::OK, ConnectionView::from(&updated)))
 }
@@ -271,6 +273,9 @@ pub async fn delete(
     )
     .await?
     .ok_or(ApiError::NotFound)?;
+    // Before answering: its secrets must already fail here and, through Redis, on every
+    // other instance (the outbox job repeats this until it succeeds).
+    state.credentials.invalidate(&deleted.invalidation).await;
     tracing::info!(
         client_id = %client_id,
         connection_id = %deleted.connection.id,
@@ -346,6 +351,15 @@ async fn ensure_client_exists(state: &AppState, client_id: Uuid) -> Result<(), A
     } else {
         Err(ApiError::NotFound)
     }
+}
+
+/// A re-point changes what verify answers for this connection's secrets (its
+/// `redirect_uri`), so this instance drops its cached answers for them. Other instances
+/// and Redis keep theirs until the cache TTL: the secrets stay valid either way.
+fn forget_cached_view(state: &AppState, connection: &entity::connection::Model) {
+    let mut digests = vec![connection.secret_hash.clone()];
+    digests.extend(connection.previous_secret_hash.clone());
+    state.credentials.evict_local(&digests);
 }
 
 fn reject(invalid: Vec<Invalid>) -> Result<(), ApiError> {

@@ -221,6 +221,9 @@ async fn upsert_for_an_unknown_client_is_404_before_the_body() {
 async fn patch_repoints_and_records_an_event() {
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
+    // Fill the verify cache with the old redirect_uri first.
+    let (_, before) = app.verify(&me.secret).await;
+    assert_eq!(before["data"]["redirect_uri"], "https://mis.example.org/cb");
     let (status, body) = app
         .repoint(
             me.client_id,
@@ -235,9 +238,11 @@ async fn patch_repoints_and_records_an_event() {
     assert_eq!(body["data"]["redirect_uri"], "https://new.example.org/cb");
     let (_, shown) = app.show(me.client_id, me.connection_id, &me.token).await;
     assert_eq!(shown["data"]["redirect_uri"], "https://new.example.org/cb");
-    assert!(
-        app.verifies(&me.secret).await,
-        "re-pointing keeps the secret"
+    let (status, after) = app.verify(&me.secret).await;
+    assert_eq!(status, 200, "re-pointing keeps the secret");
+    assert_eq!(
+        after["data"]["redirect_uri"], "https://new.example.org/cb",
+        "not a stale cache entry"
     );
     assert_eq!(event_kinds(&app, me.connection_id).await, ["updated"]);
 }
@@ -344,8 +349,13 @@ async fn delete_is_204_retires_both_secrets_and_a_second_delete_is_404() {
         .iter()
         .find(|r| r.payload["event_id"] == deleted.id.to_string())
         .expect("the delete's row");
-    assert_eq!(row.payload["connection_id"], me.connection_id.to_string());
-    let retire: Vec<&str> = row.payload["retire_now"]
+    let invalidation = &row.payload["invalidation"];
+    assert_eq!(
+        invalidation["connection"]["id"],
+        me.connection_id.to_string()
+    );
+    assert_eq!(invalidation["demote"], json!([]));
+    let retire: Vec<&str> = invalidation["retire"]
         .as_array()
         .unwrap()
         .iter()
@@ -358,7 +368,6 @@ async fn delete_is_204_retires_both_secrets_and_a_second_delete_is_404() {
             SecretDigest::of(&me.secret).as_str()
         ]
     );
-    assert_eq!(row.payload["retire_at"], Value::Null);
     assert!(row.dispatched_at.is_none());
 }
 

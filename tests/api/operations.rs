@@ -24,6 +24,22 @@ async fn live_and_ready_answer_200_in_the_envelope() {
     assert_eq!(body["data"]["checks"]["database"], "ok");
 }
 
+/// Redis is asked where it is configured (CI sets `MITHRIL_TEST_REDIS_URL`), and only there.
+#[actix_web::test]
+async fn ready_asks_redis_only_where_it_is_configured() {
+    let redis_url = std::env::var("MITHRIL_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let app = TestApp::spawn_with(|c| c.redis_url = redis_url.clone()).await;
+    let (status, text) = app.get_text("/health/ready").await;
+    assert_eq!(status, 200, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    match redis_url {
+        Some(_) => assert_eq!(body["data"]["checks"]["redis"], "ok", "{body}"),
+        None => assert!(body["data"]["checks"].get("redis").is_none(), "{body}"),
+    }
+}
+
 #[actix_web::test]
 async fn ready_is_503_once_the_database_is_gone_and_live_stays_200() {
     let app = TestApp::spawn().await;
@@ -66,11 +82,13 @@ impl ReadinessCheck for Fails {
 async fn ready_is_503_within_the_timeout_when_an_added_check_hangs_or_fails() {
     let database = TestDatabase::new().await;
     for check in [Arc::new(Hangs) as Arc<dyn ReadinessCheck>, Arc::new(Fails)] {
-        let mut config = test_config(&database.url);
+        let mut config = test_config(&database);
         config.readiness_timeout = Duration::from_millis(300);
         let db = mithril::db::connect(&config).await.unwrap();
         mithril::db::migrate(&db).await.unwrap();
-        let app = Application::build_with_checks(config, db, vec![check]).unwrap();
+        let app = Application::build_with_checks(config, db, vec![check])
+            .await
+            .unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
         actix_web::rt::spawn(app.run_until_stopped());
 

@@ -89,6 +89,8 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mithril"))
         .args(["serve", "--bind", "127.0.0.1:0"])
         .env("DATABASE_URL", &database.url)
+        // The in-process workers write notices under `data/mail` of the working directory.
+        .current_dir(database.dir.path())
         .env("MITHRIL_LOG_FORMAT", "json")
         .env("MITHRIL_SHUTDOWN_TIMEOUT", "20")
         .env("RUST_LOG", "info")
