@@ -94,18 +94,8 @@ async fn rotate_through_actor(
     // Before answering: the old secret must already fail here and, through Redis, on
     // every other instance.
     state.credentials.invalidate(&rotated.invalidation).await;
-    // The notice and the shared invalidation go through the queue; if this push fails,
-    // the sweeper pushes the committed rows later.
-    let relay = state.relay.clone();
-    let outbox_ids = rotated.outbox_ids.clone();
-    tokio::spawn(async move {
-        if let Err(e) = relay.dispatch(&outbox_ids).await {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "outbox dispatch failed; the sweeper will retry"
-            );
-        }
-    });
+    // The notice and the shared invalidation go through the queue.
+    dispatch_outbox(&state, rotated.outbox_ids.clone());
     tracing::info!(
         client_id = %client_id,
         connection_id = %connection_id,
@@ -161,6 +151,23 @@ impl From<RotateError> for ApiError {
             }
         }
     }
+}
+
+/// After commit: pushes a change's outbox rows to the queue in the background; if the
+/// push fails, the sweeper pushes the committed rows later.
+pub(super) fn dispatch_outbox(state: &AppState, outbox_ids: Vec<Uuid>) {
+    let relay = state.relay.clone();
+    // CAUTION: Tokio's spawn, not actix's: a task on an HTTP worker's local set can be
+    // dropped outside the runtime when the worker stops, and dropping a pooled database
+    // connection there panics.
+    tokio::spawn(async move {
+        if let Err(e) = relay.dispatch(&outbox_ids).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "outbox dispatch failed; the sweeper will retry"
+            );
+        }
+    });
 }
 
 /// A path id that is not a UUID names nothing: 404.

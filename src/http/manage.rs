@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use uuid::Uuid;
 
-use super::connections::parse_id;
+use super::connections::{dispatch_outbox, parse_id};
 use super::openapi::{
     ConnectionListResponse, ConnectionResponse, ConnectionWithSecretResponse, ErrorResponse,
     EventListResponse, RepointRequest, UpsertRequest,
@@ -276,6 +276,7 @@ pub async fn delete(
     // Before answering: its secrets must already fail here and, through Redis, on every
     // other instance (the outbox job repeats this until it succeeds).
     state.credentials.invalidate(&deleted.invalidation).await;
+    dispatch_outbox(&state, vec![deleted.outbox_id]);
     tracing::info!(
         client_id = %client_id,
         connection_id = %deleted.connection.id,

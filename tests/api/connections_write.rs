@@ -9,7 +9,7 @@ use sea_orm::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::{TestApp, assert_error, assert_schema};
+use crate::common::{TestApp, assert_error, assert_schema, eventually};
 
 async fn rows_for_pair(app: &TestApp, client_id: Uuid, consumer_id: Uuid) -> u64 {
     connection::Entity::find()
@@ -368,7 +368,17 @@ async fn delete_is_204_retires_both_secrets_and_a_second_delete_is_404() {
             SecretDigest::of(&me.secret).as_str()
         ]
     );
-    assert!(row.dispatched_at.is_none());
+    // The relay pushes it to the queue after commit.
+    let row_id = row.id;
+    let dispatched = eventually(std::time::Duration::from_secs(10), || async {
+        outbox::Entity::find_by_id(row_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.dispatched_at.is_some())
+    })
+    .await;
+    assert!(dispatched, "the delete's job reached the queue");
 }
 
 #[actix_web::test]
