@@ -201,6 +201,12 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
         2 * events_total,
         "every committed rotation has its outbox rows"
     );
+    let undispatched = outbox::Entity::find()
+        .filter(outbox::Column::DispatchedAt.is_null())
+        .count(&db)
+        .await
+        .unwrap();
+    assert_eq!(undispatched, 0, "the stop flushed the outbox to the queue");
 
     // One JSON line per request, with its id, route, status, latency and client id, and
     // never the token or a secret.
