@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const SECRET_REFRESHES: &str = "secret_refreshes_total";
+pub const OUTBOX_PENDING: &str = "mithril_outbox_pending";
 
 /// Latency buckets, in seconds, for request histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -71,6 +72,12 @@ impl Metrics {
             &[Label::from_static_parts("outcome", outcome)],
             1,
         );
+    }
+
+    /// Outbox rows written but not yet pushed to the job queue.
+    pub fn outbox_pending(&self, rows: u64) {
+        // Exact below 2^53 rows, far beyond any backlog.
+        self.gauge(OUTBOX_PENDING, &[], rows as f64);
     }
 
     /// Adds `value` to the counter `name` with `labels`.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpResponse, web};
+use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
 
 use super::openapi::{self, ErrorResponse, HealthResponse};
 use super::views::HealthView;
@@ -76,6 +77,14 @@ pub async fn ready(
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    // Outbox rows not yet pushed to the queue: the backlog the relay and sweeper owe.
+    // Best effort: a slow or absent database leaves the last value.
+    let pending = entity::outbox::Entity::find()
+        .filter(entity::outbox::Column::DispatchedAt.is_null())
+        .count(&state.db);
+    if let Ok(Ok(pending)) = tokio::time::timeout(state.config.readiness_timeout, pending).await {
+        state.metrics.outbox_pending(pending);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

@@ -175,6 +175,11 @@ async fn metrics_count_requests_by_route_pattern_and_refreshes_by_outcome() {
         after.contains("http_request_duration_seconds_bucket{"),
         "latency histograms"
     );
+    // The backlog gauge: both refreshes wrote outbox rows (dispatched or not by now).
+    assert!(
+        sample(&after, "mithril_outbox_pending").is_some(),
+        "{after}"
+    );
     assert!(
         after.contains(&format!(r#"http_request_duration_seconds_count{{method="PATCH",{refresh_route},status="200"}} 2"#)),
         "{after}"
