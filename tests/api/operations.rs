@@ -202,3 +202,52 @@ async fn metrics_count_requests_by_route_pattern_and_refreshes_by_outcome() {
         None
     );
 }
+
+/// API.md's 503 row on the resource itself: with the database gone, every method answers
+/// `service_unavailable` in the envelope, with nothing of the cause in the body.
+#[actix_web::test]
+async fn resource_calls_are_503_without_the_database() {
+    use reqwest::Method;
+    let app = TestApp::spawn().await;
+    let me = app.owned("MSP").await;
+    // Warm the token cache, so the calls get past authorization to the handlers.
+    let (status, _) = app.list(me.client_id, "", &me.token).await;
+    assert_eq!(status, 200);
+    app.db.close_by_ref().await.unwrap();
+    let base = format!("/api/clients/{}/connections", me.client_id);
+    let one = format!("{base}/{}", me.connection_id);
+    let consumer = uuid::Uuid::new_v4();
+    for (method, path, body) in [
+        (Method::GET, base.clone(), None),
+        (Method::GET, one.clone(), None),
+        (Method::GET, format!("{one}/events"), None),
+        (Method::DELETE, one.clone(), None),
+        (
+            Method::PATCH,
+            one.clone(),
+            Some(r#"{"redirect_uri": "https://x.example.org"}"#.to_owned()),
+        ),
+        (
+            Method::PUT,
+            base.clone(),
+            Some(format!(
+                r#"{{"consumer_id": "{consumer}", "redirect_uri": "https://x.example.org"}}"#
+            )),
+        ),
+    ] {
+        let got = app
+            .call(method.clone(), &path, Some(&me.token), body.as_deref())
+            .await;
+        assert_error(
+            &got,
+            503,
+            "service_unavailable",
+            Some("Service unavailable"),
+        );
+        let text = got.1.to_string().to_lowercase();
+        assert!(
+            !text.contains("pool") && !text.contains("sql"),
+            "{method} {path}: {text}"
+        );
+    }
+}
