@@ -255,7 +255,7 @@ pub async fn delete(
     let invalidation = Invalidation {
         connection: view(&current),
         retire,
-        demote: Vec::new(),
+        still_valid: Vec::new(),
     };
     let job = InvalidateCredentials {
         event_id,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::audit::{self, Actor, NewEvent};
 use super::{kinds, view};
 use crate::secrets::Plaintext;
-use workers::credentials::{Demoted, Invalidation};
+use workers::credentials::{Invalidation, StillValid};
 use workers::jobs::{self, InvalidateCredentials, NotifyOwner};
 
 /// Rotate the secret of one connection of one client.
@@ -76,12 +76,12 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
     // end of the grace period. A previous secret still inside an earlier grace period is
     // displaced: only one previous secret is ever kept.
     let mut retire: Vec<String> = current.previous_secret_hash.iter().cloned().collect();
-    let mut demote = Vec::new();
+    let mut still_valid = Vec::new();
     let (previous_hash, previous_expires) = match grace_ends {
         Some(valid_until) => {
-            demote.push(Demoted {
+            still_valid.push(StillValid {
                 digest: current.secret_hash.clone(),
-                valid_until,
+                valid_until: Some(valid_until),
             });
             (Some(current.secret_hash.clone()), Some(valid_until))
         }
@@ -142,7 +142,7 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Ro
     let invalidation = Invalidation {
         connection: view(&updated),
         retire,
-        demote,
+        still_valid,
     };
     let notify = NotifyOwner {
         event_id,

@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use uuid::Uuid;
+use workers::credentials::{Invalidation, StillValid};
 
 use super::connections::{dispatch_outbox, parse_id};
 use super::openapi::{
@@ -168,7 +169,7 @@ pub async fn upsert(
             )
         }
         Upserted::Updated { connection } => {
-            forget_cached_view(&state, &connection);
+            rewrite_cached_view(&state, &connection).await;
             tracing::info!(client_id = %client_id, connection_id = %connection.id, "connection re-pointed");
             meta.object(StatusCode::OK, ConnectionView::from(&connection))
         }
@@ -228,7 +229,7 @@ pub async fn update(
     .await?
     // Deleted between the check above and the update.
     .ok_or(ApiError::NotFound)?;
-    forget_cached_view(&state, &updated);
+    rewrite_cached_view(&state, &updated).await;
     tracing::info!(client_id = %client_id, connection_id = %connection_id, "connection re-pointed");
     Ok(meta.object(StatusCode::OK, ConnectionView::from(&updated)))
 }
@@ -355,12 +356,29 @@ async fn ensure_client_exists(state: &AppState, client_id: Uuid) -> Result<(), A
 }
 
 /// A re-point changes what verify answers for this connection's secrets (its
-/// `redirect_uri`), so this instance drops its cached answers for them. Other instances
-/// and Redis keep theirs until the cache TTL: the secrets stay valid either way.
-fn forget_cached_view(state: &AppState, connection: &entity::connection::Model) {
-    let mut digests = vec![connection.secret_hash.clone()];
-    digests.extend(connection.previous_secret_hash.clone());
-    state.credentials.evict_local(&digests);
+/// `redirect_uri`): every cache gets the new view, here at once and on other instances
+/// through Redis. Best effort: the secrets stay valid either way, and the cache TTL
+/// bounds how long a stale `redirect_uri` can be served if Redis is down.
+async fn rewrite_cached_view(state: &AppState, connection: &entity::connection::Model) {
+    let mut still_valid = vec![StillValid {
+        digest: connection.secret_hash.clone(),
+        valid_until: None,
+    }];
+    if let (Some(digest), Some(until)) = (
+        &connection.previous_secret_hash,
+        connection.previous_secret_expires_at,
+    ) {
+        still_valid.push(StillValid {
+            digest: digest.clone(),
+            valid_until: Some(until),
+        });
+    }
+    let invalidation = Invalidation {
+        connection: crate::connections::view(connection),
+        retire: Vec::new(),
+        still_valid,
+    };
+    state.credentials.invalidate(&invalidation).await;
 }
 
 fn reject(invalid: Vec<Invalid>) -> Result<(), ApiError> {

@@ -121,3 +121,35 @@ async fn a_cached_secret_is_refused_on_the_same_instance_at_once() {
         "no poll needed on the instance that rotated"
     );
 }
+
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn a_re_point_reaches_every_instances_cache() {
+    let redis_url = test_redis().await;
+    let (first, second) = two_instances_on_redis(&redis_url).await;
+    let me = first.owned("MSP").await;
+    warm(&[&first, &second], &me.secret).await;
+
+    let response = first
+        .http
+        .patch(format!(
+            "{}/api/clients/{}/connections/{}",
+            first.address, me.client_id, me.connection_id
+        ))
+        .bearer_auth(&me.token)
+        .json(&serde_json::json!({"redirect_uri": "https://new.example.org/cb"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for app in [&first, &second] {
+        assert!(
+            eventually(Duration::from_secs(1), || async {
+                app.verify(&me.secret).await.1["data"]["redirect_uri"]
+                    == "https://new.example.org/cb"
+            })
+            .await,
+            "verify answers with the new redirect_uri on every instance"
+        );
+    }
+}

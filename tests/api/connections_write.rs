@@ -354,7 +354,7 @@ async fn delete_is_204_retires_both_secrets_and_a_second_delete_is_404() {
         invalidation["connection"]["id"],
         me.connection_id.to_string()
     );
-    assert_eq!(invalidation["demote"], json!([]));
+    assert_eq!(invalidation["still_valid"], json!([]));
     let retire: Vec<&str> = invalidation["retire"]
         .as_array()
         .unwrap()

@@ -138,7 +138,7 @@ async fn refresh_records_an_audit_event_and_two_outbox_rows_without_the_secret()
     assert_eq!(invalidate["connection"]["id"], me.connection_id.to_string());
     let old_digest = mithril::secrets::SecretDigest::of(&me.secret);
     assert_eq!(
-        invalidate["demote"][0]["digest"],
+        invalidate["still_valid"][0]["digest"],
         old_digest.as_str(),
         "grace 120: demoted, not retired"
     );

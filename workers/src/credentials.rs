@@ -48,11 +48,13 @@ impl CachedCredential {
     }
 }
 
-/// A previous secret that stays valid until `valid_until`.
+/// A digest that stays accepted, with what verify now answers for it: a previous secret
+/// until the end of its grace period, or a current one (no expiry) whose connection was
+/// re-pointed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Demoted {
+pub struct StillValid {
     pub digest: String,
-    pub valid_until: DateTime<Utc>,
+    pub valid_until: Option<DateTime<Utc>>,
 }
 
 /// What one rotation or deletion changes in every cache. Digests only, never secrets.
@@ -61,8 +63,8 @@ pub struct Invalidation {
     pub connection: ConnectionView,
     /// Refused from now on.
     pub retire: Vec<String>,
-    /// Still accepted, but only until their expiry.
-    pub demote: Vec<Demoted>,
+    /// Still accepted, with a new expiry or a new view of the connection.
+    pub still_valid: Vec<StillValid>,
 }
 
 impl Invalidation {
@@ -70,7 +72,7 @@ impl Invalidation {
         self.retire
             .iter()
             .cloned()
-            .chain(self.demote.iter().map(|d| d.digest.clone()))
+            .chain(self.still_valid.iter().map(|d| d.digest.clone()))
             .collect()
     }
 }
@@ -126,13 +128,13 @@ impl RedisCredentials {
                 .arg(self.ttl_secs)
                 .ignore();
         }
-        for demoted in &invalidation.demote {
+        for still_valid in &invalidation.still_valid {
             let entry = CachedCredential::Valid {
                 connection: invalidation.connection.clone(),
-                valid_until: Some(demoted.valid_until),
+                valid_until: still_valid.valid_until,
             };
             pipe.cmd("SET")
-                .arg(credential_key(&demoted.digest))
+                .arg(credential_key(&still_valid.digest))
                 .arg(serde_json::to_string(&entry).map_err(json_error)?)
                 .arg("EX")
                 .arg(self.ttl_secs)
