@@ -196,22 +196,7 @@ fn grace_period(body: &[u8], max: u64) -> Result<i64, Vec<Invalid>> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(0);
     }
-    let value: Value = serde_json::from_slice(body).map_err(|_| {
-        vec![Invalid::json_property(
-            "$",
-            "json",
-            "the request body is not valid JSON",
-            vec![],
-        )]
-    })?;
-    let Value::Object(fields) = value else {
-        return Err(vec![Invalid::json_property(
-            "$",
-            "type",
-            "type mismatch. Expected object",
-            vec![json!("object")],
-        )]);
-    };
+    let fields = super::query::json_object(body)?;
     let out_of_range = || {
         vec![Invalid::json_property(
             "$.grace_period",
