@@ -51,6 +51,14 @@ struct Settings {
         default_value_t = 30
     )]
     shutdown_timeout: u64,
+    /// Prefix of the job queue names; `mithril-workers` must use the same.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_QUEUE_NAMESPACE",
+        default_value = "mithril"
+    )]
+    queue_namespace: String,
     /// `json` for one JSON object per log line.
     #[arg(
         long,
@@ -96,6 +104,7 @@ impl Settings {
         config.max_grace_period = Duration::from_secs(self.max_grace_period);
         config.actor_idle_timeout = Duration::from_secs(self.actor_idle_timeout.max(1));
         config.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
+        config.queue_namespace = self.queue_namespace.clone();
         if let Some(bind) = bind {
             config.bind = bind.to_owned();
         }
