@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Turns the work files of scripts/bench into BENCHMARKS.md and an SVG latency plot.
+
+usage: report.py WORKDIR BENCHMARKS.md latency.svg
+
+Standard library only. Hand-written analysis (profiles, what would move a target) lives
+in bench/notes.md and is appended to the generated file as it is.
+"""
+import glob
+import json
+import os
+import re
+import sys
+from datetime import datetime, timezone
+
+work, out_md, out_svg = sys.argv[1], sys.argv[2], sys.argv[3]
+here = os.path.dirname(os.path.abspath(__file__))
+
+
+def read(name):
+    with open(os.path.join(work, name)) as f:
+        return f.read()
+
+
+def wrk(name):
+    return json.loads(read(name + ".json"))
+
+
+def pct(sorted_values, p):
+    if not sorted_values:
+        return float("nan")
+    rank = round(p / 100 * (len(sorted_values) - 1))
+    return sorted_values[min(rank, len(sorted_values) - 1)]
+
+
+def rps(w):
+    return w["ok"] / (w["duration_us"] / 1e6)
+
+
+def ms(us):
+    return us / 1000.0
+
+
+clk = int(read("clk_tck"))
+cores = int(read("nproc"))
+
+
+def cpu_per_1000(ticks_before, ticks_after, refreshes):
+    if refreshes <= 0:
+        return float("nan")
+    return (ticks_after - ticks_before) / clk / refreshes * 1000
+
+
+rows = []  # id, scenario, p50 ms, p99 ms, throughput, baseline, ratio, target, pass
+series = []  # label, p50 ms, p99 ms
+
+# P1 ---------------------------------------------------------------------------------
+pgb_text = read("p1_pgbench.txt")
+m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", pgb_text)
+pgb_tps = float(m.group(1)) if m else float("nan")
+lat = []
+for path in glob.glob(os.path.join(work, "p1_pgbench.*")):
+    if path.endswith(".txt"):
+        continue
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                lat.append(int(parts[2]))
+lat.sort()
+pgb_p50, pgb_p99 = ms(pct(lat, 50)), ms(pct(lat, 99))
+p1 = wrk("p1")
+p1_rps = rps(p1)
+b, a = map(int, read("p1_cpu").split())
+p1_cpu = cpu_per_1000(b, a, p1["ok"])
+p1_ratio = p1_rps / pgb_tps
+rows.append(dict(
+    id="P1", scenario="refresh, 10 000 connections, 32 callers",
+    p50=ms(p1["p50_us"]), p99=ms(p1["p99_us"]), tput=f"{p1_rps:.0f} refreshes/s",
+    base=f"pgbench same SQL: {pgb_tps:.0f} tps, p50 {pgb_p50:.1f} / p99 {pgb_p99:.1f} ms",
+    ratio=f"{p1_ratio:.2f} × tps", target="≥ 0.8 ×", ok=p1_ratio >= 0.8 and p1["status5xx"] == 0,
+    note=f"{p1['status5xx']} 5xx, {p1['status4xx']} 4xx; {p1_cpu:.2f} CPU s / 1 000 refreshes"))
+series += [("P1 refresh", ms(p1["p50_us"]), ms(p1["p99_us"])),
+           ("P1 pgbench", pgb_p50, pgb_p99)]
+
+# P2 ---------------------------------------------------------------------------------
+p2b, p2m, p2h = wrk("p2_base"), wrk("p2_mixed"), wrk("p2_hot")
+gaps, refreshed, hot_versions = map(int, read("p2_versions").split("|"))
+p2_ratio = p2m["p99_us"] / p2b["p99_us"]
+fivexx = p2b["status5xx"] + p2m["status5xx"] + p2h["status5xx"]
+rows.append(dict(
+    id="P2", scenario="8 callers beside 64 on one hot connection",
+    p50=ms(p2m["p50_us"]), p99=ms(p2m["p99_us"]), tput=f"{rps(p2m):.0f}/s (8) + {rps(p2h):.0f}/s (hot)",
+    base=f"the 8 alone: p50 {ms(p2b['p50_us']):.1f} / p99 {ms(p2b['p99_us']):.1f} ms, {rps(p2b):.0f}/s",
+    ratio=f"{p2_ratio:.2f} × p99", target="≤ 2 × p99; no 5xx; gap-free",
+    ok=p2_ratio <= 2 and fivexx == 0 and gaps == 0,
+    note=f"{fivexx} 5xx; {gaps} of {refreshed} refreshed connections with version gaps; "
+         f"hot connection: {hot_versions} versions, p99 {ms(p2h['p99_us']):.1f} ms"))
+series += [("P2 8 callers + hot", ms(p2m["p50_us"]), ms(p2m["p99_us"])),
+           ("P2 8 callers alone", ms(p2b["p50_us"]), ms(p2b["p99_us"])),
+           ("P2 hot callers", ms(p2h["p50_us"]), ms(p2h["p99_us"]))]
+
+# P3 ---------------------------------------------------------------------------------
+p3, hello = wrk("p3_verify"), wrk("p3_hello")
+p3_ratio = rps(p3) / rps(hello)
+rows.append(dict(
+    id="P3", scenario="verify, warm cache, 64 connections",
+    p50=ms(p3["p50_us"]), p99=ms(p3["p99_us"]), tput=f"{rps(p3):.0f} req/s",
+    base=f"actix-web hello-world: {rps(hello):.0f} req/s, p50 {ms(hello['p50_us']):.2f} / p99 {ms(hello['p99_us']):.2f} ms",
+    ratio=f"{p3_ratio:.2f} × rps", target="≥ 0.6 ×", ok=p3_ratio >= 0.6 and p3["status4xx"] == 0,
+    note=f"{p3['status4xx']} 4xx, {p3['status5xx']} 5xx"))
+series += [("P3 verify", ms(p3["p50_us"]), ms(p3["p99_us"])),
+           ("P3 hello-world", ms(hello["p50_us"]), ms(hello["p99_us"]))]
+
+# P4 ---------------------------------------------------------------------------------
+idle, touched, after_idle, distinct, cb, ca = map(int, read("p4").split())
+p4 = wrk("p4")
+mib = lambda k: k / 1024
+p4_ok = mib(idle) <= 25 and after_idle <= 2 * idle
+rows.append(dict(
+    id="P4", scenario=f"memory: refreshes touching {distinct} distinct clients",
+    p50=ms(p4["p50_us"]), p99=ms(p4["p99_us"]), tput=f"{rps(p4):.0f} refreshes/s",
+    base=f"idle RSS {mib(idle):.1f} MiB",
+    ratio=f"{after_idle / idle:.2f} × idle after timeout ({touched / idle:.2f} × when touched)",
+    target="idle ≤ 25 MiB; ≤ 2 × idle after timeout", ok=p4_ok,
+    note=f"RSS idle {mib(idle):.1f} MiB, touched {mib(touched):.1f} MiB, after idle timeout {mib(after_idle):.1f} MiB; "
+         f"{cpu_per_1000(cb, ca, p4['ok']):.2f} CPU s / 1 000 refreshes"))
+
+# P5 ---------------------------------------------------------------------------------
+events = {}
+for line in read("p5_events.txt").splitlines():
+    ident, at = line.split()
+    events[ident] = float(at)
+accepted = {}
+for line in read("p5_sink.txt").splitlines():
+    ident, at = line.split()
+    ident = ident.split("@")[0]
+    accepted.setdefault(ident, float(at))
+delays = sorted((accepted[e] - t) * 1000 for e, t in events.items() if e in accepted)
+delivered = len(delays)
+p5 = wrk("p5")
+b, a = map(int, read("p5_cpu").split())
+p5_p50, p5_p99 = pct(delays, 50), pct(delays, 99)
+rows.append(dict(
+    id="P5", scenario="notices: ~200 refreshes/s for 30 s, 2 mithril-workers, SMTP sink",
+    p50=p5_p50, p99=p5_p99, tput=f"{rps(p5):.0f} refreshes/s",
+    base="—", ratio=f"{delivered}/{len(events)} delivered", target="commit → SMTP p99 ≤ 1 s; all delivered",
+    ok=p5_p99 <= 1000 and delivered == len(events) and len(events) > 0,
+    note=f"latency column is commit → SMTP accepted; refresh itself p50 {ms(p5['p50_us']):.1f} / "
+         f"p99 {ms(p5['p99_us']):.1f} ms; {cpu_per_1000(b, a, p5['ok']):.2f} CPU s / 1 000 refreshes (API process)"))
+series += [("P5 commit → SMTP", p5_p50, p5_p99)]
+
+# BENCHMARKS.md ----------------------------------------------------------------------
+start, end = map(int, read("run_time").split())
+seed_a, seed_b = map(float, read("seed_time").split())
+when = datetime.fromtimestamp(end, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+lines = [
+    "# Benchmarks",
+    "",
+    f"Written by `scripts/bench` on {when}: {cores} cores, shared with other work, so every",
+    "figure stands beside a baseline measured in the same run. Run it again with",
+    "`scripts/bench` (about 10 minutes; see the script's header for its settings).",
+    "",
+    f"Run time {end - start} s (build included); {distinct} clients seeded in {seed_b - seed_a:.1f} s;",
+    f"`synchronous_commit` = {read('synchronous_commit').strip()} for the service and pgbench alike.",
+    "",
+    "| id | scenario | p50 ms | p99 ms | throughput | baseline (same run) | ratio | target | result |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for r in rows:
+    lines.append(
+        f"| {r['id']} | {r['scenario']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['tput']} | {r['base']} | "
+        f"{r['ratio']} | {r['target']} | {'pass' if r['ok'] else '**FAIL**'} |")
+lines += ["", "Notes per scenario:", ""]
+for r in rows:
+    lines.append(f"- **{r['id']}**: {r['note']}.")
+lines += ["", "![p50 and p99 latency per scenario](bench/latency.svg)", ""]
+captured = [l for l in read("captured-refresh.log").splitlines() if "DETAIL" not in l]
+statements = [re.sub(r"^.*?(statement|execute [^:]*): ", "", l) for l in captured]
+lines += [
+    "## The refresh's SQL, captured from PostgreSQL's log",
+    "",
+    "One refresh on a fresh instance with `log_statement = 'all'` on the bench database",
+    "(the pgbench baseline, `bench/refresh.pgbench`, runs the transaction part of it):",
+    "",
+    "```sql",
+    *statements,
+    "```",
+    "",
+]
+notes = os.path.join(here, "notes.md")
+if os.path.exists(notes):
+    with open(notes) as f:
+        lines += [f.read()]
+with open(out_md, "w") as f:
+    f.write("\n".join(lines).rstrip() + "\n")
+
+# SVG: p50 and p99 per series, log scale -----------------------------------------------
+import math
+
+width, left, bar_h, gap = 860, 190, 12, 12
+height = 60 + len(series) * (2 * bar_h + gap) + 40
+values = [v for _, a, b in series for v in (a, b) if v == v and v > 0]
+lo = 10 ** math.floor(math.log10(min(values)))
+hi = 10 ** math.ceil(math.log10(max(values)))
+span = math.log10(hi) - math.log10(lo)
+plot_w = width - left - 30
+
+
+def x(v):
+    v = max(v, lo)
+    return left + (math.log10(v) - math.log10(lo)) / span * plot_w
+
+
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+       f'font-family="sans-serif" font-size="12">',
+       f'<rect width="{width}" height="{height}" fill="white"/>',
+       f'<text x="{left}" y="20" font-size="14">Latency per scenario (ms, log scale): '
+       f'p50 dark, p99 light — {when}</text>']
+decade = lo
+while decade <= hi * 1.0001:
+    xx = x(decade)
+    svg.append(f'<line x1="{xx:.1f}" y1="30" x2="{xx:.1f}" y2="{height - 30}" stroke="#ddd"/>')
+    svg.append(f'<text x="{xx:.1f}" y="{height - 12}" text-anchor="middle">{decade:g}</text>')
+    decade *= 10
+y = 40
+for label, p50, p99 in series:
+    svg.append(f'<text x="{left - 8}" y="{y + bar_h + 4}" text-anchor="end">{label}</text>')
+    svg.append(f'<rect x="{left}" y="{y}" width="{x(p50) - left:.1f}" height="{bar_h}" fill="#2b6cb0"/>')
+    svg.append(f'<text x="{x(p50) + 4:.1f}" y="{y + 10}">{p50:.2f}</text>')
+    svg.append(f'<rect x="{left}" y="{y + bar_h}" width="{x(p99) - left:.1f}" height="{bar_h}" fill="#90cdf4"/>')
+    svg.append(f'<text x="{x(p99) + 4:.1f}" y="{y + bar_h + 10}">{p99:.2f}</text>')
+    y += 2 * bar_h + gap
+svg.append("</svg>")
+with open(out_svg, "w") as f:
+    f.write("\n".join(svg) + "\n")
+
+for r in rows:
+    print(f"{r['id']}: p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {r['tput']}; {r['ratio']} "
+          f"(target {r['target']}): {'pass' if r['ok'] else 'FAIL'}")
