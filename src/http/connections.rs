@@ -1,8 +1,6 @@
 //! Handlers of the connection resource.
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use entity::connection;
-use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -13,7 +11,7 @@ use super::views::ConnectionWithSecret;
 use super::{ApiError, Invalid, RequestMeta};
 use crate::app::AppState;
 use crate::auth::scope;
-use crate::connections::{Rotate, RotateError};
+use crate::connections::{Rotate, RotateError, manage};
 use crate::secrets::SecretDigest;
 
 /// `PATCH /api/clients/{id}/connections/{connection_id}/actions/refresh_secret`
@@ -64,16 +62,16 @@ async fn rotate_through_actor(
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     let (client_id, connection_id) = path.into_inner();
-    let principal = state
-        .authorize(&req, scope::REFRESH_SECRET, Some(&client_id))
-        .await?;
-    let client_id = parse_id(&client_id)?;
+    let (principal, client_id) =
+        super::manage::authorize_client(&state, &req, scope::REFRESH_SECRET, &client_id).await?;
     let connection_id = parse_id(&connection_id)?;
     let grace_period = match grace_period(&body, state.config.max_grace_period.as_secs()) {
         Ok(grace_period) => grace_period,
         // Existence answers before the body does (API.md's order).
         Err(invalid) => {
-            ensure_connection_exists(&state, client_id, connection_id).await?;
+            manage::find(&state.db, client_id, connection_id)
+                .await?
+                .ok_or(ApiError::NotFound)?;
             return Err(ApiError::Validation(invalid));
         }
     };
@@ -173,21 +171,6 @@ pub(super) fn dispatch_outbox(state: &AppState, outbox_ids: Vec<Uuid>) {
 /// A path id that is not a UUID names nothing: 404.
 pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
-}
-
-async fn ensure_connection_exists(
-    state: &AppState,
-    client_id: Uuid,
-    connection_id: Uuid,
-) -> Result<(), ApiError> {
-    let found = connection::Entity::find_by_id(connection_id)
-        .filter(connection::Column::ClientId.eq(client_id))
-        .count(&state.db)
-        .await?;
-    if found == 0 {
-        return Err(ApiError::NotFound);
-    }
-    Ok(())
 }
 
 /// The refresh body: empty, or an object whose optional `grace_period` is a whole number

@@ -336,7 +336,7 @@ pub async fn events(
 
 /// Token, scope and context through the shared pipeline, then the path's client id as a
 /// UUID (404 when it is not one).
-async fn authorize_client(
+pub(super) async fn authorize_client(
     state: &AppState,
     req: &HttpRequest,
     scope: &'static str,

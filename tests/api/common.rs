@@ -522,39 +522,19 @@ pub async fn dump_redis(url: &str, pattern: &str) -> String {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let values: Vec<Vec<u8>> = match kind.as_str() {
-            "string" => vec![
-                redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap(),
-            ],
-            "hash" => redis::cmd("HGETALL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "list" => redis::cmd("LRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "set" => redis::cmd("SMEMBERS")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "zset" => redis::cmd("ZRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            _ => vec![],
+        let read = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).to_owned(),
+            "hash" => redis::cmd("HGETALL").arg(&key).to_owned(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).to_owned(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).to_owned(),
+            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).to_owned(),
+            _ => continue,
+        };
+        // GET answers one value, the others a list of them.
+        let values: Vec<Vec<u8>> = if kind == "string" {
+            vec![read.query_async(&mut conn).await.unwrap()]
+        } else {
+            read.query_async(&mut conn).await.unwrap()
         };
         dump.push_str(&key);
         for value in values {
