@@ -146,18 +146,27 @@ async fn without_smtp_the_notice_is_an_eml_file() {
     let c = clinic(&app, "uk").await;
     let new_secret = refresh(&app, &c, "eml-1").await;
     let dir = app.state.config.mail_dir.clone();
-    let files = || std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    // Only finished messages count: a `.part` file is one still being written.
+    let finished = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     assert!(
-        eventually(DEADLINE, || async { files() == 1 }).await,
+        eventually(DEADLINE, || async { finished().len() == 1 }).await,
         "one .eml file appears"
     );
-    let path = std::fs::read_dir(&dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    assert_eq!(path.extension().unwrap(), "eml");
+    let path = finished().remove(0);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no partial file is left beside the message"
+    );
     let raw = std::fs::read(&path).unwrap();
     let message = MessageParser::default().parse(&raw).unwrap();
     assert_eq!(

@@ -1,13 +1,11 @@
 //! Owner notices: rendering from the template files, and delivery by SMTP or to `.eml`
 //! files.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
-use lettre::{
-    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
-};
+use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use minijinja::{AutoEscape, Environment};
 use serde::Serialize;
 
@@ -134,8 +132,8 @@ pub enum DeliveryError {
 
 pub enum Mailer {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    /// The embedded default: one `.eml` file per message.
-    Files(AsyncFileTransport<Tokio1Executor>),
+    /// The embedded default: one `.eml` file per message in this directory.
+    Files(PathBuf),
 }
 
 impl Mailer {
@@ -153,9 +151,7 @@ impl Mailer {
             None => {
                 std::fs::create_dir_all(mail_dir)
                     .map_err(|e| anyhow::anyhow!("creating {}: {e}", mail_dir.display()))?;
-                Ok(Self::Files(AsyncFileTransport::<Tokio1Executor>::new(
-                    mail_dir,
-                )))
+                Ok(Self::Files(mail_dir.to_owned()))
             }
         }
     }
@@ -169,13 +165,30 @@ impl Mailer {
                     DeliveryError::Transient(e.to_string())
                 }
             }),
-            Self::Files(transport) => transport
-                .send(message)
+            Self::Files(dir) => write_eml(dir, &message.formatted())
                 .await
-                .map(drop)
-                .map_err(|e| DeliveryError::Transient(e.to_string())),
+                .map_err(|e| DeliveryError::Transient(format!("{}: {e}", dir.display()))),
         }
     }
+}
+
+/// Writes one message as `<uuid>.eml`.
+///
+/// CAUTION: a `.eml` file must appear complete or not at all, since whoever reads the
+/// directory (an operator, a pickup script, a test) may look at any moment. lettre's own
+/// file transport writes the final name in place, so a reader could catch half a message;
+/// here the bytes go to a hidden `.part` file first and are renamed, which is atomic
+/// within one directory.
+async fn write_eml(dir: &Path, formatted: &[u8]) -> std::io::Result<()> {
+    let name = uuid::Uuid::new_v4();
+    let partial = dir.join(format!(".{name}.eml.part"));
+    tokio::fs::write(&partial, formatted).await?;
+    if let Err(e) = tokio::fs::rename(&partial, dir.join(format!("{name}.eml"))).await {
+        // Best effort: a leftover `.part` file is harmless but untidy.
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Builds the multipart (text + HTML) notice.
