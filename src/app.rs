@@ -112,6 +112,8 @@ pub struct Application {
     state: web::Data<AppState>,
     stop_workers: tokio::sync::watch::Sender<bool>,
     job_workers: Option<tokio::task::JoinHandle<()>>,
+    stop_sweeper: tokio::sync::watch::Sender<bool>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -172,7 +174,8 @@ impl Application {
         )
         .await?;
         let relay = OutboxRelay::new(db.clone(), queue.clone());
-        tokio::spawn(relay.clone().run_sweeper());
+        let (stop_sweeper, sweeper_stopped) = tokio::sync::watch::channel(false);
+        let sweeper = tokio::spawn(relay.clone().run_sweeper(sweeper_stopped));
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let job_workers = if config.run_workers {
             let workers = in_process_workers(&config, &db, redis.as_ref(), &credentials)?;
@@ -226,6 +229,8 @@ impl Application {
             state,
             stop_workers,
             job_workers,
+            stop_sweeper,
+            sweeper,
         })
     }
 
@@ -274,6 +279,11 @@ impl Application {
                     .context("running the server")?;
             }
         }
+        // The sweeper ends between sweeps, so the flush below does not race it (on
+        // SQLite, which has no SKIP LOCKED, a race would push rows twice) and no sweep
+        // is cut off by the runtime going away.
+        let _ = self.stop_sweeper.send(true);
+        let _ = self.sweeper.await;
         // CAUTION: only now has every request been answered and every rotation it
         // started committed or rolled back, so the flush sees all their outbox rows.
         match self.state.relay.flush().await {

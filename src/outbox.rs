@@ -100,11 +100,14 @@ impl OutboxRelay {
             .await
     }
 
-    /// Runs `sweep` every second until the process ends.
-    pub async fn run_sweeper(self) {
+    /// Runs `sweep` every second until `stop` turns true (or its sender is gone).
+    pub async fn run_sweeper(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
             match self.sweep().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "outbox sweeper re-pushed rows"),
