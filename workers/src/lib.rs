@@ -5,6 +5,7 @@ pub mod db;
 pub mod jobs;
 pub mod mail;
 pub mod notify;
+pub mod poll;
 pub mod queue;
 pub mod redis_connect;
 pub mod run;

@@ -9,6 +9,7 @@ use apalis::prelude::*;
 use crate::credentials::{Invalidation, RedisCredentials};
 use crate::jobs::{self, InvalidateCredentials, NotifyOwner};
 use crate::notify::{Notified, Notifier, NotifyError};
+use crate::poll::EveryPeriod;
 use crate::queue::Queue;
 
 /// Evicts digests from an in-process cache (only `mithril serve` has one).
@@ -203,7 +204,11 @@ macro_rules! spawn_workers {
         let (w, p, notify) = ($workers.clone(), policy.clone(), $storages.notify.clone());
         let notifier = supervise!($stop, jobs::NOTIFY_OWNER, {
             WorkerBuilder::new(worker_name(jobs::NOTIFY_OWNER))
-                .backend(notify.clone().poll_with_interval(w.poll_interval))
+                .backend(
+                    notify
+                        .clone()
+                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
+                )
                 .data(w.notifier.clone())
                 .data(w.retry.clone())
                 .concurrency(w.concurrency)
@@ -213,7 +218,11 @@ macro_rules! spawn_workers {
         let (w, p, invalidate) = ($workers.clone(), policy, $storages.invalidate.clone());
         let invalidator = supervise!($stop, jobs::INVALIDATE_CREDENTIALS, {
             WorkerBuilder::new(worker_name(jobs::INVALIDATE_CREDENTIALS))
-                .backend(invalidate.clone().poll_with_interval(w.poll_interval))
+                .backend(
+                    invalidate
+                        .clone()
+                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
+                )
                 .data(w.invalidator.clone())
                 .data(w.retry.clone())
                 .concurrency(w.concurrency)
