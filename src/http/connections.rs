@@ -4,6 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::manage::{authorize_connection, existing_connection};
 use super::openapi::{
     ConnectionWithSecretResponse, ErrorResponse, RefreshRequest, VerifiedResponse,
 };
@@ -11,7 +12,7 @@ use super::views::ConnectionWithSecret;
 use super::{ApiError, Invalid, RequestMeta};
 use crate::app::AppState;
 use crate::auth::scope;
-use crate::connections::{Rotate, RotateError, manage};
+use crate::connections::{Rotate, RotateError};
 use crate::secrets::SecretDigest;
 
 /// `PATCH /api/clients/{id}/connections/{connection_id}/actions/refresh_secret`
@@ -61,17 +62,13 @@ async fn rotate_through_actor(
     body: web::Bytes,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    let (client_id, connection_id) = path.into_inner();
-    let (principal, client_id) =
-        super::manage::authorize_client(&state, &req, scope::REFRESH_SECRET, &client_id).await?;
-    let connection_id = parse_id(&connection_id)?;
+    let (principal, client_id, connection_id) =
+        authorize_connection(&state, &req, scope::REFRESH_SECRET, path).await?;
     let grace_period = match grace_period(&body, state.config.max_grace_period.as_secs()) {
         Ok(grace_period) => grace_period,
         // Existence answers before the body does (API.md's order).
         Err(invalid) => {
-            manage::find(&state.db, client_id, connection_id)
-                .await?
-                .ok_or(ApiError::NotFound)?;
+            existing_connection(&state, client_id, connection_id).await?;
             return Err(ApiError::Validation(invalid));
         }
     };
@@ -166,11 +163,6 @@ pub(super) fn dispatch_outbox(state: &AppState, outbox_ids: Vec<Uuid>) {
             );
         }
     });
-}
-
-/// A path id that is not a UUID names nothing: 404.
-pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
 }
 
 /// The refresh body: empty, or an object whose optional `grace_period` is a whole number

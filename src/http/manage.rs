@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use uuid::Uuid;
 use workers::credentials::{Invalidation, StillValid};
 
-use super::connections::{dispatch_outbox, parse_id};
+use super::connections::dispatch_outbox;
 use super::openapi::{
     ConnectionListResponse, ConnectionResponse, ConnectionWithSecretResponse, ErrorResponse,
     EventListResponse, RepointRequest, UpsertRequest,
@@ -89,12 +89,9 @@ pub async fn show(
     path: web::Path<(String, String)>,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    let (client_id, connection_id) = path.into_inner();
-    let (_, client_id) = authorize_client(&state, &req, scope::READ, &client_id).await?;
-    let connection_id = parse_id(&connection_id)?;
-    let connection = manage::find(&state.db, client_id, connection_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let (_, client_id, connection_id) =
+        authorize_connection(&state, &req, scope::READ, path).await?;
+    let connection = existing_connection(&state, client_id, connection_id).await?;
     Ok(meta.object(StatusCode::OK, ConnectionView::from(&connection)))
 }
 
@@ -206,13 +203,10 @@ pub async fn update(
     body: web::Bytes,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    let (client_id, connection_id) = path.into_inner();
-    let (principal, client_id) = authorize_client(&state, &req, scope::WRITE, &client_id).await?;
-    let connection_id = parse_id(&connection_id)?;
+    let (principal, client_id, connection_id) =
+        authorize_connection(&state, &req, scope::WRITE, path).await?;
     // Existence answers before the body does (API.md's order).
-    manage::find(&state.db, client_id, connection_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    existing_connection(&state, client_id, connection_id).await?;
     let fields = query::json_object(&body).map_err(ApiError::Validation)?;
     let mut invalid = Vec::new();
     let redirect_uri = query::redirect_uri(&fields, &mut invalid);
@@ -263,9 +257,8 @@ pub async fn delete(
     path: web::Path<(String, String)>,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    let (client_id, connection_id) = path.into_inner();
-    let (principal, client_id) = authorize_client(&state, &req, scope::DELETE, &client_id).await?;
-    let connection_id = parse_id(&connection_id)?;
+    let (principal, client_id, connection_id) =
+        authorize_connection(&state, &req, scope::DELETE, path).await?;
     let deleted = manage::delete(
         &state.db,
         client_id,
@@ -319,12 +312,9 @@ pub async fn events(
     path: web::Path<(String, String)>,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    let (client_id, connection_id) = path.into_inner();
-    let (_, client_id) = authorize_client(&state, &req, scope::READ, &client_id).await?;
-    let connection_id = parse_id(&connection_id)?;
-    manage::find(&state.db, client_id, connection_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let (_, client_id, connection_id) =
+        authorize_connection(&state, &req, scope::READ, path).await?;
+    existing_connection(&state, client_id, connection_id).await?;
     let mut invalid = Vec::new();
     let params = query::params(req.query_string()).map_err(ApiError::Validation)?;
     let page = query::page_request(&params, &mut invalid);
@@ -345,6 +335,36 @@ pub(super) async fn authorize_client(
     let principal = state.authorize(req, scope, Some(raw_client_id)).await?;
     let client_id = parse_id(raw_client_id)?;
     Ok((principal, client_id))
+}
+
+/// `authorize_client` for a `/{id}/connections/{connection_id}` path, then the
+/// connection id as a UUID (404 when it is not one).
+pub(super) async fn authorize_connection(
+    state: &AppState,
+    req: &HttpRequest,
+    scope: &'static str,
+    path: web::Path<(String, String)>,
+) -> Result<(Principal, Uuid, Uuid), ApiError> {
+    let (raw_client_id, raw_connection_id) = path.into_inner();
+    let (principal, client_id) = authorize_client(state, req, scope, &raw_client_id).await?;
+    let connection_id = parse_id(&raw_connection_id)?;
+    Ok((principal, client_id, connection_id))
+}
+
+/// The client's connection, or 404 (also when it belongs to another client).
+pub(super) async fn existing_connection(
+    state: &AppState,
+    client_id: Uuid,
+    connection_id: Uuid,
+) -> Result<entity::connection::Model, ApiError> {
+    manage::find(&state.db, client_id, connection_id)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// A path id that is not a UUID names nothing: 404.
+pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
 }
 
 async fn ensure_client_exists(state: &AppState, client_id: Uuid) -> Result<(), ApiError> {
