@@ -286,7 +286,11 @@ impl Application {
         let _ = self.sweeper.await;
         // CAUTION: only now has every request been answered and every rotation it
         // started committed or rolled back, so the flush sees all their outbox rows.
-        match self.state.relay.flush().await {
+        let flushed = match self.state.relay.reopened(&self.state.config).await {
+            Ok(relay) => relay.flush().await,
+            Err(e) => Err(e),
+        };
+        match flushed {
             Ok(n) => tracing::info!(rows = n, "outbox flushed"),
             Err(e) => tracing::warn!(
                 error = format!("{e:#}"),

@@ -94,6 +94,25 @@ impl OutboxRelay {
             .await
     }
 
+    /// This relay on a pool opened now, on the calling runtime: for the flush on the way
+    /// out. A PostgreSQL connection belongs to the runtime that opened it, and most of
+    /// the shared pool's were opened by HTTP workers, whose runtimes are shutting down
+    /// by then; a query on one fails ("A Tokio 1.x context was found, but it is being
+    /// shutdown"), as a benchmark's stop showed. SQLite connections run on threads of
+    /// their own, so there the relay is kept as it is. The queue is rebuilt on the new
+    /// pool when it lives in the database; a Redis queue is kept.
+    pub async fn reopened(&self, config: &crate::config::Config) -> anyhow::Result<Self> {
+        if self.db.get_database_backend() != DatabaseBackend::Postgres {
+            return Ok(self.clone());
+        }
+        let db = crate::db::connect(config).await?;
+        let queue = match &self.queue {
+            Queue::Redis(_) => self.queue.clone(),
+            _ => Queue::connect(&db, None, &config.queue_namespace).await?,
+        };
+        Ok(Self::new(db, queue))
+    }
+
     /// Pushes every undispatched row, whatever its age: on the way out.
     pub async fn flush(&self) -> anyhow::Result<usize> {
         self.relay(outbox::Column::CreatedAt.lte(Utc::now()), SWEEP_BATCH)

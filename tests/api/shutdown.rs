@@ -211,6 +211,21 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
     // One JSON line per request, with its id, route, status, latency and client id, and
     // never the token or a secret.
     let lines = lines.lock().unwrap();
+    // The flush itself must work, not only the requests' own dispatches: on PostgreSQL
+    // it once ran on connections of the stopped HTTP workers' runtimes and failed.
+    let message = |v: &Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let messages: Vec<String> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| message(&v))
+        .collect();
+    assert!(
+        messages.iter().any(|m| m == "outbox flushed")
+            && !messages
+                .iter()
+                .any(|m| m.starts_with("outbox flush failed")),
+        "{lines:?}"
+    );
     let requests: Vec<Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
