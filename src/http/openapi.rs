@@ -41,7 +41,7 @@ use crate::auth::scope;
         super::ops::docs,
     ),
     components(schemas(Meta, MetaType, ErrorBody, Invalid, InvalidRule, Paging)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &RequestIds),
     tags(
         (name = "connections", description = "Connections, their secrets and their audit trail"),
         (name = "operations", description = "Health, metrics and this document"),
@@ -91,6 +91,61 @@ impl Modify for SecuritySchemes {
                 "A connection secret, presented by a gateway to the verify call.",
             ))),
         );
+    }
+}
+
+/// `x-request-id` on every operation: an optional request header, and a header of every
+/// response (the envelope middleware sets it on all of them, errors included).
+struct RequestIds;
+
+impl Modify for RequestIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, RefOr, Required, Type};
+
+        let string = || ObjectBuilder::new().schema_type(Type::String).build();
+        let parameter = ParameterBuilder::new()
+            .name(super::REQUEST_ID.as_str())
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "The caller's id for this request, echoed back: 1 to 200 printable ASCII \
+                 characters. Absent or otherwise, the service makes a new UUID; it is never \
+                 refused.",
+            ))
+            .schema(Some(string()))
+            .build();
+        let header = HeaderBuilder::new()
+            .schema(Some(string()))
+            .description(Some(
+                "This request's id: the caller's own `x-request-id` when usable, else a new \
+                 UUID. Equals `meta.request_id` in an envelope.",
+            ))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation
+                    .parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(RefOr::T(parameter.clone()));
+                for response in operation.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        response.headers.insert(
+                            super::REQUEST_ID.as_str().to_owned(),
+                            RefOr::T(header.clone()),
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 

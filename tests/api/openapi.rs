@@ -83,6 +83,11 @@ async fn every_route_in_the_table_is_served() {
         let status = response.status().as_u16();
         // Without a token, API routes answer 401 before looking anything up.
         assert!(![404, 405].contains(&status), "{method} {path}: {status}");
+        // The document promises this header on every answer.
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "{method} {path}"
+        );
     }
     // And a route outside the table is not.
     let (status, _) = app.call(Method::GET, "/api/clients", None, None).await;
@@ -120,6 +125,20 @@ async fn every_operation_documents_its_statuses_and_security() {
         for (method, op) in item.as_object().unwrap() {
             let statuses: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
             let name = format!("{method} {path}");
+            assert!(
+                op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == "x-request-id" && p["in"] == "header"),
+                "{name} takes x-request-id"
+            );
+            for (status, response) in op["responses"].as_object().unwrap() {
+                assert!(
+                    response["headers"].get("x-request-id").is_some(),
+                    "{name} {status} answers with x-request-id"
+                );
+            }
             assert!(
                 statuses
                     .iter()
