@@ -113,10 +113,21 @@ impl OutboxRelay {
         Ok(Self::new(db, queue))
     }
 
-    /// Pushes every undispatched row, whatever its age: on the way out.
+    /// Pushes every undispatched row, whatever its age: on the way out. Batch after
+    /// batch, so a backlog larger than one batch is not left to the next start; rows
+    /// written after the flush began are not waited for.
     pub async fn flush(&self) -> anyhow::Result<usize> {
-        self.relay(outbox::Column::CreatedAt.lte(Utc::now()), SWEEP_BATCH)
-            .await
+        let until = Utc::now();
+        let mut total = 0;
+        loop {
+            let pushed = self
+                .relay(outbox::Column::CreatedAt.lte(until), SWEEP_BATCH)
+                .await?;
+            total += pushed;
+            if (pushed as u64) < SWEEP_BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     /// Runs `sweep` every second until `stop` turns true (or its sender is gone).

@@ -104,6 +104,8 @@ pub struct TestApp {
     pub state: actix_web::web::Data<AppState>,
     pub http: reqwest::Client,
     pub database: std::sync::Arc<TestDatabase>,
+    server: actix_web::dev::ServerHandle,
+    running: actix_web::rt::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl TestApp {
@@ -128,14 +130,26 @@ impl TestApp {
         let address = format!("http://127.0.0.1:{}", app.port());
         let state = app.state();
         let db = state.db.clone();
-        actix_web::rt::spawn(app.run_until_stopped());
+        let server = app.handle();
+        let running = actix_web::rt::spawn(app.run_until_stopped());
         Self {
             address,
             db,
             state,
             http: reqwest::Client::new(),
             database,
+            server,
+            running,
         }
+    }
+
+    /// A graceful stop, as on SIGTERM; returns once the application has drained.
+    pub async fn stop(self) {
+        self.server.stop(true).await;
+        self.running
+            .await
+            .expect("the application task")
+            .expect("the application stops cleanly");
     }
 
     pub fn refresh_url(&self, client_id: &str, connection_id: &str) -> String {

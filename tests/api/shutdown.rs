@@ -254,3 +254,49 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
         assert!(!all.contains(secret.as_str()));
     }
 }
+
+/// The stop flushes a backlog larger than one relay batch (200 rows), not just its first
+/// batch. The rows are fresh, so the sweeper (which waits `SWEEP_AFTER`) leaves them to
+/// the flush.
+#[actix_web::test]
+async fn the_stop_flushes_an_outbox_backlog_of_several_batches() {
+    let app = crate::common::TestApp::spawn_with(|c| c.run_workers = false).await;
+    let (client_id, _) = app.client_owned_by("MSP", "en").await;
+    let (connection_id, _) = app.connection(client_id).await;
+    let token = app.token(client_id, ALL_SCOPES).await;
+    let response = app
+        .http
+        .patch(app.refresh_url(&client_id.to_string(), &connection_id.to_string()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A real job, copied into a backlog as if the queue had been down for a while.
+    let model = outbox::Entity::find().one(&app.db).await.unwrap().unwrap();
+    let backlog = 450;
+    // One statement, so the rows are still younger than `SWEEP_AFTER` when the stop comes.
+    let rows = (0..backlog).map(|_| outbox::ActiveModel {
+        id: sea_orm::Set(Uuid::new_v4()),
+        kind: sea_orm::Set(model.kind.clone()),
+        payload: sea_orm::Set(model.payload.clone()),
+        created_at: sea_orm::Set(Utc::now()),
+        dispatched_at: sea_orm::Set(None),
+        attempts: sea_orm::Set(0),
+    });
+    outbox::Entity::insert_many(rows)
+        .exec(&app.db)
+        .await
+        .unwrap();
+    let db = app.db.clone();
+    app.stop().await;
+    let undispatched = outbox::Entity::find()
+        .filter(outbox::Column::DispatchedAt.is_null())
+        .count(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        undispatched, 0,
+        "all {backlog} rows were pushed on the way out"
+    );
+}
