@@ -5,8 +5,8 @@ use chrono::Utc;
 use entity::{client, connection, outbox};
 use sea_orm::sea_query::{Expr, ExprTrait as _, Func, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait as _, PaginatorTrait as _, QueryFilter as _,
+    ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
+    DbErr, EntityTrait as _, IntoActiveModel as _, PaginatorTrait as _, QueryFilter as _,
     QueryOrder as _, QuerySelect as _, TransactionTrait as _,
 };
 use uuid::Uuid;
@@ -136,25 +136,15 @@ pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, Ma
     // CAUTION: the insert is the transaction's first statement, so on SQLite it takes the
     // write lock before anything is read (see `lock_connection`); on PostgreSQL the
     // unique index decides the race and `DO NOTHING` hands the loser to the update below.
-    let inserted = connection::Entity::insert(connection::ActiveModel {
-        id: Set(created.id),
-        client_id: Set(created.client_id),
-        consumer_id: Set(created.consumer_id),
-        redirect_uri: Set(created.redirect_uri.clone()),
-        secret_hash: Set(created.secret_hash.clone()),
-        previous_secret_hash: Set(None),
-        previous_secret_expires_at: Set(None),
-        secret_version: Set(0),
-        inserted_at: Set(now),
-        updated_at: Set(now),
-    })
-    .on_conflict(
-        OnConflict::columns([connection::Column::ClientId, connection::Column::ConsumerId])
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(&txn)
-    .await?;
+    // Every column of the model is written (an insert takes `Unchanged` values too).
+    let inserted = connection::Entity::insert(created.clone().into_active_model())
+        .on_conflict(
+            OnConflict::columns([connection::Column::ClientId, connection::Column::ConsumerId])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
 
     if inserted == 1 {
         audit::record(

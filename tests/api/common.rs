@@ -153,10 +153,7 @@ impl TestApp {
     }
 
     pub fn refresh_url(&self, client_id: &str, connection_id: &str) -> String {
-        format!(
-            "{}/api/clients/{client_id}/connections/{connection_id}/actions/refresh_secret",
-            self.address
-        )
+        format!("{}{}", self.address, refresh_path(client_id, connection_id))
     }
 
     /// PATCH refresh_secret with an optional bearer token and raw body.
@@ -167,16 +164,8 @@ impl TestApp {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, Value) {
-        let mut request = self.http.patch(self.refresh_url(client_id, connection_id));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_owned());
-        }
-        into_parts(request.send().await.unwrap()).await
+        let path = refresh_path(client_id, connection_id);
+        self.call(reqwest::Method::PATCH, &path, token, body).await
     }
 
     pub async fn refresh(&self, client_id: Uuid, connection_id: Uuid, token: &str) -> (u16, Value) {
@@ -380,6 +369,10 @@ fn user(id: Uuid, is_blocked: bool) -> SeedUser {
         locale: "uk".to_owned(),
         is_blocked,
     }
+}
+
+fn refresh_path(client_id: &str, connection_id: &str) -> String {
+    format!("/api/clients/{client_id}/connections/{connection_id}/actions/refresh_secret")
 }
 
 pub async fn into_parts(response: reqwest::Response) -> (u16, Value) {
