@@ -76,6 +76,22 @@ impl Handler<Authorize> for Authorizer {
     }
 }
 
+/// How many tokens the cache holds: for tests and memory bounds.
+pub struct CachedTokens;
+
+impl Message for CachedTokens {
+    type Result = u64;
+}
+
+impl Handler<CachedTokens> for Authorizer {
+    type Result = u64;
+
+    fn handle(&mut self, _: CachedTokens, _: &mut Context<Self>) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}
+
 /// Scope, then context: API.md's order after the token itself.
 fn check(
     principal: Principal,

@@ -3,7 +3,7 @@
 mod authorizer;
 mod rules;
 
-pub use authorizer::{Authorize, Authorizer};
+pub use authorizer::{Authorize, Authorizer, CachedTokens};
 pub use rules::{Principal, may_act_on};
 
 use crate::http::ApiError;

@@ -217,3 +217,43 @@ async fn expired_tokens_and_blocked_users_are_401_on_every_method() {
     }
     assert!(app.verifies(&me.secret).await, "nothing was deleted");
 }
+
+/// A token that expires while its principal sits in the token cache is refused from its
+/// expiry on, on every method, without waiting for the cache entry to go.
+#[actix_web::test]
+async fn a_token_expiring_while_cached_is_401_on_every_method() {
+    let app = TestApp::spawn().await;
+    let me = app.owned("MSP").await;
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let token = app
+        .token_with(me.client_id, ALL_SCOPES, expires_at, false)
+        .await;
+    let (status, body) = app.refresh(me.client_id, me.connection_id, &token).await;
+    assert_eq!(status, 200, "valid before its expiry: {body}");
+
+    // Waiting for a clock, not for work: the token's own expiry.
+    let left = (expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    actix_web::rt::time::sleep(left + std::time::Duration::from_millis(50)).await;
+
+    let (client, connection) = (me.client_id.to_string(), me.connection_id.to_string());
+    for op in OPS {
+        let got = op
+            .call(&app, &client, &connection, Some(&token), false)
+            .await;
+        assert_error(&got, 401, "access_denied", Some("Access denied"));
+    }
+    let got = app.refresh(me.client_id, me.connection_id, &token).await;
+    assert_error(&got, 401, "access_denied", Some("Access denied"));
+    let cached = app
+        .state
+        .authorizer
+        .send(mithril::auth::CachedTokens)
+        .await
+        .unwrap();
+    assert_eq!(
+        cached, 1,
+        "the refusals came while the token was still cached"
+    );
+}

@@ -124,6 +124,24 @@ async fn a_cached_secret_is_refused_on_the_same_instance_at_once() {
 
 #[actix_web::test]
 #[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn with_redis_the_rotating_instance_refuses_the_old_secret_at_once() {
+    let redis_url = test_redis().await;
+    let (first, second) = two_instances_on_redis(&redis_url).await;
+    let me = first.owned("MSP").await;
+    // Every layer holds the old secret: both local caches and Redis.
+    warm(&[&first, &second], &me.secret).await;
+    let (status, _) = first
+        .refresh(me.client_id, me.connection_id, &me.token)
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        !first.verifies(&me.secret).await,
+        "no poll needed on the instance that rotated, with Redis too"
+    );
+}
+
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
 async fn a_re_point_reaches_every_instances_cache() {
     let redis_url = test_redis().await;
     let (first, second) = two_instances_on_redis(&redis_url).await;

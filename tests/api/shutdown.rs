@@ -1,8 +1,6 @@
 //! `mithril serve` as operators run it: JSON request logs, and a graceful stop on SIGTERM
 //! in the middle of a burst of refreshes.
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -13,14 +11,16 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::common::{ALL_SCOPES, TestDatabase, eventually};
+use crate::serve::ServeProcess;
 
-struct Seeded {
-    token: String,
-    client_id: Uuid,
-    connections: Vec<(Uuid, String)>,
+/// A clinic with three connections of known secrets, and a token with every scope.
+pub struct Seeded {
+    pub token: String,
+    pub client_id: Uuid,
+    pub connections: Vec<(Uuid, String)>,
 }
 
-async fn seed_database(url: &str) -> Seeded {
+pub async fn seed_database(url: &str) -> Seeded {
     let config = mithril::Config::embedded(url);
     let db = mithril::db::connect(&config).await.unwrap();
     mithril::db::migrate(&db).await.unwrap();
@@ -86,42 +86,17 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
     let database = Arc::new(TestDatabase::new().await);
     let seeded = seed_database(&database.url).await;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mithril"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("DATABASE_URL", &database.url)
-        // The in-process workers write notices under `data/mail` of the working directory.
-        .current_dir(database.dir.path())
-        .env("MITHRIL_LOG_FORMAT", "json")
-        .env("MITHRIL_SHUTDOWN_TIMEOUT", "20")
-        .env("RUST_LOG", "info")
-        .env_remove("REDIS_URL")
-        .env_remove("SMTP_URL")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let reader = {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    let port = || {
-        lines.lock().unwrap().iter().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["fields"]["message"] == "mithril listening").then(|| v["fields"]["port"].as_u64())?
-        })
-    };
-    assert!(
-        eventually(Duration::from_secs(30), || async { port().is_some() }).await,
-        "{:?}",
-        lines.lock().unwrap()
-    );
-    let address = format!("http://127.0.0.1:{}", port().unwrap());
+    // The in-process workers write notices under `data/mail` of the working directory.
+    let serve = ServeProcess::start(
+        database.dir.path(),
+        &[
+            ("DATABASE_URL", database.url.as_str()),
+            ("MITHRIL_LOG_FORMAT", "json"),
+            ("MITHRIL_SHUTDOWN_TIMEOUT", "20"),
+        ],
+    )
+    .await;
+    let address = serve.address.clone();
 
     // The burst: 30 refreshes over three connections, each on a connection of its own.
     let http = reqwest::Client::builder()
@@ -140,34 +115,39 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
             .bearer_auth(&seeded.token)
             .header("x-request-id", format!("burst-{i}"));
         burst.push(actix_web::rt::spawn(async move {
-            (id, request.send().await.map(|r| r.status().as_u16()))
+            let answer = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    Some((status, body["data"]["secret"].as_str().map(str::to_owned)))
+                }
+                Err(_) => None,
+            };
+            (id, answer)
         }));
     }
     // SIGTERM once the first answers are in, with the rest still in flight or queued.
     let answered = || {
-        lines
-            .lock()
-            .unwrap()
+        serve
+            .lines()
             .iter()
             .filter(|l| l.contains("\"status\":200"))
             .count()
     };
     assert!(eventually(Duration::from_secs(30), || async { answered() >= 3 }).await);
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    let stopping = std::thread::spawn(move || serve.stop());
 
     let mut ok = std::collections::HashMap::<Uuid, i64>::new();
+    // Every secret a caller received, to look for in the log.
+    let mut issued: Vec<String> = Vec::new();
     for task in burst {
-        let (id, outcome) = task.await.unwrap();
-        if let Ok(200) = outcome {
+        let (id, answer) = task.await.unwrap();
+        if let Some((200, secret)) = answer {
             *ok.entry(id).or_default() += 1;
+            issued.push(secret.expect("a 200 carries the secret"));
         }
     }
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
+    let (status, lines) = stopping.join().unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(ok.values().sum::<i64>() >= 3);
 
@@ -210,7 +190,6 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
 
     // One JSON line per request, with its id, route, status, latency and client id, and
     // never the token or a secret.
-    let lines = lines.lock().unwrap();
     // The flush itself must work, not only the requests' own dispatches: on PostgreSQL
     // it once ran on connections of the stopped HTTP workers' runtimes and failed.
     let message = |v: &Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
@@ -250,8 +229,9 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
     assert!(first["fields"]["latency_ms"].is_number());
     let all = lines.join("\n");
     assert!(!all.contains(&seeded.token), "the token reached the log");
-    for (_, secret) in &seeded.connections {
-        assert!(!all.contains(secret.as_str()));
+    assert_eq!(issued.len() as i64, ok.values().sum::<i64>());
+    for secret in seeded.connections.iter().map(|(_, s)| s).chain(&issued) {
+        assert!(!all.contains(secret.as_str()), "a secret reached the log");
     }
 }
 

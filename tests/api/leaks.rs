@@ -1,0 +1,131 @@
+//! An issued secret goes to the caller who asked for it and nowhere else: no log line (text
+//! or JSON, at debug), no mail file, no Redis key or job holds one.
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{
+    TestDatabase, dump_redis, eventually, fresh_namespace, into_parts, optional_test_redis,
+};
+use crate::serve::ServeProcess;
+use crate::shutdown::seed_database;
+
+/// Finished `.eml` files under `dir`.
+fn mail_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    into_parts(request.send().await.unwrap()).await
+}
+
+#[actix_web::test]
+async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
+    let redis = optional_test_redis().await;
+    for format in ["text", "json"] {
+        let database = TestDatabase::new().await;
+        let seeded = seed_database(&database.url).await;
+        let namespace = fresh_namespace();
+        let mut env = vec![
+            ("DATABASE_URL", database.url.as_str()),
+            ("MITHRIL_LOG_FORMAT", format),
+            // Everything every crate logs, not only what operators see by default.
+            ("RUST_LOG", "debug"),
+            ("MITHRIL_QUEUE_NAMESPACE", namespace.as_str()),
+        ];
+        if let Some(url) = &redis {
+            env.push(("REDIS_URL", url.as_str()));
+        }
+        let serve = ServeProcess::start(database.dir.path(), &env).await;
+        let http = reqwest::Client::new();
+        let base = format!(
+            "{}/api/clients/{}/connections",
+            serve.address, seeded.client_id
+        );
+
+        // Every secret this run hands out: the seeded ones, a created connection's, and
+        // two rotations' (with and without a grace period).
+        let mut issued: Vec<String> = seeded.connections.iter().map(|(_, s)| s.clone()).collect();
+        let (status, created) = send(
+            http.put(&base)
+                .bearer_auth(&seeded.token)
+                .json(&json!({"consumer_id": seeded.client_id, "redirect_uri": "https://self.example.org/cb"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        issued.push(created["data"]["secret"].as_str().unwrap().to_owned());
+        let (connection_id, _) = seeded.connections[0];
+        for grace in [0, 60] {
+            let (status, rotated) = send(
+                http.patch(format!("{base}/{connection_id}/actions/refresh_secret"))
+                    .bearer_auth(&seeded.token)
+                    .json(&json!({"grace_period": grace})),
+            )
+            .await;
+            assert_eq!(status, 200, "{rotated}");
+            issued.push(rotated["data"]["secret"].as_str().unwrap().to_owned());
+        }
+        // The verify path and its caches see every one of them.
+        for secret in &issued {
+            send(
+                http.post(format!("{}/api/connections/actions/verify", serve.address))
+                    .header("api-key", secret),
+            )
+            .await;
+        }
+        let mail_dir = database.dir.path().join("data/mail");
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                mail_files(&mail_dir).len() == 2
+            })
+            .await,
+            "one notice per rotation"
+        );
+        let redis_dump = match &redis {
+            Some(url) => {
+                dump_redis(url, "mithril:credential:*").await
+                    + &dump_redis(url, &format!("{namespace}*")).await
+            }
+            None => String::new(),
+        };
+        let (status, lines) = serve.stop();
+        assert!(status.success(), "exit status {status:?}");
+
+        assert!(
+            lines.iter().any(|l| l.contains("secret rotated")),
+            "{format}: the scan reaches the rotation's own log line"
+        );
+        if redis.is_some() {
+            assert!(
+                redis_dump.contains("mithril:credential:"),
+                "the scan reaches the cache"
+            );
+        }
+        let mails: Vec<String> = mail_files(&mail_dir)
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
+            .collect();
+        for secret in issued.iter().chain([&seeded.token]) {
+            for line in &lines {
+                assert!(
+                    !line.contains(secret.as_str()),
+                    "{format} log line holds a secret: {line}"
+                );
+            }
+            for mail in &mails {
+                assert!(!mail.contains(secret.as_str()), "a notice holds a secret");
+            }
+            assert!(
+                !redis_dump.contains(secret.as_str()),
+                "Redis holds a secret"
+            );
+        }
+    }
+}
