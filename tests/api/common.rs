@@ -1,0 +1,559 @@
+//! The test harness: spawn the app, seed data, call it, inspect the database.
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mithril::config::Config;
+use mithril::seed::{self, SeedClient, SeedConnection, SeedFile, SeedToken, SeedUser};
+use mithril::{AppState, Application};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use serde_json::Value;
+use uuid::Uuid;
+use workers::run::RetrySettings;
+
+pub const ALL_SCOPES: &str =
+    "connection:refresh_secret connection:read connection:write connection:delete";
+
+/// Where the test databases live, decided once per test binary.
+enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+fn backend() -> &'static Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    BACKEND.get_or_init(|| match std::env::var("MITHRIL_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Backend::Postgres(url),
+        _ => Backend::Sqlite,
+    })
+}
+
+/// `MITHRIL_TEST_LOG=debug` (any filter) shows the app's logs while debugging a test.
+fn init_logs() {
+    static LOGS: OnceLock<()> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        if let Ok(filter) = std::env::var("MITHRIL_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+pub fn is_postgres(app: &TestApp) -> bool {
+    app.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres
+}
+
+/// A database of its own for one test, and a directory for its files (the SQLite
+/// database, mail); files go away with the guard.
+pub struct TestDatabase {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDatabase {
+    pub async fn new() -> Self {
+        match backend() {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}/mithril.db?mode=rwc", dir.path().display());
+                Self { url, dir }
+            }
+            // CAUTION: configured but unreachable is a failure, never a silent skip.
+            Backend::Postgres(base) => {
+                let admin = Database::connect(base.as_str()).await.unwrap_or_else(|e| {
+                    panic!("MITHRIL_TEST_POSTGRES_URL is set but unreachable: {e}")
+                });
+                let name = format!("mithril_test_{}", Uuid::new_v4().simple());
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                admin.close().await.unwrap();
+                let (prefix, _) = base
+                    .rsplit_once('/')
+                    .expect("postgres URL with a database path");
+                Self {
+                    url: format!("{prefix}/{name}"),
+                    dir: tempfile::tempdir().unwrap(),
+                }
+            }
+        }
+    }
+}
+
+pub fn test_config(database: &TestDatabase) -> Config {
+    let mut config = Config::embedded(database.url.clone());
+    config.bind = "127.0.0.1:0".to_owned();
+    config.http_workers = 2;
+    config.db_max_connections = 10;
+    config.mail_dir = database.dir.path().join("mail");
+    config.worker_retry = RetrySettings {
+        retries: 5,
+        min: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+    };
+    config.worker_poll_interval = Duration::from_millis(50);
+    config
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: DatabaseConnection,
+    pub state: actix_web::web::Data<AppState>,
+    pub http: reqwest::Client,
+    pub database: std::sync::Arc<TestDatabase>,
+    server: actix_web::dev::ServerHandle,
+    running: actix_web::rt::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let database = std::sync::Arc::new(TestDatabase::new().await);
+        Self::spawn_on(database, adjust).await
+    }
+
+    /// Another instance on the same database, as behind a load balancer.
+    pub async fn spawn_on(
+        database: std::sync::Arc<TestDatabase>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        init_logs();
+        let mut config = test_config(&database);
+        adjust(&mut config);
+        let app = Application::build(config).await.expect("the app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let state = app.state();
+        let db = state.db.clone();
+        let server = app.handle();
+        let running = actix_web::rt::spawn(app.run_until_stopped());
+        Self {
+            address,
+            db,
+            state,
+            http: reqwest::Client::new(),
+            database,
+            server,
+            running,
+        }
+    }
+
+    /// A graceful stop, as on SIGTERM; returns once the application has drained.
+    pub async fn stop(self) {
+        self.server.stop(true).await;
+        self.running
+            .await
+            .expect("the application task")
+            .expect("the application stops cleanly");
+    }
+
+    pub fn refresh_url(&self, client_id: &str, connection_id: &str) -> String {
+        format!("{}{}", self.address, refresh_path(client_id, connection_id))
+    }
+
+    /// PATCH refresh_secret with an optional bearer token and raw body.
+    pub async fn refresh_raw(
+        &self,
+        client_id: &str,
+        connection_id: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let path = refresh_path(client_id, connection_id);
+        self.call(reqwest::Method::PATCH, &path, token, body).await
+    }
+
+    pub async fn refresh(&self, client_id: Uuid, connection_id: Uuid, token: &str) -> (u16, Value) {
+        self.refresh_raw(
+            &client_id.to_string(),
+            &connection_id.to_string(),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    pub async fn refresh_with_grace(
+        &self,
+        client_id: Uuid,
+        connection_id: Uuid,
+        token: &str,
+        grace: u64,
+    ) -> (u16, Value) {
+        let body = format!(r#"{{"grace_period": {grace}}}"#);
+        self.refresh_raw(
+            &client_id.to_string(),
+            &connection_id.to_string(),
+            Some(token),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn verify(&self, secret: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/connections/actions/verify", self.address))
+            .header("api-key", secret)
+            .send()
+            .await
+            .unwrap();
+        into_parts(response).await
+    }
+
+    pub async fn verifies(&self, secret: &str) -> bool {
+        self.verify(secret).await.0 == 200
+    }
+
+    /// A user who owns a new client of `client_type`.
+    pub async fn client(&self, client_type: &str) -> Uuid {
+        self.client_owned_by(client_type, "uk").await.0
+    }
+
+    /// A client of `client_type` whose owner reads notices in `locale`; returns the
+    /// client id and the owner's e-mail.
+    pub async fn client_owned_by(&self, client_type: &str, locale: &str) -> (Uuid, String) {
+        let owner = Uuid::new_v4();
+        let client = Uuid::new_v4();
+        let mut owner_user = user(owner, false);
+        owner_user.locale = locale.to_owned();
+        let email = owner_user.email.clone();
+        self.load(SeedFile {
+            users: vec![owner_user],
+            clients: vec![SeedClient {
+                id: client,
+                name: format!("{client_type} {client}"),
+                client_type: client_type.to_owned(),
+                user_id: owner,
+                is_blocked: false,
+            }],
+            ..SeedFile::default()
+        })
+        .await;
+        (client, email)
+    }
+
+    /// A connection of `client_id` to a new MIS consumer, with a known secret.
+    pub async fn connection(&self, client_id: Uuid) -> (Uuid, String) {
+        let consumer = self.client("MIS").await;
+        let id = Uuid::new_v4();
+        let secret = format!("seeded-{}", Uuid::new_v4().simple());
+        self.load(SeedFile {
+            connections: vec![SeedConnection {
+                id,
+                client_id,
+                consumer_id: consumer,
+                redirect_uri: "https://mis.example.org/cb".to_owned(),
+                secret: Some(secret.clone()),
+            }],
+            ..SeedFile::default()
+        })
+        .await;
+        (id, secret)
+    }
+
+    /// A token for a new user acting through `client_id`.
+    pub async fn token(&self, client_id: Uuid, scope: &str) -> String {
+        self.token_with(
+            client_id,
+            scope,
+            Utc::now() + chrono::Duration::hours(1),
+            false,
+        )
+        .await
+    }
+
+    pub async fn token_with(
+        &self,
+        client_id: Uuid,
+        scope: &str,
+        expires_at: DateTime<Utc>,
+        user_blocked: bool,
+    ) -> String {
+        let user_id = Uuid::new_v4();
+        let value = format!("token-{}", Uuid::new_v4().simple());
+        self.load(SeedFile {
+            users: vec![user(user_id, user_blocked)],
+            tokens: vec![SeedToken {
+                value: value.clone(),
+                user_id,
+                client_id,
+                scope: scope.to_owned(),
+                expires_at,
+            }],
+            ..SeedFile::default()
+        })
+        .await;
+        value
+    }
+
+    pub async fn load(&self, seed: SeedFile) {
+        seed::load(&self.db, seed).await.unwrap();
+    }
+
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(self.db.get_database_backend(), sql))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+
+    /// Every row of every table as text, to search for values that must not be stored.
+    pub async fn dump_database(&self) -> String {
+        let backend = self.db.get_database_backend();
+        let tables_sql = match backend {
+            // The queue's own tables (schema `apalis`) hold job payloads: scanned too.
+            sea_orm::DatabaseBackend::Postgres => {
+                "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables \
+                 WHERE table_schema IN ('public', 'apalis') AND table_type = 'BASE TABLE'"
+            }
+            _ => "SELECT name FROM sqlite_master WHERE type = 'table'",
+        };
+        let tables = self
+            .db
+            .query_all_raw(Statement::from_string(backend, tables_sql))
+            .await
+            .unwrap();
+        let mut dump = String::new();
+        for table in tables {
+            let name: String = table.try_get_by_index(0).unwrap();
+            let rows_sql = match backend {
+                sea_orm::DatabaseBackend::Postgres => {
+                    format!("SELECT CAST(t AS text) FROM {name} t")
+                }
+                _ => {
+                    let columns = self
+                        .db
+                        .query_all_raw(Statement::from_string(
+                            backend,
+                            format!("SELECT name FROM pragma_table_info('{name}')"),
+                        ))
+                        .await
+                        .unwrap();
+                    let columns: Vec<String> = columns
+                        .iter()
+                        .map(|c| {
+                            let c = c.try_get_by_index::<String>(0).unwrap();
+                            format!("CASE typeof(\"{c}\") WHEN 'blob' THEN hex(\"{c}\") ELSE COALESCE(CAST(\"{c}\" AS TEXT), '') END")
+                        })
+                        .collect();
+                    format!("SELECT {} FROM \"{name}\"", columns.join(" || '|' || "))
+                }
+            };
+            for row in self
+                .db
+                .query_all_raw(Statement::from_string(backend, rows_sql))
+                .await
+                .unwrap()
+            {
+                dump.push_str(&row.try_get_by_index::<String>(0).unwrap());
+                dump.push('\n');
+            }
+        }
+        dump
+    }
+}
+
+fn user(id: Uuid, is_blocked: bool) -> SeedUser {
+    SeedUser {
+        id,
+        email: format!("owner-{}@example.org", id.simple()),
+        locale: "uk".to_owned(),
+        is_blocked,
+    }
+}
+
+fn refresh_path(client_id: &str, connection_id: &str) -> String {
+    format!("/api/clients/{client_id}/connections/{connection_id}/actions/refresh_secret")
+}
+
+pub async fn into_parts(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    (status, body)
+}
+
+/// Asserts an error envelope: status, `error.type`, `error.message`, and `meta`.
+#[track_caller]
+pub fn assert_error(actual: &(u16, Value), status: u16, error_type: &str, message: Option<&str>) {
+    let (code, body) = actual;
+    assert_eq!(*code, status, "{body}");
+    assert_eq!(body["error"]["type"], error_type, "{body}");
+    if let Some(message) = message {
+        assert_eq!(body["error"]["message"], message, "{body}");
+    }
+    assert_eq!(body["meta"]["code"], status, "{body}");
+    assert!(
+        body["meta"]["request_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
+    assert!(body.get("data").is_none(), "{body}");
+}
+
+/// Polls `check` until it holds or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `refused` until it holds, asserting it never holds before `expires`: each
+/// round's end time proves the refusal was not early.
+pub async fn assert_refused_from<F, Fut>(expires: DateTime<Utc>, deadline: Duration, mut refused: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let give_up = std::time::Instant::now() + deadline;
+    loop {
+        let now_refused = refused().await;
+        let round_ended = Utc::now();
+        if now_refused {
+            assert!(
+                round_ended >= expires,
+                "refused before the grace period ended"
+            );
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "still accepted {deadline:?} after the grace period"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// eHealth's published schema for `name`, vendored under `tests/fixtures`.
+pub fn ehealth_schema(name: &str) -> jsonschema::Validator {
+    let path = format!(
+        "{}/tests/fixtures/ehealth-schemas/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::draft4::new(&schema).unwrap()
+}
+
+#[track_caller]
+pub fn assert_schema(schema: &str, body: &Value) {
+    let validator = ehealth_schema(schema);
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{schema}: {errors:?}\n{body}");
+}
+
+/// A client with one connection and a token carrying every connection scope.
+pub struct Owned {
+    pub client_id: Uuid,
+    pub connection_id: Uuid,
+    pub secret: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub async fn owned(&self, client_type: &str) -> Owned {
+        let client_id = self.client(client_type).await;
+        let (connection_id, secret) = self.connection(client_id).await;
+        let token = self.token(client_id, ALL_SCOPES).await;
+        Owned {
+            client_id,
+            connection_id,
+            secret,
+            token,
+        }
+    }
+}
+
+/// The Redis the suite may use, from `MITHRIL_TEST_REDIS_URL` (CI sets it); `None`
+/// when unset. Set but unreachable fails.
+pub async fn optional_test_redis() -> Option<String> {
+    let url = std::env::var("MITHRIL_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("MITHRIL_TEST_REDIS_URL is set but unreachable: {e}"));
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    Some(url)
+}
+
+/// The Redis a Redis-only test needs. Such tests are `#[ignore]`d in the default run
+/// (which needs no services) and run with `--include-ignored` where Redis is configured,
+/// as `.ci/run` does; run without it, they fail rather than pass silently.
+pub async fn test_redis() -> String {
+    optional_test_redis()
+        .await
+        .expect("this test needs MITHRIL_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379)")
+}
+
+/// Every key and value under `pattern`, as text, to search for values that must not
+/// be stored.
+pub async fn dump_redis(url: &str, pattern: &str) -> String {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut dump = String::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let read = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).to_owned(),
+            "hash" => redis::cmd("HGETALL").arg(&key).to_owned(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).to_owned(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).to_owned(),
+            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).to_owned(),
+            _ => continue,
+        };
+        // GET answers one value, the others a list of them.
+        let values: Vec<Vec<u8>> = if kind == "string" {
+            vec![read.query_async(&mut conn).await.unwrap()]
+        } else {
+            read.query_async(&mut conn).await.unwrap()
+        };
+        dump.push_str(&key);
+        for value in values {
+            dump.push(' ');
+            dump.push_str(&String::from_utf8_lossy(&value));
+        }
+        dump.push('\n');
+    }
+    dump
+}
+
+/// A queue namespace no other test shares.
+pub fn fresh_namespace() -> String {
+    format!("mithril-test-{}", Uuid::new_v4().simple())
+}
