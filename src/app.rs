@@ -1,115 +1,35 @@
-//! Wiring: the application built from a config, on any port, for `serve` and for tests.
+//! Wiring only: the application built from a config, on any port, for `serve` and for
+//! tests; and its orderly stop.
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix::{Actor as _, Addr};
+use actix::Actor as _;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpRequest, HttpServer, web};
+use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
 use workers::credentials::RedisCredentials;
-use workers::mail::{Mailer, Templates};
-use workers::notify::Notifier;
 use workers::queue::Queue;
-use workers::run::{Invalidator, Workers};
+use workers::run::{LocalApply, Workers};
 
-use crate::auth::{AuthError, Authorize, Authorizer, Principal};
-use crate::cache::{CredentialsCache, follow_evictions};
+use crate::auth::Authorizer;
+use crate::cache::{CredentialsCache, follow_changes};
 use crate::config::Config;
-use crate::connections::ConnectionRegistry;
-use crate::http::{self, ApiError};
+use crate::connections::Service;
+use crate::http::{self, AppState};
 use crate::outbox::OutboxRelay;
-use crate::readiness::{DatabaseCheck, ReadinessCheck, RedisCheck};
-use crate::secrets::SecretDigest;
+use crate::readiness::{DatabaseCheck, DrainCheck, ReadinessCheck, RedisCheck};
 use crate::telemetry::Metrics;
-
-/// What every handler shares.
-pub struct AppState {
-    pub config: Config,
-    pub db: DatabaseConnection,
-    pub authorizer: Addr<Authorizer>,
-    pub registry: Addr<ConnectionRegistry>,
-    pub credentials: Arc<CredentialsCache>,
-    pub relay: OutboxRelay,
-    /// This application's own recorder: `/metrics` renders it.
-    pub metrics: Metrics,
-    /// What `/health/ready` asks: the database always, then whatever was passed to
-    /// `Application::build_with_checks` (Redis, where configured).
-    pub readiness: Vec<Arc<dyn ReadinessCheck>>,
-}
-
-impl AppState {
-    /// Token (401), scope (403), context (403), in API.md's order.
-    pub async fn authorize(
-        &self,
-        req: &HttpRequest,
-        scope: &'static str,
-        path_client_id: Option<&str>,
-    ) -> Result<Principal, ApiError> {
-        let token = bearer_digest(req);
-        let principal = self
-            .authorizer
-            .send(Authorize {
-                token,
-                scope,
-                path_client_id: path_client_id.map(str::to_owned),
-            })
-            .await
-            .map_err(|_| AuthError::Stopped)??;
-        Ok(principal)
-    }
-}
-
-/// The job workers `serve` runs by default: the same as `mithril-workers`, plus eviction
-/// from this process's own cache.
-fn in_process_workers(
-    config: &Config,
-    db: &DatabaseConnection,
-    redis: Option<&workers::redis_connect::Redis>,
-    credentials: &Arc<CredentialsCache>,
-) -> anyhow::Result<Workers> {
-    let local = credentials.clone();
-    Ok(Workers {
-        notifier: Arc::new(Notifier {
-            db: db.clone(),
-            mailer: Mailer::new(config.smtp_url.as_deref(), &config.mail_dir)?,
-            templates: Templates::load().context("loading the notice templates")?,
-            mail_from: config.mail_from.clone(),
-        }),
-        invalidator: Arc::new(Invalidator {
-            redis: redis.map(|r| {
-                RedisCredentials::new(
-                    r.manager.clone(),
-                    config.credentials_cache_ttl.as_secs().max(1),
-                )
-            }),
-            local: Some(Arc::new(move |digests: &[String]| {
-                local.evict_local(digests)
-            })),
-        }),
-        retry: config.worker_retry.clone(),
-        concurrency: config.worker_concurrency,
-        poll_interval: config.worker_poll_interval,
-    })
-}
-
-/// The digest of `Authorization: Bearer <token>`; the plaintext goes no further.
-fn bearer_digest(req: &HttpRequest) -> Option<SecretDigest> {
-    let value = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| SecretDigest::of(token))
-}
 
 pub struct Application {
     port: u16,
+    db: DatabaseConnection,
     server: Server,
     state: web::Data<AppState>,
+    /// Set on SIGTERM: `/health/ready` answers 503 from then on.
+    draining: Arc<AtomicBool>,
     stop_workers: tokio::sync::watch::Sender<bool>,
     job_workers: Option<tokio::task::JoinHandle<()>>,
     stop_sweeper: tokio::sync::watch::Sender<bool>,
@@ -134,6 +54,7 @@ impl Application {
         db: DatabaseConnection,
         checks: Vec<Arc<dyn ReadinessCheck>>,
     ) -> anyhow::Result<Self> {
+        config.validate()?;
         let listener =
             TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
         let port = listener
@@ -146,39 +67,54 @@ impl Application {
             config.token_cache_capacity,
         )
         .start();
-        let registry = ConnectionRegistry::new(db.clone(), config.actor_idle_timeout).start();
-        // Background tasks go on Tokio's scheduler rather than actix's thread-local set,
-        // so they are dropped inside the runtime when it shuts down (a pooled database
-        // connection cannot be dropped outside one).
         let redis = match &config.redis_url {
             Some(url) => Some(workers::redis_connect::connect(url).await?),
             None => None,
         };
-        let credentials = Arc::new(CredentialsCache::new(
-            config.credentials_cache_ttl,
+        let cache_ttl = config.workers.credentials_cache_ttl();
+        let cache = Arc::new(CredentialsCache::new(
+            cache_ttl,
             config.credentials_cache_capacity,
-            redis.as_ref().map(|r| {
-                RedisCredentials::new(
-                    r.manager.clone(),
-                    config.credentials_cache_ttl.as_secs().max(1),
-                )
-            }),
+            redis
+                .as_ref()
+                .map(|r| RedisCredentials::new(r.manager.clone(), cache_ttl)),
         ));
+        // Background tasks go on Tokio's scheduler rather than actix's thread-local set,
+        // so they are dropped inside the runtime when it shuts down (a pooled database
+        // connection cannot be dropped outside one).
         if let Some(redis) = &redis {
-            tokio::spawn(follow_evictions(redis.client.clone(), credentials.clone()));
+            tokio::spawn(follow_changes(redis.client.clone(), cache.clone()));
         }
         let queue = Queue::connect(
             &db,
             redis.as_ref().map(|r| r.manager.clone()),
-            &config.queue_namespace,
+            &config.workers.queue_namespace,
         )
         .await?;
-        let relay = OutboxRelay::new(db.clone(), queue.clone());
+        let relay = OutboxRelay::new(db.clone(), queue.clone(), config.reconcile_after);
         let (stop_sweeper, sweeper_stopped) = tokio::sync::watch::channel(false);
         let sweeper = tokio::spawn(relay.clone().run_sweeper(sweeper_stopped));
+        let connections = Service::start(
+            db.clone(),
+            cache.clone(),
+            relay.clone(),
+            config.actor_idle_timeout,
+        );
+
+        // The job workers `serve` runs by default: the same as `mithril-workers`, plus
+        // this process's own cache.
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let job_workers = if config.run_workers {
-            let workers = in_process_workers(&config, &db, redis.as_ref(), &credentials)?;
+            let local = cache.clone();
+            let local: LocalApply = Arc::new(move |change| local.apply_local(change));
+            let workers = Workers::build(
+                &config.workers,
+                &db,
+                redis.as_ref(),
+                config.smtp_url.as_deref(),
+                &config.mail_from,
+                Some(local),
+            )?;
             let grace = config.shutdown_timeout;
             Some(tokio::spawn(async move {
                 if let Err(e) = workers::run::run(queue, workers, grace, workers_stopped).await {
@@ -188,19 +124,22 @@ impl Application {
         } else {
             None
         };
-        let workers = config.http_workers;
-        let shutdown_timeout = config.shutdown_timeout.as_secs();
-        let mut readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
+
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut readiness: Vec<Arc<dyn ReadinessCheck>> = vec![
+            Arc::new(DrainCheck(draining.clone())),
+            Arc::new(DatabaseCheck(db.clone())),
+        ];
         if let Some(redis) = &redis {
             readiness.push(Arc::new(RedisCheck(redis.manager.clone())));
         }
         readiness.extend(checks);
+        let http_workers = config.http_workers;
+        let shutdown_timeout = config.shutdown_timeout.as_secs();
         let state = web::Data::new(AppState {
             config,
-            db,
             authorizer,
-            registry,
-            credentials,
+            connections,
             relay,
             metrics: Metrics::new(),
             readiness,
@@ -217,16 +156,22 @@ impl Application {
         // Signals are `run_until_signalled`'s, so Ctrl-C stops as gracefully as SIGTERM
         // and test servers in one process do not each catch them.
         .disable_signals()
+        // CAUTION: a caller who closes its side has gone: its request is dropped, and a
+        // rotation it queued is skipped (see `connections::Service::rotate`), rather than
+        // answered into a closed socket after committing a secret nobody receives.
+        .h1_allow_half_closed(false)
         .shutdown_timeout(shutdown_timeout)
         .listen(listener)
         .context("listening")?;
-        if workers > 0 {
-            server = server.workers(workers);
+        if http_workers > 0 {
+            server = server.workers(http_workers);
         }
         Ok(Self {
             port,
+            db: db.clone(),
             server: server.run(),
             state,
+            draining,
             stop_workers,
             job_workers,
             stop_sweeper,
@@ -238,12 +183,17 @@ impl Application {
         self.port
     }
 
+    /// The application's database pool (tests look at what it wrote, or close it).
+    pub fn db(&self) -> DatabaseConnection {
+        self.db.clone()
+    }
+
     pub fn state(&self) -> web::Data<AppState> {
         self.state.clone()
     }
 
     /// Stops this server from outside: `handle().stop(true)` is a graceful stop, after
-    /// which `run_until_stopped` drains like a signal would.
+    /// which `run_until_stopped` drains like a signal would (without the drain delay).
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
@@ -254,10 +204,12 @@ impl Application {
         self.run(std::future::pending()).await
     }
 
-    /// `mithril serve`: serves until SIGTERM or Ctrl-C, then stops gracefully. The
-    /// listener closes at once; requests in flight (and the actor work they wait on)
-    /// finish within `config.shutdown_timeout`; then what the outbox still holds is
-    /// pushed and the in-process job workers stop.
+    /// `mithril serve`: serves until SIGTERM or Ctrl-C, then stops gracefully.
+    /// `/health/ready` answers 503 at once, requests are still served for the drain
+    /// delay (the balancer takes this instance out meanwhile), then the listener closes;
+    /// requests in flight (and the actor work they wait on) finish within
+    /// `config.shutdown_timeout`; then what the outbox still holds is pushed and the
+    /// in-process job workers stop.
     pub async fn run_until_signalled(self) -> anyhow::Result<()> {
         self.run(shutdown_signal()).await
     }
@@ -271,7 +223,11 @@ impl Application {
                 ended.context("joining the server")?.context("running the server")?;
             }
             signal = stop => {
-                tracing::info!(signal, "stopping: no new connections, finishing requests in flight");
+                self.draining.store(true, Ordering::SeqCst);
+                let delay = self.state.config.drain_delay;
+                tracing::info!(signal, drain_delay_ms = delay.as_millis() as u64, "draining: not ready, still serving");
+                tokio::time::sleep(delay).await;
+                tracing::info!("stopping: no new connections, finishing requests in flight");
                 handle.stop(true).await;
                 server
                     .await
@@ -279,13 +235,22 @@ impl Application {
                     .context("running the server")?;
             }
         }
+        // Every request has been answered or dropped; rotations a dropped request queued
+        // are skipped. Refuse whatever is still queued and wait for the running ones.
+        // CAUTION: only after this may the outbox be flushed: no rotation commits later.
+        if !self
+            .state
+            .connections
+            .close(self.state.config.shutdown_timeout)
+            .await
+        {
+            tracing::warn!("rotations still running after the shutdown timeout");
+        }
         // The sweeper ends between sweeps, so the flush below does not race it (on
         // SQLite, which has no SKIP LOCKED, a race would push rows twice) and no sweep
         // is cut off by the runtime going away.
         let _ = self.stop_sweeper.send(true);
         let _ = self.sweeper.await;
-        // CAUTION: only now has every request been answered and every rotation it
-        // started committed or rolled back, so the flush sees all their outbox rows.
         let flushed = match self.state.relay.reopened(&self.state.config).await {
             Ok(relay) => relay.flush().await,
             Err(e) => Err(e),

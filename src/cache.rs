@@ -1,31 +1,106 @@
-//! The credentials cache of the verify path: in-process, in front of Redis (when
-//! configured), in front of the database.
-use std::sync::Mutex;
-use std::time::Duration;
+//! The credentials cache of the verify path: in-process (moka), in front of Redis (when
+//! configured), in front of whatever the caller loads from (the database).
+//!
+//! Every write, wherever it comes from (a fill after a read, a change after commit, the
+//! `InvalidateCredentials` job, another instance's message), goes through one rule,
+//! `CachedCredential::may_replace`: entries only move forward in version, and a retired
+//! digest stays retired. So writes may land in any order, any number of times.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use moka::Expiry;
+use moka::ops::compute::Op;
 use moka::sync::Cache;
-use sea_orm::{DatabaseConnection, DbErr};
-use workers::credentials::{CachedCredential, ConnectionView, Invalidation, RedisCredentials};
+use workers::credentials::{
+    CachedCredential, ConnectionIdentity, CredentialChange, EvictionMessage, RedisCredentials,
+    retired_ttl,
+};
 
-use crate::connections::lookup_credential;
 use crate::secrets::SecretDigest;
 
 /// How long a request waits on Redis before carrying on without it.
-const REDIS_BUDGET: Duration = Duration::from_millis(250);
+pub const REDIS_BUDGET: Duration = Duration::from_millis(250);
 
 fn timed_out() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "Redis did not answer in time"))
 }
 
+/// Runs a Redis call within `REDIS_BUDGET`.
+async fn budgeted<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    tokio::time::timeout(REDIS_BUDGET, call)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// One in-process entry and the instant it leaves.
+#[derive(Clone, Debug)]
+struct Local {
+    credential: CachedCredential,
+    expires_at: Instant,
+}
+
+/// Each entry leaves at its own `expires_at`: a copy of a Redis entry keeps Redis's
+/// remaining TTL, so a missed invalidation does not last twice the bound.
+struct OwnDeadline;
+
+impl Expiry<String, Arc<Local>> for OwnDeadline {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &Arc<Local>,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Arc<Local>,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(now))
+    }
+}
+
+/// Where a write to the local cache comes from.
+#[derive(Clone, Copy)]
+enum Write {
+    /// What a read found, under the generation it began in.
+    Fill { read_at: u64 },
+    /// What a committed write made of a digest.
+    Change,
+}
+
+/// Where a verify's answer came from, for the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Local,
+    Redis,
+    Store,
+}
+
+impl Layer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Redis => "redis",
+            Self::Store => "store",
+        }
+    }
+}
+
 pub struct CredentialsCache {
-    local: Cache<String, CachedCredential>,
+    local: Cache<String, Arc<Local>>,
     redis: Option<RedisCredentials>,
-    /// Bumped by every eviction. A database read fills the cache only if no eviction
-    /// happened while it ran, so a read that raced a rotation cannot re-insert a secret
-    /// the rotation retired.
-    // CAUTION: check-and-insert and bump-and-evict hold this lock, or the race reopens.
-    epoch: Mutex<u64>,
+    ttl: Duration,
+    retired_ttl: Duration,
+    /// Bumped when the whole local cache is dropped (a missed eviction message). A read
+    /// that began before fills nothing locally: what it read may be what was missed.
+    generation: AtomicU64,
 }
 
 impl CredentialsCache {
@@ -33,121 +108,128 @@ impl CredentialsCache {
         Self {
             local: Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(ttl)
+                .expire_after(OwnDeadline)
                 .build(),
             redis,
-            epoch: Mutex::new(0),
+            ttl,
+            retired_ttl: retired_ttl(ttl),
+            generation: AtomicU64::new(0),
         }
     }
 
-    /// The connection that accepts this digest now, if any.
-    pub async fn verify(
+    /// The connection that accepts this digest now, if any: from this instance's cache,
+    /// else Redis's, else `load` (which reads the database); what is read below fills the
+    /// layers above.
+    pub async fn verify<E, F>(
         &self,
-        db: &DatabaseConnection,
         digest: &SecretDigest,
-    ) -> Result<Option<ConnectionView>, DbErr> {
-        if let Some(entry) = self.local.get(digest.as_str()) {
-            metrics::counter!("mithril_credentials_cache_total", "layer" => "local", "result" => "hit").increment(1);
-            return Ok(entry.accepted(Utc::now()).cloned());
+        load: impl FnOnce() -> F,
+    ) -> Result<(Option<ConnectionIdentity>, Layer), E>
+    where
+        F: Future<Output = Result<Option<CachedCredential>, E>>,
+    {
+        let now = Utc::now();
+        if let Some(hit) = self.local.get(digest.as_str()) {
+            return Ok((hit.credential.accepted(now).cloned(), Layer::Local));
         }
-        let epoch = self.current_epoch();
+        let generation = self.generation.load(Ordering::SeqCst);
         if let Some(redis) = &self.redis {
-            match tokio::time::timeout(REDIS_BUDGET, redis.get(digest.as_str()))
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
-            {
-                Ok(Some(entry)) => {
-                    metrics::counter!("mithril_credentials_cache_total", "layer" => "redis", "result" => "hit")
-                        .increment(1);
-                    self.fill_local(digest, &entry, epoch);
-                    return Ok(entry.accepted(Utc::now()).cloned());
+            match budgeted(redis.get(digest.as_str())).await {
+                Ok(Some((entry, remaining))) => {
+                    self.put_local(digest.as_str(), &entry, remaining, generation);
+                    return Ok((entry.accepted(Utc::now()).cloned(), Layer::Redis));
                 }
                 Ok(None) => {}
                 // Redis is a cache here: without it the database still answers.
                 Err(e) => tracing::warn!(error = %e, "credentials cache: Redis read failed"),
             }
         }
-        metrics::counter!("mithril_credentials_cache_total", "layer" => "all", "result" => "miss")
-            .increment(1);
-        let Some(entry) = lookup_credential(db, digest).await? else {
-            return Ok(None);
+        let Some(entry) = load().await? else {
+            return Ok((None, Layer::Store));
         };
-        if self.fill_local(digest, &entry, epoch)
-            && let Some(redis) = &self.redis
-            && let Err(e) = tokio::time::timeout(REDIS_BUDGET, redis.fill(digest.as_str(), &entry))
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
+        let ttl = self.ttl_of(&entry);
+        self.put_local(digest.as_str(), &entry, ttl, generation);
+        if let Some(redis) = &self.redis
+            && let Err(e) = budgeted(redis.fill(digest.as_str(), &entry)).await
         {
             tracing::warn!(error = %e, "credentials cache: Redis fill failed");
         }
-        Ok(entry.accepted(Utc::now()).cloned())
+        Ok((entry.accepted(Utc::now()).cloned(), Layer::Store))
     }
 
-    fn current_epoch(&self) -> u64 {
-        *self
-            .epoch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn fill_local(
-        &self,
-        digest: &SecretDigest,
-        entry: &CachedCredential,
-        read_at_epoch: u64,
-    ) -> bool {
-        let epoch = self
-            .epoch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *epoch != read_at_epoch {
-            return false;
+    /// Right after commit: here at once, then, best effort within the request's Redis
+    /// budget, in Redis and on every other instance. The `InvalidateCredentials` job
+    /// repeats the shared part until it succeeds.
+    pub async fn apply(&self, change: &CredentialChange) {
+        self.apply_local(change);
+        if let Some(redis) = &self.redis
+            && let Err(e) = budgeted(redis.apply(change)).await
+        {
+            tracing::warn!(error = %e, "credentials cache: Redis update failed; the job will retry it");
         }
-        self.local.insert(digest.as_str().to_owned(), entry.clone());
-        true
     }
 
-    /// Drops digests from this instance's cache (a local rotation, or a message from
-    /// another instance).
-    pub fn evict_local(&self, digests: &[String]) {
-        let mut epoch = self
-            .epoch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *epoch += 1;
-        for digest in digests {
-            self.local.invalidate(digest);
+    /// Applies a change to this instance's cache only (a message from another instance,
+    /// or the in-process job). Like Redis: a valid entry only updates a digest already
+    /// cached here; a retirement is always recorded.
+    pub fn apply_local(&self, change: &CredentialChange) {
+        for (digest, entry) in change.entries() {
+            let ttl = self.ttl_of(&entry);
+            self.put(digest, &entry, ttl, Write::Change);
         }
     }
 
     /// After a missed message (a subscription that dropped), nothing local is trusted.
     pub fn clear_local(&self) {
-        let mut epoch = self
-            .epoch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *epoch += 1;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.local.invalidate_all();
     }
 
-    /// Right after commit: evict here, then, best effort, in Redis and on every other
-    /// instance. The `InvalidateCredentials` job repeats the shared part until it
-    /// succeeds.
-    pub async fn invalidate(&self, invalidation: &Invalidation) {
-        self.evict_local(&invalidation.digests());
-        if let Some(redis) = &self.redis
-            && let Err(e) = tokio::time::timeout(REDIS_BUDGET, redis.invalidate(invalidation))
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
-        {
-            tracing::warn!(error = %e, "credentials cache: Redis invalidation failed; the job will retry it");
+    fn ttl_of(&self, entry: &CachedCredential) -> Duration {
+        if entry.is_retired() {
+            self.retired_ttl
+        } else {
+            self.ttl
         }
+    }
+
+    /// A fill from a read, unless the local cache was cleared since `read_at` (the
+    /// generation the caller read under).
+    fn put_local(&self, digest: &str, entry: &CachedCredential, ttl: Duration, read_at: u64) {
+        self.put(digest, entry, ttl, Write::Fill { read_at });
+    }
+
+    /// Writes under the forward-only rule.
+    fn put(&self, digest: &str, entry: &CachedCredential, ttl: Duration, write: Write) {
+        if ttl.is_zero() {
+            return;
+        }
+        let local = Arc::new(Local {
+            credential: entry.clone(),
+            expires_at: Instant::now() + ttl,
+        });
+        self.local
+            .entry(digest.to_owned())
+            .and_compute_with(|existing| {
+                // CAUTION: checked inside the entry's lock, so a clear that raced this
+                // read wins, and a newer entry is never replaced by an older one.
+                let existing = existing.map(|e| e.into_value());
+                let allowed = match write {
+                    Write::Fill { read_at } => self.generation.load(Ordering::SeqCst) == read_at,
+                    Write::Change => existing.is_some() || entry.is_retired(),
+                };
+                if allowed && entry.may_replace(existing.as_ref().map(|e| &e.credential)) {
+                    Op::Put(local)
+                } else {
+                    Op::Nop
+                }
+            });
     }
 }
 
 /// Follows the eviction channel for the life of the process, reconnecting with backoff.
 /// Every (re)subscription clears the local cache, since messages may have been missed.
-pub async fn follow_evictions(client: redis::Client, cache: std::sync::Arc<CredentialsCache>) {
+pub async fn follow_changes(client: redis::Client, cache: Arc<CredentialsCache>) {
     use futures_util::StreamExt as _;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -158,12 +240,20 @@ pub async fn follow_evictions(client: redis::Client, cache: std::sync::Arc<Crede
                     backoff = Duration::from_millis(100);
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
-                        let digests: Vec<String> = message
+                        let decoded = message
                             .get_payload::<String>()
                             .ok()
-                            .and_then(|p| serde_json::from_str(&p).ok())
-                            .unwrap_or_default();
-                        cache.evict_local(&digests);
+                            .and_then(|p| serde_json::from_str::<EvictionMessage>(&p).ok());
+                        match decoded {
+                            Some(EvictionMessage::Change(change)) => cache.apply_local(&change),
+                            // An instance of an earlier release: drop what it names.
+                            Some(EvictionMessage::Digests(digests)) => {
+                                for digest in digests {
+                                    cache.local.invalidate(&digest);
+                                }
+                            }
+                            None => tracing::warn!("credentials cache: an unreadable message"),
+                        }
                     }
                     tracing::warn!("credentials cache: eviction subscription ended; reconnecting");
                 }

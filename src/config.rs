@@ -2,16 +2,23 @@
 //! then passed explicitly: nothing reads the environment after this.
 use std::time::Duration;
 
+use anyhow::bail;
+use workers::settings::WorkerSettings;
+
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mithril.db?mode=rwc";
 pub const DEFAULT_MAIL_FROM: &str = "Mithril <no-reply@localhost>";
 pub const DEFAULT_BIND: &str = "127.0.0.1:4000";
+
+/// The longest grace period any deployment may allow: a year. A previous secret valid
+/// for longer is not a grace period but a second secret.
+pub const MAX_GRACE_PERIOD_BOUND: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: String,
     /// Unset: jobs queue in the database and caches stay in-process.
     pub redis_url: Option<String>,
-    /// Unset: notices are written as `.eml` files under `mail_dir`.
+    /// Unset: notices are written as `.eml` files under `workers.mail_dir`.
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub bind: String,
@@ -22,20 +29,18 @@ pub struct Config {
     /// How long an authorized token stays in the Authorizer's cache (at most 60 s).
     pub token_cache_ttl: Duration,
     pub token_cache_capacity: u64,
-    /// How long a verified credential stays cached, here and in Redis: the worst-case
-    /// bound if every invalidation path failed.
-    pub credentials_cache_ttl: Duration,
     pub credentials_cache_capacity: u64,
-    /// Where notices go as `.eml` files when `smtp_url` is unset.
-    pub mail_dir: std::path::PathBuf,
-    /// Prefix of the job queue names (lets deployments, or tests, share one Redis).
-    pub queue_namespace: String,
+    /// What the job workers read, in this process and in `mithril-workers` alike (the
+    /// credentials cache's TTL and the queue's namespace among them).
+    pub workers: WorkerSettings,
     /// Run the job workers in this process (`serve` without `--no-workers`).
     pub run_workers: bool,
-    pub worker_retry: workers::run::RetrySettings,
-    pub worker_concurrency: usize,
-    pub worker_poll_interval: Duration,
-    /// How long in-flight requests and jobs get to finish after SIGTERM or Ctrl-C.
+    /// A notice neither sent nor dead this long after its job was pushed is pushed again.
+    pub reconcile_after: Duration,
+    /// On SIGTERM: how long `/health/ready` answers 503 while requests are still served,
+    /// so the balancer stops sending before the listener closes.
+    pub drain_delay: Duration,
+    /// How long in-flight requests and jobs get to finish after the drain delay.
     pub shutdown_timeout: Duration,
     /// HTTP worker threads; 0 means one per core.
     pub http_workers: usize,
@@ -57,14 +62,11 @@ impl Config {
             actor_idle_timeout: Duration::from_secs(60),
             token_cache_ttl: Duration::from_secs(30),
             token_cache_capacity: 100_000,
-            credentials_cache_ttl: Duration::from_secs(60),
             credentials_cache_capacity: 100_000,
-            mail_dir: std::path::PathBuf::from("data/mail"),
-            queue_namespace: "mithril".to_owned(),
+            workers: WorkerSettings::default(),
             run_workers: true,
-            worker_retry: workers::run::RetrySettings::default(),
-            worker_concurrency: 8,
-            worker_poll_interval: Duration::from_millis(250),
+            reconcile_after: Duration::from_secs(600),
+            drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             http_workers: 0,
             db_max_connections: 20,
@@ -74,5 +76,38 @@ impl Config {
 
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
+    }
+
+    /// Refuses settings no deployment should run with, with a message that says which
+    /// and why; checked once at start-up.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_grace_period > MAX_GRACE_PERIOD_BOUND {
+            bail!(
+                "MITHRIL_MAX_GRACE_PERIOD is {} s; at most {} s (one year) is allowed: a \
+                 previous secret valid for longer is a second secret, not a grace period",
+                self.max_grace_period.as_secs(),
+                MAX_GRACE_PERIOD_BOUND.as_secs()
+            );
+        }
+        if self.reconcile_after.is_zero() {
+            bail!("MITHRIL_RECONCILE_AFTER must be more than 0 s");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grace_period_above_a_year_is_refused_at_start() {
+        let mut config = Config::embedded("sqlite::memory:");
+        assert!(config.validate().is_ok());
+        config.max_grace_period = MAX_GRACE_PERIOD_BOUND;
+        assert!(config.validate().is_ok());
+        config.max_grace_period = MAX_GRACE_PERIOD_BOUND + Duration::from_secs(1);
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.contains("MITHRIL_MAX_GRACE_PERIOD"), "{refused}");
     }
 }

@@ -11,10 +11,12 @@ pub mod connections;
 pub mod db;
 pub mod http;
 pub mod outbox;
+pub mod paging;
 pub mod readiness;
 pub mod secrets;
 pub mod seed;
 pub mod telemetry;
 
-pub use app::{AppState, Application};
+pub use app::Application;
 pub use config::Config;
+pub use http::AppState;

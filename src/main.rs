@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use mithril::config::{self, Config};
 use mithril::{Application, db, seed};
 use tracing_subscriber::EnvFilter;
+use workers::settings::WorkerSettings;
 
 #[derive(Parser)]
 #[command(
@@ -24,9 +25,9 @@ struct Cli {
 /// Settings shared by every command; each also reads its environment variable.
 #[derive(Args)]
 struct Settings {
-    #[arg(long, global = true, env = "DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL)]
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL, hide_env_values = true)]
     database_url: String,
-    #[arg(long, global = true, env = "REDIS_URL")]
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     #[arg(long, global = true, env = "SMTP_URL", hide_env_values = true)]
     smtp_url: Option<String>,
@@ -43,7 +44,8 @@ struct Settings {
         default_value_t = 60
     )]
     actor_idle_timeout: u64,
-    /// On SIGTERM or Ctrl-C, seconds that requests in flight get to finish.
+    /// On SIGTERM or Ctrl-C, seconds that requests in flight get to finish (after the
+    /// drain delay).
     #[arg(
         long,
         global = true,
@@ -51,14 +53,16 @@ struct Settings {
         default_value_t = 30
     )]
     shutdown_timeout: u64,
-    /// Prefix of the job queue names; `mithril-workers` must use the same.
-    #[arg(
-        long,
-        global = true,
-        env = "MITHRIL_QUEUE_NAMESPACE",
-        default_value = "mithril"
-    )]
-    queue_namespace: String,
+    /// On SIGTERM: how long `/health/ready` answers 503 while requests are still served,
+    /// before the listener closes (`5s`, `500ms`, `0s`).
+    #[arg(long, global = true, env = "MITHRIL_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
+    /// A notice neither sent nor dead this long after its job was pushed is pushed again
+    /// (a queue that lost it: Redis restarted without persistence).
+    #[arg(long, global = true, env = "MITHRIL_RECONCILE_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    reconcile_after: Duration,
+    #[command(flatten)]
+    workers: WorkerSettings,
     /// `json` for one JSON object per log line.
     #[arg(
         long,
@@ -104,7 +108,9 @@ impl Settings {
         config.max_grace_period = Duration::from_secs(self.max_grace_period);
         config.actor_idle_timeout = Duration::from_secs(self.actor_idle_timeout.max(1));
         config.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
-        config.queue_namespace = self.queue_namespace.clone();
+        config.drain_delay = self.drain_delay;
+        config.reconcile_after = self.reconcile_after;
+        config.workers = self.workers.clone();
         if let Some(bind) = bind {
             config.bind = bind.to_owned();
         }
@@ -138,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let mut config = cli.settings.config(Some(&bind));
             config.run_workers = !no_workers;
+            config.validate()?;
             let database = db::connect(&config).await?;
             db::migrate(&database).await?;
             if demo {

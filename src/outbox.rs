@@ -1,32 +1,73 @@
 //! The outbox relay: after commit, push a change's outbox rows to the job queue and mark
 //! them dispatched; a sweeper in every instance re-pushes rows left behind (the queue was
-//! down, the process died).
+//! down, the process died); a reconciler re-pushes notices that a queue forgot.
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::Utc;
-use entity::outbox;
-use sea_orm::sea_query::{Expr, ExprTrait as _, LockBehavior, LockType};
+use chrono::{DateTime, Utc};
+use entity::{outbox, sent_notification};
+use sea_orm::sea_query::{Expr, ExprTrait as _, LockBehavior, LockType, SimpleExpr};
 use sea_orm::{
-    ColumnTrait as _, DatabaseBackend, DatabaseConnection, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, TransactionTrait as _,
+    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseConnection,
+    DbErr, EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, TransactionTrait as _,
 };
 use uuid::Uuid;
-use workers::queue::Queue;
+use workers::jobs;
+use workers::queue::{Queue, QueueError};
 
 /// Rows younger than this are left to the request that wrote them.
 pub const SWEEP_AFTER: Duration = Duration::from_secs(3);
 const SWEEP_BATCH: u64 = 200;
 
+/// An outbox row for `job`, to insert in the transaction of the change that causes it.
+///
+/// CAUTION: payloads carry ids and digests only, never a plaintext secret.
+pub fn row(
+    kind: &str,
+    job: &impl serde::Serialize,
+    now: DateTime<Utc>,
+) -> Result<(Uuid, outbox::ActiveModel), serde_json::Error> {
+    let id = Uuid::now_v7();
+    let payload = serde_json::to_value(job)?;
+    Ok((
+        id,
+        outbox::ActiveModel {
+            id: Set(id),
+            kind: Set(kind.to_owned()),
+            payload: Set(payload),
+            created_at: Set(now),
+            dispatched_at: Set(None),
+            attempts: Set(0),
+            dead_at: Set(None),
+            settled_at: Set(None),
+        },
+    ))
+}
+
 #[derive(Clone)]
 pub struct OutboxRelay {
     db: DatabaseConnection,
     queue: Queue,
+    /// A `notify_owner` row whose notice is neither sent nor dead this long after its
+    /// dispatch is pushed again.
+    reconcile_after: Duration,
+}
+
+/// The outcome of pushing one row.
+enum Pushed {
+    Yes,
+    /// The row can never be pushed: set aside.
+    Dead,
 }
 
 impl OutboxRelay {
-    pub fn new(db: DatabaseConnection, queue: Queue) -> Self {
-        Self { db, queue }
+    pub fn new(db: DatabaseConnection, queue: Queue, reconcile_after: Duration) -> Self {
+        Self {
+            db,
+            queue,
+            reconcile_after,
+        }
     }
 
     /// Pushes the given rows, if still undispatched. Errors leave them to the sweeper.
@@ -40,6 +81,7 @@ impl OutboxRelay {
     pub async fn dispatch(&self, ids: &[Uuid]) -> anyhow::Result<usize> {
         let rows = outbox::Entity::find()
             .filter(outbox::Column::DispatchedAt.is_null())
+            .filter(outbox::Column::DeadAt.is_null())
             .filter(outbox::Column::Id.is_in(ids.iter().copied()))
             .order_by_asc(outbox::Column::CreatedAt)
             .all(&self.db)
@@ -48,8 +90,9 @@ impl OutboxRelay {
         let mut pushed = Vec::with_capacity(rows.len());
         let mut failure = None;
         for row in &rows {
-            match self.queue.push(&row.kind, row.payload.clone()).await {
-                Ok(()) => pushed.push(row.id),
+            match self.push(row, &self.db).await {
+                Ok(Pushed::Yes) => pushed.push(row.id),
+                Ok(Pushed::Dead) => {}
                 Err(e) => {
                     failure = Some((row.id, e));
                     break;
@@ -57,34 +100,34 @@ impl OutboxRelay {
             }
         }
         if !pushed.is_empty() {
-            outbox::Entity::update_many()
-                .col_expr(
-                    outbox::Column::Attempts,
-                    Expr::col(outbox::Column::Attempts).add(1),
-                )
-                .col_expr(outbox::Column::DispatchedAt, Expr::value(Utc::now()))
-                .filter(outbox::Column::Id.is_in(pushed.iter().copied()))
-                .filter(outbox::Column::DispatchedAt.is_null())
-                .exec(&self.db)
-                .await
-                .context("outbox: mark")?;
+            mark_dispatched(&self.db, outbox::Column::Id.is_in(pushed.iter().copied())).await?;
         }
         if let Some((id, e)) = failure {
             // The queue is down: count the attempt and leave the rest to the sweeper.
-            outbox::Entity::update_many()
-                .col_expr(
-                    outbox::Column::Attempts,
-                    Expr::col(outbox::Column::Attempts).add(1),
-                )
-                .filter(outbox::Column::Id.eq(id))
-                .filter(outbox::Column::DispatchedAt.is_null())
-                .exec(&self.db)
-                .await
-                .context("outbox: mark")?;
-            metrics::counter!("mithril_outbox_push_failures_total").increment(1);
-            return Err(e).context("outbox: pushing to the queue");
+            count_attempt(&self.db, id).await?;
+            return Err(e);
         }
         Ok(pushed.len())
+    }
+
+    /// `dispatch` on a task of its own; if the push fails, the sweeper pushes the
+    /// committed rows later.
+    pub fn dispatch_in_background(&self, ids: Vec<Uuid>) {
+        if ids.is_empty() {
+            return;
+        }
+        let relay = self.clone();
+        // CAUTION: Tokio's spawn, not actix's: a task on an HTTP worker's local set can be
+        // dropped outside the runtime when the worker stops, and dropping a pooled
+        // database connection there panics.
+        tokio::spawn(async move {
+            if let Err(e) = relay.dispatch(&ids).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "outbox dispatch failed; the sweeper will retry"
+                );
+            }
+        });
     }
 
     /// Pushes rows left undispatched for longer than `SWEEP_AFTER`.
@@ -108,9 +151,9 @@ impl OutboxRelay {
         let db = crate::db::connect(config).await?;
         let queue = match &self.queue {
             Queue::Redis(_) => self.queue.clone(),
-            _ => Queue::connect(&db, None, &config.queue_namespace).await?,
+            _ => Queue::connect(&db, None, &config.workers.queue_namespace).await?,
         };
-        Ok(Self::new(db, queue))
+        Ok(Self::new(db, queue, self.reconcile_after))
     }
 
     /// Pushes every undispatched row, whatever its age: on the way out. Batch after
@@ -130,31 +173,138 @@ impl OutboxRelay {
         }
     }
 
-    /// Runs `sweep` every second until `stop` turns true (or its sender is gone).
+    /// Rows written but not yet pushed (nor set aside): the backlog the relay owes.
+    pub async fn pending(&self) -> Result<u64, DbErr> {
+        outbox::Entity::find()
+            .filter(outbox::Column::DispatchedAt.is_null())
+            .filter(outbox::Column::DeadAt.is_null())
+            .count(&self.db)
+            .await
+    }
+
+    /// Runs `sweep` every second, and `reconcile` every `reconcile_every`, until `stop`
+    /// turns true (or its sender is gone).
     pub async fn run_sweeper(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut reconcile = tokio::time::interval(self.reconcile_every());
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
+            // Chosen first, done after: the stop's watch guard must not live across
+            // the work's awaits.
+            let reconciling = tokio::select! {
+                _ = sweep.tick() => false,
+                _ = reconcile.tick() => true,
                 _ = stop.wait_for(|stopped| *stopped) => return,
-            }
-            match self.sweep().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "outbox sweeper re-pushed rows"),
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "outbox sweep failed; will retry")
+            };
+            if reconciling {
+                match self.reconcile().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(rows = n, "outbox reconciler re-pushed notices a queue lost")
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "outbox reconcile failed; will retry"
+                        )
+                    }
+                }
+            } else {
+                match self.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "outbox sweeper re-pushed rows"),
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "outbox sweep failed; will retry")
+                    }
                 }
             }
         }
     }
 
-    async fn relay(
+    /// How often to look for lost notices: often enough to find one soon after its
+    /// window ends, never more than once a minute or less than ten times a second.
+    fn reconcile_every(&self) -> Duration {
+        (self.reconcile_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
+
+    /// Re-pushes `notify_owner` rows dispatched more than `reconcile_after` ago whose
+    /// notice is neither sent nor dead: the queue lost the job (Redis restarted without
+    /// persistence, say). A row whose notice is done is settled and not looked at again.
+    /// Safe on many instances: on PostgreSQL each row goes to one of them; elsewhere a
+    /// row pushed twice costs a duplicate job, which the notice's claim makes harmless.
+    pub async fn reconcile(&self) -> anyhow::Result<usize> {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(self.reconcile_after).unwrap_or_default();
+        let select = outbox::Entity::find()
+            .filter(outbox::Column::Kind.eq(jobs::NOTIFY_OWNER))
+            .filter(outbox::Column::SettledAt.is_null())
+            .filter(outbox::Column::DeadAt.is_null())
+            .filter(outbox::Column::DispatchedAt.lt(cutoff))
+            .order_by_asc(outbox::Column::DispatchedAt)
+            .limit(SWEEP_BATCH);
+        match self.db.get_database_backend() {
+            DatabaseBackend::Postgres => {
+                let txn = self.db.begin().await.context("outbox: begin")?;
+                let rows = select
+                    .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                    .all(&txn)
+                    .await
+                    .context("outbox: select")?;
+                let pushed = self.reconcile_rows(&rows, &txn).await;
+                txn.commit().await.context("outbox: commit")?;
+                pushed
+            }
+            _ => {
+                let rows = select.all(&self.db).await.context("outbox: select")?;
+                self.reconcile_rows(&rows, &self.db).await
+            }
+        }
+    }
+
+    async fn reconcile_rows(
         &self,
-        which: sea_orm::sea_query::SimpleExpr,
-        limit: u64,
+        rows: &[outbox::Model],
+        db: &impl ConnectionTrait,
     ) -> anyhow::Result<usize> {
+        let events: Vec<Uuid> = rows.iter().filter_map(event_id).collect();
+        let done: std::collections::HashSet<Uuid> = sent_notification::Entity::find()
+            .filter(sent_notification::Column::EventId.is_in(events))
+            .filter(sent_notification::Column::State.ne(sent_notification::state::SENDING))
+            .all(db)
+            .await
+            .context("outbox: notices")?
+            .into_iter()
+            .map(|n| n.event_id)
+            .collect();
+        let (settled, lost): (Vec<&outbox::Model>, Vec<&outbox::Model>) = rows
+            .iter()
+            .partition(|row| event_id(row).is_some_and(|id| done.contains(&id)));
+        if !settled.is_empty() {
+            outbox::Entity::update_many()
+                .col_expr(outbox::Column::SettledAt, Expr::value(Utc::now()))
+                .filter(outbox::Column::Id.is_in(settled.iter().map(|r| r.id)))
+                .exec(db)
+                .await
+                .context("outbox: settle")?;
+        }
+        let mut pushed = 0;
+        for row in lost {
+            match self.push(row, db).await? {
+                Pushed::Yes => {
+                    // Dispatched again now: looked at once more after another window.
+                    mark_dispatched(db, outbox::Column::Id.eq(row.id)).await?;
+                    tracing::warn!(outbox_id = %row.id, "a notice the queue lost was pushed again");
+                    pushed += 1;
+                }
+                Pushed::Dead => {}
+            }
+        }
+        Ok(pushed)
+    }
+
+    async fn relay(&self, which: SimpleExpr, limit: u64) -> anyhow::Result<usize> {
         let select = outbox::Entity::find()
             .filter(outbox::Column::DispatchedAt.is_null())
+            .filter(outbox::Column::DeadAt.is_null())
             .filter(which)
             .order_by_asc(outbox::Column::CreatedAt)
             .limit(limit);
@@ -185,31 +335,83 @@ impl OutboxRelay {
     async fn push_and_mark(
         &self,
         rows: &[outbox::Model],
-        db: &impl sea_orm::ConnectionTrait,
+        db: &impl ConnectionTrait,
     ) -> anyhow::Result<usize> {
         let mut pushed = 0;
         for row in rows {
-            let result = self.queue.push(&row.kind, row.payload.clone()).await;
-            let mut update = outbox::Entity::update_many()
-                .col_expr(
-                    outbox::Column::Attempts,
-                    Expr::col(outbox::Column::Attempts).add(1),
-                )
-                .filter(outbox::Column::Id.eq(row.id))
-                .filter(outbox::Column::DispatchedAt.is_null());
-            if result.is_ok() {
-                update = update.col_expr(outbox::Column::DispatchedAt, Expr::value(Utc::now()));
-            }
-            update.exec(db).await.context("outbox: mark")?;
-            match result {
-                Ok(()) => pushed += 1,
+            match self.push(row, db).await {
+                Ok(Pushed::Yes) => {
+                    mark_dispatched(db, outbox::Column::Id.eq(row.id)).await?;
+                    pushed += 1;
+                }
+                Ok(Pushed::Dead) => {}
                 Err(e) => {
                     // The queue is down: stop here and leave the rest to the next sweep.
-                    metrics::counter!("mithril_outbox_push_failures_total").increment(1);
-                    return Err(e).context("outbox: pushing to the queue");
+                    count_attempt(db, row.id).await?;
+                    return Err(e);
                 }
             }
         }
         Ok(pushed)
     }
+
+    /// Pushes one row. A row that can never be pushed (its payload does not decode as
+    /// its kind, or its kind is unknown) is set aside, logged and counted, so that it
+    /// does not stop every later row behind it; a queue that refuses is an error.
+    async fn push(&self, row: &outbox::Model, db: &impl ConnectionTrait) -> anyhow::Result<Pushed> {
+        match self.queue.push(&row.kind, row.payload.clone()).await {
+            Ok(()) => Ok(Pushed::Yes),
+            Err(e @ (QueueError::UnknownKind(_) | QueueError::Payload(_))) => {
+                tracing::error!(outbox_id = %row.id, kind = row.kind, error = %e, "outbox row can never be pushed; set aside");
+                metrics::counter!("mithril_outbox_dead_total").increment(1);
+                outbox::Entity::update_many()
+                    .col_expr(outbox::Column::DeadAt, Expr::value(Utc::now()))
+                    .filter(outbox::Column::Id.eq(row.id))
+                    .exec(db)
+                    .await
+                    .context("outbox: set aside")?;
+                Ok(Pushed::Dead)
+            }
+            Err(e @ QueueError::Push(_)) => {
+                metrics::counter!("mithril_outbox_push_failures_total").increment(1);
+                Err(e).context("outbox: pushing to the queue")
+            }
+        }
+    }
+}
+
+/// The event a `notify_owner` row's notice is for.
+fn event_id(row: &outbox::Model) -> Option<Uuid> {
+    row.payload
+        .get("event_id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+async fn mark_dispatched(db: &impl ConnectionTrait, which: SimpleExpr) -> anyhow::Result<()> {
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::Attempts,
+            Expr::col(outbox::Column::Attempts).add(1),
+        )
+        .col_expr(outbox::Column::DispatchedAt, Expr::value(Utc::now()))
+        .filter(which)
+        .exec(db)
+        .await
+        .context("outbox: mark")?;
+    Ok(())
+}
+
+async fn count_attempt(db: &impl ConnectionTrait, id: Uuid) -> anyhow::Result<()> {
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::Attempts,
+            Expr::col(outbox::Column::Attempts).add(1),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .filter(outbox::Column::DispatchedAt.is_null())
+        .exec(db)
+        .await
+        .context("outbox: mark")?;
+    Ok(())
 }

@@ -17,6 +17,26 @@ pub trait ReadinessCheck: Send + Sync {
     fn check(&self) -> BoxFuture<'_, anyhow::Result<()>>;
 }
 
+/// Fails once the instance is draining (SIGTERM came): the balancer stops sending
+/// before the listener closes.
+pub struct DrainCheck(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl ReadinessCheck for DrainCheck {
+    fn name(&self) -> &'static str {
+        "draining"
+    }
+
+    fn check(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        let draining = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if draining {
+                anyhow::bail!("shutting down");
+            }
+            Ok(())
+        })
+    }
+}
+
 /// `SELECT 1` on the pool the API uses.
 pub struct DatabaseCheck(pub DatabaseConnection);
 

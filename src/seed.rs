@@ -161,6 +161,7 @@ pub async fn load(db: &DatabaseConnection, seed: SeedFile) -> anyhow::Result<Vec
             previous_secret_hash: Set(None),
             previous_secret_expires_at: Set(None),
             secret_version: Set(0),
+            state_version: Set(0),
             inserted_at: Set(now),
             updated_at: Set(now),
         })

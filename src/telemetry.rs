@@ -19,6 +19,7 @@ pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const SECRET_REFRESHES: &str = "secret_refreshes_total";
 pub const OUTBOX_PENDING: &str = "mithril_outbox_pending";
+pub const CREDENTIALS_CACHE: &str = "mithril_credentials_cache_total";
 
 /// Latency buckets, in seconds, for request histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -70,6 +71,16 @@ impl Metrics {
         self.counter(
             SECRET_REFRESHES,
             &[Label::from_static_parts("outcome", outcome)],
+            1,
+        );
+    }
+
+    /// Which layer answered a verify: `local`, `redis`, or `store` (a miss of both
+    /// caches, answered by the database).
+    pub fn credential_lookup(&self, layer: &'static str) {
+        self.counter(
+            CREDENTIALS_CACHE,
+            &[Label::from_static_parts("layer", layer)],
             1,
         );
     }

@@ -17,6 +17,9 @@ pub struct Model {
     pub previous_secret_expires_at: Option<DateTimeUtc>,
     /// Increases by exactly one per committed rotation.
     pub secret_version: i64,
+    /// Increases with every write that changes what verify answers for this connection's
+    /// secrets (rotation, re-point); cache entries carry it so they only move forward.
+    pub state_version: i64,
     pub inserted_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

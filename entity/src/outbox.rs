@@ -13,6 +13,10 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub dispatched_at: Option<DateTimeUtc>,
     pub attempts: i32,
+    /// Set aside: the row can never be pushed (its payload does not decode as its kind).
+    pub dead_at: Option<DateTimeUtc>,
+    /// A `notify_owner` row whose notice is sent or dead: the reconciler is done with it.
+    pub settled_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,6 +10,9 @@ mod m20261128_000005_create_tokens;
 mod m20261128_000006_create_connection_events;
 mod m20261128_000007_create_outbox;
 mod m20261128_000008_create_sent_notifications;
+mod m20261129_000009_add_connection_state_version;
+mod m20261129_000010_add_notice_claims;
+mod m20261129_000011_add_outbox_settlement;
 
 pub struct Migrator;
 
@@ -25,6 +28,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000006_create_connection_events::Migration),
             Box::new(m20261128_000007_create_outbox::Migration),
             Box::new(m20261128_000008_create_sent_notifications::Migration),
+            Box::new(m20261129_000009_add_connection_state_version::Migration),
+            Box::new(m20261129_000010_add_notice_claims::Migration),
+            Box::new(m20261129_000011_add_outbox_settlement::Migration),
         ]
     }
 }

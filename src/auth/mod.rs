@@ -6,8 +6,6 @@ mod rules;
 pub use authorizer::{Authorize, Authorizer, CachedTokens};
 pub use rules::{Principal, may_act_on};
 
-use crate::http::ApiError;
-
 /// The scopes of API.md's methods.
 pub mod scope {
     pub const REFRESH_SECRET: &str = "connection:refresh_secret";
@@ -28,16 +26,4 @@ pub enum AuthError {
     Store(#[from] sea_orm::DbErr),
     #[error("the authorizer is not running")]
     Stopped,
-}
-
-impl From<AuthError> for ApiError {
-    fn from(err: AuthError) -> Self {
-        match err {
-            AuthError::AccessDenied => ApiError::AccessDenied,
-            AuthError::InvalidScopes => ApiError::InvalidScopes,
-            AuthError::Forbidden => ApiError::Forbidden,
-            AuthError::Store(db) => db.into(),
-            AuthError::Stopped => ApiError::Internal(anyhow::anyhow!("authorizer mailbox closed")),
-        }
-    }
 }

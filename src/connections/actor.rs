@@ -1,12 +1,59 @@
 //! One actor per client id: it runs that client's rotations one at a time.
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::registry::{ConnectionRegistry, Idle};
-use super::rotation::{Rotate, RotateError, Rotated, rotate};
+use super::ConnectionError;
+use super::effects::AfterCommit;
+use super::rotation::{Rotate, Rotated, rotate};
+
+/// Sent by an actor that has had no work for its idle timeout.
+pub struct Idle {
+    pub client_id: Uuid,
+}
+
+impl Message for Idle {
+    type Result = ();
+}
+
+/// Whether rotations may still start, and which are running: at shutdown, rotations
+/// still queued are refused and the running ones are waited for, before the outbox is
+/// flushed.
+#[derive(Clone, Default)]
+pub struct RotationGate {
+    closed: CancellationToken,
+    running: TaskTracker,
+}
+
+impl RotationGate {
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Refuses every rotation not yet started, then waits up to `within` for the running
+    /// ones to commit (or fail). Returns whether they all finished.
+    pub async fn close(&self, within: Duration) -> bool {
+        self.closed.cancel();
+        self.running.close();
+        tokio::time::timeout(within, self.running.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// What every per-client actor is made with.
+#[derive(Clone)]
+pub struct ActorSetup {
+    pub db: DatabaseConnection,
+    pub effects: Arc<AfterCommit>,
+    pub gate: RotationGate,
+    pub idle_timeout: Duration,
+}
 
 /// Serializes one client's rotations, so a storm on one hot client waits in this mailbox
 /// instead of holding every pooled database connection on one row lock.
@@ -15,25 +62,20 @@ use super::rotation::{Rotate, RotateError, Rotated, rotate};
 /// row lock inside `rotate` is what orders them.
 pub struct ConnectionActor {
     client_id: Uuid,
-    db: DatabaseConnection,
-    registry: Addr<ConnectionRegistry>,
-    idle_timeout: Duration,
+    setup: ActorSetup,
+    /// Where to say it has gone idle (the registry): a recipient, not the registry's
+    /// address, so this module needs nothing of the registry's.
+    idle: Recipient<Idle>,
     last_active: Instant,
     retiring: bool,
 }
 
 impl ConnectionActor {
-    pub fn new(
-        client_id: Uuid,
-        db: DatabaseConnection,
-        registry: Addr<ConnectionRegistry>,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub fn new(client_id: Uuid, setup: ActorSetup, idle: Recipient<Idle>) -> Self {
         Self {
             client_id,
-            db,
-            registry,
-            idle_timeout,
+            setup,
+            idle,
             last_active: Instant::now(),
             retiring: false,
         }
@@ -44,13 +86,13 @@ impl Actor for ConnectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let tick = (self.idle_timeout / 4).max(Duration::from_millis(10));
+        let tick = (self.setup.idle_timeout / 4).max(Duration::from_millis(10));
         ctx.run_interval(tick, |actor, _| {
-            if !actor.retiring && actor.last_active.elapsed() >= actor.idle_timeout {
-                // The registry drops its address; once the mailbox is empty the actor
-                // stops, after finishing anything already queued.
+            if !actor.retiring && actor.last_active.elapsed() >= actor.setup.idle_timeout {
+                // The registry drops its address; once the mailbox is empty and no caller
+                // holds an address, the actor stops, after finishing anything queued.
                 actor.retiring = true;
-                actor.registry.do_send(Idle {
+                actor.idle.do_send(Idle {
                     client_id: actor.client_id,
                 });
             }
@@ -60,18 +102,34 @@ impl Actor for ConnectionActor {
 
 impl Handler<Rotate> for ConnectionActor {
     // Atomic: the next message waits until this rotation has committed or failed.
-    type Result = AtomicResponse<Self, Result<Rotated, RotateError>>;
+    type Result = AtomicResponse<Self, Result<Rotated, ConnectionError>>;
 
+    // CAUTION: actix calls this only for a caller still waiting: a message whose reply
+    // channel is closed (the HTTP request was dropped: the caller hung up, or the server
+    // gave up on it while draining) is skipped before it gets here. So a rotation runs
+    // only for a caller who can receive its secret. Once started, it finishes: committed,
+    // published and mailed, even if its caller leaves meanwhile.
     fn handle(&mut self, msg: Rotate, _: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        let db = self.db.clone();
+        if self.setup.gate.is_closed() {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(ConnectionError::ShuttingDown))));
+        }
+        let running = self.setup.gate.running.token();
+        let (db, effects) = (self.setup.db.clone(), self.setup.effects.clone());
         AtomicResponse::new(Box::pin(
-            async move { rotate(&db, &msg).await }
-                .into_actor(self)
-                .map(|result, actor, _| {
-                    actor.last_active = Instant::now();
-                    result
-                }),
+            async move {
+                let _running = running;
+                let rotated = rotate(&db, &msg).await?;
+                effects
+                    .publish(&rotated.change, rotated.outbox_ids.clone())
+                    .await;
+                Ok(rotated)
+            }
+            .into_actor(self)
+            .map(|result, actor, _| {
+                actor.last_active = Instant::now();
+                result
+            }),
         ))
     }
 }

@@ -8,7 +8,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{Page, PageRequest};
+use crate::paging::{Page, PageRequest};
 
 /// Who made a change, and from where: what every audit event records about its caller.
 #[derive(Clone, Debug)]

@@ -1,18 +1,23 @@
-//! The connection aggregate: rotation through per-client actors, verification, the rest
-//! of the resource (list, show, upsert, re-point, delete), the audit trail, and the
-//! persistence they rely on.
+//! The connection aggregate: one service owns each change's whole life (the
+//! transaction, then every cache, then the queue); rotations run through per-client
+//! actors; one function decides which digests authenticate; the audit trail.
 mod actor;
 pub mod audit;
-pub mod manage;
+mod effects;
+mod error;
 mod registry;
 mod rotation;
-mod verify;
+mod service;
+pub mod store;
+pub mod validity;
+mod writes;
 
-pub use actor::ConnectionActor;
 pub use audit::Actor;
-pub use registry::{ActiveActors, ConnectionRegistry};
-pub use rotation::{Rotate, RotateError, Rotated, rotate};
-pub use verify::{lookup_credential, view};
+pub use error::ConnectionError;
+pub use rotation::{Rotate, Rotated};
+pub use service::Service;
+pub use store::ListFilter;
+pub use writes::{Changed, Upsert, Upserted};
 
 /// Kinds of audit events. (Outbox kinds are the job types' own, in `workers::jobs`.)
 pub mod kinds {
@@ -20,53 +25,4 @@ pub mod kinds {
     pub const CREATED: &str = "created";
     pub const UPDATED: &str = "updated";
     pub const DELETED: &str = "deleted";
-}
-
-/// Which page of a list to read: `page` from 1, `page_size` rows per page. Validated by
-/// the HTTP boundary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageRequest {
-    pub page: u64,
-    pub page_size: u64,
-}
-
-impl PageRequest {
-    /// The offset of this page's first row, or `None` when the page starts past `total`
-    /// rows (so the query can be skipped, however large `page` is).
-    pub fn offset_within(&self, total: u64) -> Option<u64> {
-        let offset = self.page.checked_sub(1)?.checked_mul(self.page_size)?;
-        (offset < total).then_some(offset)
-    }
-}
-
-/// One page of rows, and how many rows all pages hold together.
-#[derive(Clone, Debug)]
-pub struct Page<T> {
-    pub entries: Vec<T>,
-    pub total: u64,
-}
-
-impl<T> Page<T> {
-    pub fn empty(total: u64) -> Self {
-        Self {
-            entries: Vec::new(),
-            total,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PageRequest;
-
-    #[test]
-    fn offsets_past_the_end_or_overflowing_read_nothing() {
-        let page = |page, page_size| PageRequest { page, page_size };
-        assert_eq!(page(1, 50).offset_within(0), None);
-        assert_eq!(page(1, 50).offset_within(1), Some(0));
-        assert_eq!(page(2, 50).offset_within(50), None);
-        assert_eq!(page(2, 50).offset_within(51), Some(50));
-        assert_eq!(page(u64::MAX, 300).offset_within(u64::MAX), None);
-        assert_eq!(page(0, 50).offset_within(10), None);
-    }
 }

@@ -1,20 +1,17 @@
-//! Starts one `ConnectionActor` per client on demand and forgets it when it goes idle.
+//! Starts one `ConnectionActor` per client on demand, hands out its address, and forgets
+//! it when it goes idle or dies.
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, RandomState};
-use std::time::Duration;
 
 use actix::prelude::*;
-use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use super::actor::ConnectionActor;
-use super::rotation::{Rotate, RotateError, Rotated};
+use super::actor::{ActorSetup, ConnectionActor, Idle};
 
 pub struct ConnectionRegistry {
-    db: DatabaseConnection,
-    idle_timeout: Duration,
-    // CAUTION: the registry holds the only strong address of each actor, so dropping the
-    // entry is what lets an idle actor stop.
+    setup: ActorSetup,
+    // CAUTION: the registry holds the only lasting strong address of each actor, so
+    // dropping the entry is what lets an idle actor stop.
     actors: HashMap<Uuid, Addr<ConnectionActor>>,
     /// The threads the per-client actors run on, one per core. Each actor runs its
     /// rotations there (SQL building, the database protocol, TLS), so rotations of
@@ -28,12 +25,11 @@ pub struct ConnectionRegistry {
 }
 
 impl ConnectionRegistry {
-    pub fn new(db: DatabaseConnection, idle_timeout: Duration) -> Self {
+    pub fn new(setup: ActorSetup) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let owned: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         Self {
-            db,
-            idle_timeout,
+            setup,
             actors: HashMap::new(),
             arbiters: owned.iter().map(Arbiter::handle).collect(),
             owned,
@@ -59,40 +55,36 @@ impl Actor for ConnectionRegistry {
     }
 }
 
-impl Handler<Rotate> for ConnectionRegistry {
-    type Result = ResponseFuture<Result<Rotated, RotateError>>;
-
-    fn handle(&mut self, msg: Rotate, ctx: &mut Context<Self>) -> Self::Result {
-        let actor = match self.actors.get(&msg.client_id) {
-            Some(actor) => actor.clone(),
-            None => {
-                let actor = ConnectionActor::new(
-                    msg.client_id,
-                    self.db.clone(),
-                    ctx.address(),
-                    self.idle_timeout,
-                );
-                let addr =
-                    ConnectionActor::start_in_arbiter(self.arbiter_for(msg.client_id), move |_| {
-                        actor
-                    });
-                self.actors.insert(msg.client_id, addr.clone());
-                addr
-            }
-        };
-        // `send` queues the message now; the registry's mailbox does not wait for it.
-        let reply = actor.send(msg);
-        Box::pin(async move { reply.await.map_err(|_| RotateError::Stopped)? })
-    }
-}
-
-/// Sent by an actor that has had no work for its idle timeout.
-pub struct Idle {
+/// The address of a client's actor, started if it has none or its actor died.
+///
+/// The caller sends `Rotate` to that address itself: the reply channel is then the
+/// caller's own, so when the caller goes, actix sees it and skips the rotation.
+pub struct ActorFor {
     pub client_id: Uuid,
 }
 
-impl Message for Idle {
-    type Result = ();
+impl Message for ActorFor {
+    type Result = Addr<ConnectionActor>;
+}
+
+impl Handler<ActorFor> for ConnectionRegistry {
+    type Result = MessageResult<ActorFor>;
+
+    fn handle(&mut self, msg: ActorFor, ctx: &mut Context<Self>) -> Self::Result {
+        // CAUTION: an actor that panicked is disconnected; it is replaced here rather
+        // than its dead address handed out again.
+        if let Some(actor) = self.actors.get(&msg.client_id)
+            && actor.connected()
+        {
+            return MessageResult(actor.clone());
+        }
+        let actor =
+            ConnectionActor::new(msg.client_id, self.setup.clone(), ctx.address().recipient());
+        let addr =
+            ConnectionActor::start_in_arbiter(self.arbiter_for(msg.client_id), move |_| actor);
+        self.actors.insert(msg.client_id, addr.clone());
+        MessageResult(addr)
+    }
 }
 
 impl Handler<Idle> for ConnectionRegistry {
@@ -114,6 +106,7 @@ impl Handler<ActiveActors> for ConnectionRegistry {
     type Result = usize;
 
     fn handle(&mut self, _: ActiveActors, _: &mut Context<Self>) -> usize {
+        self.actors.retain(|_, actor| actor.connected());
         self.actors.len()
     }
 }

@@ -92,7 +92,7 @@ pub struct Paging {
 }
 
 impl Paging {
-    pub fn of(page: crate::connections::PageRequest, total_entries: u64) -> Self {
+    pub fn of(page: crate::paging::PageRequest, total_entries: u64) -> Self {
         let total_pages = total_entries.div_ceil(page.page_size.max(1)).max(1);
         Self {
             page_number: page.page,

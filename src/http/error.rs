@@ -5,6 +5,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::auth::AuthError;
+use crate::connections::ConnectionError;
+
 /// One broken rule of a request body or query, in eHealth's `invalid` shape.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Invalid {
@@ -172,6 +175,32 @@ impl ResponseError for ApiError {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
         }
         response.json(json!({"error": self.body()}))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::AccessDenied => Self::AccessDenied,
+            AuthError::InvalidScopes => Self::InvalidScopes,
+            AuthError::Forbidden => Self::Forbidden,
+            AuthError::Store(db) => db.into(),
+            AuthError::Stopped => Self::Internal(anyhow::anyhow!("authorizer mailbox closed")),
+        }
+    }
+}
+
+impl From<ConnectionError> for ApiError {
+    fn from(err: ConnectionError) -> Self {
+        match err {
+            ConnectionError::NotFound => Self::NotFound,
+            ConnectionError::Store(db) => db.into(),
+            // Both pass: a retry reaches another instance, or this one's new actor.
+            ConnectionError::ShuttingDown | ConnectionError::ActorStopped => {
+                Self::Unavailable(err.into())
+            }
+            ConnectionError::Internal(e) => Self::Internal(e),
+        }
     }
 }
 

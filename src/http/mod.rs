@@ -1,17 +1,21 @@
 //! The HTTP boundary: routes, the envelope, and the one error type.
-mod connections;
 mod envelope;
 mod error;
-mod manage;
+mod guard;
+mod handlers;
+mod input;
 mod observe;
 pub mod openapi;
-mod ops;
-mod query;
+pub mod schemas;
+mod state;
 mod views;
 
 pub use envelope::{Paging, REQUEST_ID, RequestId, RequestMeta, envelope};
 pub use error::{ApiError, Invalid, InvalidRule};
 pub use observe::observe;
+pub use state::AppState;
+
+use handlers::{ops, refresh, resource, verify};
 
 use actix_web::web;
 use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
@@ -38,26 +42,26 @@ macro_rules! route_table {
 
 route_table! {
     "/api/clients/{id}/connections" => {
-        get => manage::list,
-        put => manage::upsert,
+        get => resource::list,
+        put => resource::upsert,
     },
     "/api/clients/{id}/connections/{connection_id}" => {
-        get => manage::show,
-        patch => manage::update,
-        delete => manage::delete,
+        get => resource::show,
+        patch => resource::update,
+        delete => resource::delete,
     },
     "/api/clients/{id}/connections/{connection_id}/events" => {
-        get => manage::events,
+        get => resource::events,
     },
     "/api/clients/{id}/connections/{connection_id}/actions/refresh_secret" => {
-        patch => connections::refresh_secret,
+        patch => refresh::refresh_secret,
     },
     "/api/connections/actions/verify" => {
-        post => connections::verify,
+        post => verify::verify,
     },
     "/health/live" => { get => ops::live },
     "/health/ready" => { get => ops::ready },
     "/metrics" => { get => ops::metrics },
-    "/api/openapi.json" => { get => ops::openapi_json },
+    "/api/openapi.json" => { get => openapi::openapi_json },
     "/docs" => { get => ops::docs },
 }

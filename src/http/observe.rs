@@ -8,7 +8,7 @@ use actix_web::web;
 use uuid::Uuid;
 
 use super::REQUEST_ID;
-use crate::app::AppState;
+use super::state::AppState;
 
 /// Logs each request once it is answered (request id, method, route pattern, status,
 /// latency, the path's client id) and counts it in the metrics. Runs outside the

@@ -1,16 +1,15 @@
 //! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` attributes
 //! and the view types, served at `/api/openapi.json` and rendered at `/docs/`.
 //!
-//! The envelope types here describe responses for the document only: handlers build
-//! them through `RequestMeta` and the error type, so there is one envelope in code.
+//! The response shapes it names are in `schemas`.
 use std::sync::OnceLock;
 
-use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
-use uuid::Uuid;
+use actix_web::HttpResponse;
+use actix_web::http::header::ContentType;
+use utoipa::{Modify, OpenApi};
 
-use super::views::{ConnectionView, ConnectionWithSecret, EventView, HealthView};
+use super::schemas::{ErrorBody, Meta, MetaType};
 use super::{ApiError, Invalid, InvalidRule, Paging};
 use crate::auth::scope;
 
@@ -26,19 +25,19 @@ use crate::auth::scope;
             (401), scope (403), context (403), existence (404), body or query (422)."
     ),
     paths(
-        super::manage::list,
-        super::manage::upsert,
-        super::manage::show,
-        super::manage::update,
-        super::manage::delete,
-        super::manage::events,
-        super::connections::refresh_secret,
-        super::connections::verify,
-        super::ops::live,
-        super::ops::ready,
-        super::ops::metrics,
-        super::ops::openapi_json,
-        super::ops::docs,
+        super::handlers::resource::list,
+        super::handlers::resource::upsert,
+        super::handlers::resource::show,
+        super::handlers::resource::update,
+        super::handlers::resource::delete,
+        super::handlers::resource::events,
+        super::handlers::refresh::refresh_secret,
+        super::handlers::verify::verify,
+        super::handlers::ops::live,
+        super::handlers::ops::ready,
+        super::handlers::ops::metrics,
+        openapi_json,
+        super::handlers::ops::docs,
     ),
     components(schemas(Meta, MetaType, ErrorBody, Invalid, InvalidRule, Paging)),
     modifiers(&SecuritySchemes, &RequestIds),
@@ -48,6 +47,20 @@ use crate::auth::scope;
     )
 )]
 pub struct ApiDoc;
+
+/// `GET /api/openapi.json`: this API's OpenAPI 3.1 document. No scope.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    summary = "This OpenAPI document",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json"))
+)]
+pub async fn openapi_json() -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok()
+        .insert_header(ContentType::json())
+        .body(document()?))
+}
 
 /// The document as served, serialized once.
 pub fn document() -> Result<&'static str, ApiError> {
@@ -149,119 +162,3 @@ impl Modify for RequestIds {
     }
 }
 
-/// `meta` of every envelope.
-#[derive(Serialize, ToSchema)]
-pub struct Meta {
-    /// The URL that was called.
-    pub url: String,
-    #[serde(rename = "type")]
-    pub kind: MetaType,
-    /// The HTTP status.
-    pub code: u16,
-    /// Equals the `x-request-id` response header.
-    pub request_id: String,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MetaType {
-    Object,
-    List,
-}
-
-/// `error` of an error envelope. `invalid` comes with 422 only.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// `access_denied`, `forbidden`, `not_found`, `method_not_allowed`,
-    /// `validation_failed`, `too_many_requests`, `service_unavailable` or
-    /// `internal_error`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub message: String,
-    #[schema(nullable = false)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub invalid: Option<Vec<Invalid>>,
-}
-
-/// Every error: `meta` and `error`, never `data`.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorResponse {
-    pub meta: Meta,
-    pub error: ErrorBody,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ConnectionResponse {
-    pub meta: Meta,
-    #[schema(inline)]
-    pub data: ConnectionView<'static>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ConnectionWithSecretResponse {
-    pub meta: Meta,
-    #[schema(inline)]
-    pub data: ConnectionWithSecret<'static>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ConnectionListResponse {
-    pub meta: Meta,
-    pub data: Vec<ConnectionView<'static>>,
-    pub paging: Paging,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct EventListResponse {
-    pub meta: Meta,
-    pub data: Vec<EventView<'static>>,
-    pub paging: Paging,
-}
-
-/// The verify call's `data`: the shape of `workers::credentials::ConnectionView`, which
-/// the handler serializes (the workers crate does not depend on utoipa). The verify tests
-/// pin its fields.
-#[derive(Serialize, ToSchema)]
-pub struct VerifiedView {
-    pub id: Uuid,
-    pub client_id: Uuid,
-    pub consumer_id: Uuid,
-    pub redirect_uri: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct VerifiedResponse {
-    pub meta: Meta,
-    pub data: VerifiedView,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct HealthResponse {
-    pub meta: Meta,
-    pub data: HealthView,
-}
-
-/// The upsert body.
-#[derive(Serialize, ToSchema)]
-pub struct UpsertRequest {
-    /// An existing client: the MIS software the connection links to.
-    pub consumer_id: Uuid,
-    #[schema(pattern = "^https://[^/\\s]+(/\\S*)?$", max_length = 2048)]
-    pub redirect_uri: String,
-}
-
-/// The re-point body.
-#[derive(Serialize, ToSchema)]
-pub struct RepointRequest {
-    #[schema(pattern = "^https://[^/\\s]+(/\\S*)?$", max_length = 2048)]
-    pub redirect_uri: String,
-}
-
-/// The refresh body; the body may also be empty.
-#[derive(Serialize, ToSchema)]
-pub struct RefreshRequest {
-    /// Seconds the previous secret keeps working; 0 (the default) retires it at once.
-    /// At most the configured maximum (default 7 days).
-    #[schema(minimum = 0)]
-    pub grace_period: Option<u64>,
-}

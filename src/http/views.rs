@@ -6,6 +6,7 @@ use entity::{connection, connection_event};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
+use workers::credentials::ConnectionIdentity;
 
 /// RFC 3339, UTC, `Z` suffix.
 pub fn timestamp(at: DateTime<Utc>) -> String {
@@ -64,6 +65,26 @@ impl<'a> From<&'a connection::Model> for ConnectionView<'a> {
             redirect_uri: &connection.redirect_uri,
             inserted_at: timestamp(connection.inserted_at),
             updated_at: timestamp(connection.updated_at),
+        }
+    }
+}
+
+/// What verify answers: the connection a secret authenticates. Never the secret.
+#[derive(Serialize, ToSchema)]
+pub struct VerifiedView<'a> {
+    pub id: Uuid,
+    pub client_id: Uuid,
+    pub consumer_id: Uuid,
+    pub redirect_uri: &'a str,
+}
+
+impl<'a> From<&'a ConnectionIdentity> for VerifiedView<'a> {
+    fn from(connection: &'a ConnectionIdentity) -> Self {
+        Self {
+            id: connection.id,
+            client_id: connection.client_id,
+            consumer_id: connection.consumer_id,
+            redirect_uri: &connection.redirect_uri,
         }
     }
 }

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::common::{ALL_SCOPES, TestApp, assert_error};
+use crate::support::{ALL_SCOPES, TestApp, assert_error};
 
 #[derive(Clone, Copy, Debug)]
 enum Op {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use entity::connection;
 use sea_orm::EntityTrait as _;
 
-use crate::common::{
+use crate::support::{
     Owned, TestApp, assert_refused_from, eventually, optional_test_redis, test_redis,
 };
 

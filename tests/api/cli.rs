@@ -1,7 +1,7 @@
 //! The command line as a newcomer uses it: `mithril seed --demo` prints a working token.
 use std::process::Command;
 
-use crate::common::{TestApp, TestDatabase};
+use crate::support::{TestApp, TestDatabase};
 
 #[actix_web::test]
 async fn seed_demo_prints_a_token_and_curl_that_work() {

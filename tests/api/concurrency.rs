@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use entity::{connection, connection_event};
 use futures_util::future::join_all;
-use mithril::connections::ActiveActors;
 use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
 
-use crate::common::{Owned, TestApp, eventually};
+use crate::support::{Owned, TestApp, eventually};
 
 const REFRESHES: usize = 100;
 
@@ -86,12 +85,12 @@ async fn per_client_actors_stop_after_their_idle_timeout() {
         assert_eq!(status, 200);
     }
     assert_eq!(
-        app.state.registry.send(ActiveActors).await.unwrap(),
+        app.state.connections.active_actors().await,
         2,
         "one actor per client"
     );
     let stopped = eventually(Duration::from_secs(10), || async {
-        app.state.registry.send(ActiveActors).await.unwrap() == 0
+        app.state.connections.active_actors().await == 0
     })
     .await;
     assert!(stopped, "idle actors stop");

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::{TestApp, assert_error, assert_schema};
+use crate::support::{TestApp, assert_error, assert_schema};
 
 fn ids(body: &Value) -> Vec<String> {
     body["data"]

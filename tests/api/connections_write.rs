@@ -9,7 +9,7 @@ use sea_orm::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::{TestApp, assert_error, assert_schema, eventually};
+use crate::support::{TestApp, assert_error, assert_schema, eventually};
 
 async fn rows_for_pair(app: &TestApp, client_id: Uuid, consumer_id: Uuid) -> u64 {
     connection::Entity::find()

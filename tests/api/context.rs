@@ -1,5 +1,5 @@
 //! The context matrix: each of the seven client types against its own and another client.
-use crate::common::{TestApp, assert_error};
+use crate::support::{TestApp, assert_error};
 
 const TYPES: [&str; 7] = [
     "MSP",

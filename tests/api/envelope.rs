@@ -1,5 +1,5 @@
 //! The envelope and request id on every answer, including actix's own 404 and 405.
-use crate::common::{TestApp, assert_error, into_parts};
+use crate::support::{TestApp, assert_error, into_parts};
 
 #[actix_web::test]
 async fn caller_request_id_is_echoed_in_header_and_meta() {

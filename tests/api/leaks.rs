@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{
+use crate::shutdown::seed_database;
+use crate::support::serve::ServeProcess;
+use crate::support::{
     TestDatabase, dump_redis, eventually, fresh_namespace, into_parts, optional_test_redis,
 };
-use crate::serve::ServeProcess;
-use crate::shutdown::seed_database;
 
 /// Finished `.eml` files under `dir`.
 fn mail_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -4,22 +4,20 @@
 
 mod access;
 mod cache;
-mod calls;
 mod cli;
-mod common;
 mod concurrency;
 mod connections_read;
 mod connections_write;
 mod context;
 mod envelope;
 mod leaks;
+mod lifecycle;
 mod measure;
 mod notices;
 mod openapi;
 mod operations;
 mod refresh_secret;
 mod rotation_effects;
-mod serve;
 mod shutdown;
-mod smtp;
+mod support;
 mod verify;

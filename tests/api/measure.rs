@@ -8,9 +8,9 @@ use futures_util::StreamExt as _;
 use mail_parser::MessageParser;
 use sea_orm::EntityTrait as _;
 
-use crate::common::{TestApp, eventually, fresh_namespace, test_redis};
 use crate::notices::{clinic, refresh, sent_count, start_workers};
-use crate::smtp::{SmtpServer, SmtpState};
+use crate::support::smtp::{SmtpServer, SmtpState};
+use crate::support::{TestApp, eventually, fresh_namespace, test_redis};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
@@ -37,7 +37,7 @@ async fn measure_commit_to_smtp_acceptance() {
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
         c.redis_url = Some(redis_url.clone());
-        c.queue_namespace = fresh_namespace();
+        c.workers.queue_namespace = fresh_namespace();
         c.run_workers = false;
         c.smtp_url = Some(smtp.url());
     })

@@ -7,11 +7,11 @@ use std::time::Duration;
 use entity::{connection_event, sent_notification};
 use futures_util::future::join_all;
 use mail_parser::MessageParser;
-use sea_orm::{EntityTrait as _, PaginatorTrait as _};
+use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
 use uuid::Uuid;
 
-use crate::common::{ALL_SCOPES, TestApp, dump_redis, eventually, fresh_namespace, test_redis};
-use crate::smtp::{SmtpServer, SmtpState};
+use crate::support::smtp::{SmtpServer, SmtpState};
+use crate::support::{ALL_SCOPES, TestApp, dump_redis, eventually, fresh_namespace, test_redis};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -51,8 +51,10 @@ pub async fn refresh(app: &TestApp, c: &Clinic, request_id: &str) -> String {
     body["data"]["secret"].as_str().unwrap().to_owned()
 }
 
+/// Notices the mail server accepted.
 pub async fn sent_count(app: &TestApp) -> u64 {
     sent_notification::Entity::find()
+        .filter(sent_notification::Column::State.eq(sent_notification::state::SENT))
         .count(&app.db)
         .await
         .unwrap()
@@ -145,7 +147,7 @@ async fn without_smtp_the_notice_is_an_eml_file() {
     let app = TestApp::spawn().await;
     let c = clinic(&app, "uk").await;
     let new_secret = refresh(&app, &c, "eml-1").await;
-    let dir = app.state.config.mail_dir.clone();
+    let dir = app.state.config.workers.mail_dir.clone();
     // Only finished messages count: a `.part` file is one still being written.
     let finished = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(&dir)
@@ -215,7 +217,7 @@ async fn a_permanently_refused_owner_dead_letters_without_retrying() {
         .unwrap()
         .push(c.owner_email.clone());
     refresh(&app, &c, "dead-letter").await;
-    let table = if crate::common::is_postgres(&app) {
+    let table = if crate::support::is_postgres(&app) {
         "apalis.jobs"
     } else {
         "Jobs"
@@ -278,7 +280,7 @@ pub fn start_workers(
                     .env("DATABASE_URL", &config.database_url)
                     .env("REDIS_URL", redis_url)
                     .env("SMTP_URL", smtp_url)
-                    .env("MITHRIL_QUEUE_NAMESPACE", &config.queue_namespace)
+                    .env("MITHRIL_QUEUE_NAMESPACE", &config.workers.queue_namespace)
                     .env("MITHRIL_WORKER_POLL_MS", "50")
                     .env("MITHRIL_RETRY_MIN_MS", "50")
                     .env("MITHRIL_RETRY_MAX_MS", "500")
@@ -301,7 +303,7 @@ async fn two_worker_processes_on_redis_deliver_fifty_notices_exactly_once() {
     let namespace = fresh_namespace();
     let app = TestApp::spawn_with(|c| {
         c.redis_url = Some(redis_url.clone());
-        c.queue_namespace = namespace.clone();
+        c.workers.queue_namespace = namespace.clone();
         c.run_workers = false;
         c.smtp_url = Some(smtp.url());
     })
@@ -435,7 +437,7 @@ async fn redis_down_during_refreshes_loses_no_notice_and_sends_none_twice() {
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
         c.redis_url = Some(redis.url());
-        c.queue_namespace = fresh_namespace();
+        c.workers.queue_namespace = fresh_namespace();
         c.smtp_url = Some(smtp.url());
     })
     .await;

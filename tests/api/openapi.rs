@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::common::TestApp;
+use crate::support::TestApp;
 
 async fn document(app: &TestApp) -> Value {
     let (status, text) = app.get_text("/api/openapi.json").await;

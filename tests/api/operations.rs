@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 use mithril::Application;
 use mithril::readiness::ReadinessCheck;
 
-use crate::common::{TestApp, TestDatabase, assert_error, test_config};
+use crate::support::{TestApp, TestDatabase, assert_error, test_config};
 
 #[actix_web::test]
 async fn live_and_ready_answer_200_in_the_envelope() {
@@ -101,7 +101,7 @@ async fn ready_is_503_within_the_timeout_when_an_added_check_hangs_or_fails() {
             "{:?}",
             started.elapsed()
         );
-        let got = crate::common::into_parts(response).await;
+        let got = crate::support::into_parts(response).await;
         assert_error(
             &got,
             503,

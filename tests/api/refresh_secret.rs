@@ -3,7 +3,7 @@ use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::common::{ALL_SCOPES, TestApp, assert_error, assert_schema};
+use crate::support::{ALL_SCOPES, TestApp, assert_error, assert_schema};
 
 #[actix_web::test]
 async fn refresh_returns_a_new_secret_in_the_ehealth_shape() {
@@ -85,7 +85,7 @@ async fn malformed_authorization_header_is_401() {
             .send()
             .await
             .unwrap();
-        let got = crate::common::into_parts(response).await;
+        let got = crate::support::into_parts(response).await;
         assert_error(&got, 401, "access_denied", Some("Access denied"));
     }
 }

@@ -10,8 +10,8 @@ use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilt
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::common::{ALL_SCOPES, TestDatabase, eventually};
-use crate::serve::ServeProcess;
+use crate::support::serve::ServeProcess;
+use crate::support::{ALL_SCOPES, TestDatabase, eventually};
 
 /// A clinic with three connections of known secrets, and a token with every scope.
 pub struct Seeded {
@@ -240,7 +240,7 @@ async fn sigterm_during_a_burst_commits_every_200_logs_json_and_exits_0() {
 /// the flush.
 #[actix_web::test]
 async fn the_stop_flushes_an_outbox_backlog_of_several_batches() {
-    let app = crate::common::TestApp::spawn_with(|c| c.run_workers = false).await;
+    let app = crate::support::TestApp::spawn_with(|c| c.run_workers = false).await;
     let (client_id, _) = app.client_owned_by("MSP", "en").await;
     let (connection_id, _) = app.connection(client_id).await;
     let token = app.token(client_id, ALL_SCOPES).await;
@@ -263,6 +263,8 @@ async fn the_stop_flushes_an_outbox_backlog_of_several_batches() {
         created_at: sea_orm::Set(Utc::now()),
         dispatched_at: sea_orm::Set(None),
         attempts: sea_orm::Set(0),
+        dead_at: sea_orm::Set(None),
+        settled_at: sea_orm::Set(None),
     });
     outbox::Entity::insert_many(rows)
         .exec(&app.db)

@@ -1,5 +1,5 @@
 //! `POST /api/connections/actions/verify`.
-use crate::common::{TestApp, assert_error};
+use crate::support::{TestApp, assert_error};
 
 #[actix_web::test]
 async fn current_secret_verifies_without_revealing_it() {
@@ -24,7 +24,7 @@ async fn missing_api_key_is_401() {
         .send()
         .await
         .unwrap();
-    let got = crate::common::into_parts(response).await;
+    let got = crate::support::into_parts(response).await;
     assert_error(&got, 401, "access_denied", Some("api-key header not set"));
 }
 

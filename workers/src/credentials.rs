@@ -1,5 +1,8 @@
-//! Cached credentials on the verify path and their invalidation. The key scheme and the
-//! invalidation message live here so that the API and `mithril-workers` share one copy.
+//! The credential state of the verify path's caches, shared by the API and
+//! `mithril-workers`: what an entry says, the rule that keeps it moving forward, and its
+//! Redis side (keys, the compare-and-set script, the eviction channel).
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -10,141 +13,291 @@ pub fn credential_key(digest: &str) -> String {
     format!("mithril:credential:{digest}")
 }
 
-/// Every API instance subscribes and drops these digests from its in-process cache.
+/// Every API instance subscribes and applies the changes published here to its
+/// in-process cache.
 pub const EVICT_CHANNEL: &str = "mithril:credentials:evict";
 
-/// The public face of a connection, as the verify endpoint returns it.
+/// The connection a credential authenticates: what verify answers about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectionView {
+pub struct ConnectionIdentity {
     pub id: Uuid,
     pub client_id: Uuid,
     pub consumer_id: Uuid,
     pub redirect_uri: String,
 }
 
-/// What a cache holds for one digest.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a cache knows of one digest, as of one version of its connection's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedCredential {
+    /// The connection's `state_version` this entry was computed from.
+    #[serde(default)]
+    pub version: i64,
+    #[serde(flatten)]
+    pub state: CredentialState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-pub enum CachedCredential {
+pub enum CredentialState {
     /// Accepted, until `valid_until` when it is a previous secret in its grace period.
     Valid {
-        connection: ConnectionView,
+        connection: ConnectionIdentity,
         valid_until: Option<DateTime<Utc>>,
     },
-    /// Retired: refused without asking the database.
+    /// Refused, for good: digests are unique and never reused.
     Retired,
 }
 
 impl CachedCredential {
-    /// CAUTION: a grace period ends by the clock, whatever the cache's own TTL says.
-    pub fn accepted(&self, now: DateTime<Utc>) -> Option<&ConnectionView> {
-        match self {
-            Self::Valid {
+    pub fn retired(version: i64) -> Self {
+        Self {
+            version,
+            state: CredentialState::Retired,
+        }
+    }
+
+    pub fn is_retired(&self) -> bool {
+        matches!(self.state, CredentialState::Retired)
+    }
+
+    /// CAUTION: a grace period ends by the clock, whatever a cache's own TTL says.
+    pub fn accepted(&self, now: DateTime<Utc>) -> Option<&ConnectionIdentity> {
+        match &self.state {
+            CredentialState::Valid {
                 connection,
                 valid_until,
             } if valid_until.is_none_or(|until| until > now) => Some(connection),
             _ => None,
         }
     }
+
+    /// The forward-only rule, the same in every cache (and in `CAS_SCRIPT` for Redis):
+    /// an entry replaces what a cache holds only if that is absent, or is not retired and
+    /// describes an older state. At equal versions only a retirement replaces (both were
+    /// computed from the same committed row, so they agree anyway).
+    ///
+    /// CAUTION: this is what lets invalidations, job retries, sweeper re-pushes and
+    /// re-point rewrites land in any order, any number of times, with one final state.
+    pub fn may_replace(&self, existing: Option<&CachedCredential>) -> bool {
+        match existing {
+            None => true,
+            Some(existing) if existing.is_retired() => false,
+            Some(existing) => {
+                self.version > existing.version
+                    || (self.version == existing.version && self.is_retired())
+            }
+        }
+    }
 }
 
-/// A digest that stays accepted, with what verify now answers for it: a previous secret
-/// until the end of its grace period, or a current one (no expiry) whose connection was
-/// re-pointed.
+/// A digest that stays accepted after a change, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StillValid {
     pub digest: String,
     pub valid_until: Option<DateTime<Utc>>,
 }
 
-/// What one rotation or deletion changes in every cache. Digests only, never secrets.
+/// What one committed write (rotation, re-point, delete) makes of every digest of one
+/// connection, at the connection's new state version. Digests only, never secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invalidation {
-    pub connection: ConnectionView,
+pub struct CredentialChange {
+    /// The connection's `state_version` after the write (absent in jobs written by
+    /// releases before versions: 0, which outranks nothing).
+    #[serde(default)]
+    pub version: i64,
+    pub connection: ConnectionIdentity,
     /// Refused from now on.
     pub retire: Vec<String>,
-    /// Still accepted, with a new expiry or a new view of the connection.
+    /// Still accepted, with the connection as it now is, until `valid_until`.
     pub still_valid: Vec<StillValid>,
 }
 
-impl Invalidation {
-    pub fn digests(&self) -> Vec<String> {
-        self.retire
+impl CredentialChange {
+    /// Every digest the change names, with its new cache entry.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, CachedCredential)> + '_ {
+        let retired = self
+            .retire
             .iter()
-            .cloned()
-            .chain(self.still_valid.iter().map(|d| d.digest.clone()))
-            .collect()
+            .map(|digest| (digest.as_str(), CachedCredential::retired(self.version)));
+        let valid = self.still_valid.iter().map(|still| {
+            (
+                still.digest.as_str(),
+                CachedCredential {
+                    version: self.version,
+                    state: CredentialState::Valid {
+                        connection: self.connection.clone(),
+                        valid_until: still.valid_until,
+                    },
+                },
+            )
+        });
+        retired.chain(valid)
+    }
+
+    /// Only the retirements: what a change still says once its connection has moved on
+    /// to a newer state (its "still valid" entries may be out of date by then, its
+    /// retirements never are).
+    pub fn retirements_only(&self) -> Self {
+        Self {
+            still_valid: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 
-/// Applies invalidations to the shared Redis cache and tells every instance.
+/// The message on `EVICT_CHANNEL`: a change, or (from releases before versions) a bare
+/// list of digests to drop.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EvictionMessage {
+    Change(CredentialChange),
+    Digests(Vec<String>),
+}
+
+/// Writes each key's new entry under the forward-only rule of
+/// `CachedCredential::may_replace`, then publishes the change, in one round trip.
+///
+/// KEYS: the credential keys. ARGV[1]: TTL of a valid entry (ms); ARGV[2]: TTL of a
+/// retired one (ms); ARGV[3]: channel to publish on ("" for none); ARGV[4]: the message;
+/// ARGV[5]: `fill` (a read: insert where absent) or `change` (a write's outcome: a valid
+/// entry only updates one already cached, a retirement is always recorded);
+/// ARGV[5 + i]: the entry for KEYS[i], as JSON. Returns how many keys were written.
+const CAS_SCRIPT: &str = r#"
+local written = 0
+for i, key in ipairs(KEYS) do
+  local new = cjson.decode(ARGV[5 + i])
+  local new_version = tonumber(new.version) or 0
+  local replace = true
+  local current = redis.call('GET', key)
+  if not current and ARGV[5] == 'change' and new.state ~= 'retired' then
+    replace = false
+  end
+  if current then
+    local ok, old = pcall(cjson.decode, current)
+    if ok and type(old) == 'table' then
+      local old_version = tonumber(old.version) or 0
+      if old.state == 'retired' then
+        replace = false
+      elseif old_version > new_version then
+        replace = false
+      elseif old_version == new_version and new.state ~= 'retired' then
+        replace = false
+      end
+    end
+  end
+  if replace then
+    local ttl = ARGV[1]
+    if new.state == 'retired' then ttl = ARGV[2] end
+    redis.call('SET', key, ARGV[5 + i], 'PX', ttl)
+    written = written + 1
+  end
+end
+if ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
+return written
+"#;
+
+/// The shared Redis cache of credentials and its eviction channel.
 #[derive(Clone)]
 pub struct RedisCredentials {
     conn: ConnectionManager,
-    ttl_secs: u64,
+    script: std::sync::Arc<redis::Script>,
+    /// How long a valid entry lives: the worst-case bound if every invalidation failed.
+    ttl: Duration,
+    /// How long a retirement is remembered: longer, as it is what refuses a late write
+    /// of an older state.
+    retired_ttl: Duration,
 }
 
 impl RedisCredentials {
-    pub fn new(conn: ConnectionManager, ttl_secs: u64) -> Self {
-        Self { conn, ttl_secs }
+    pub fn new(conn: ConnectionManager, ttl: Duration) -> Self {
+        let ttl = ttl.max(Duration::from_secs(1));
+        Self {
+            conn,
+            script: std::sync::Arc::new(redis::Script::new(CAS_SCRIPT)),
+            ttl,
+            retired_ttl: retired_ttl(ttl),
+        }
     }
 
-    pub async fn get(&self, digest: &str) -> redis::RedisResult<Option<CachedCredential>> {
+    /// The entry for `digest` and how long Redis keeps it yet, in one round trip.
+    pub async fn get(
+        &self,
+        digest: &str,
+    ) -> redis::RedisResult<Option<(CachedCredential, Duration)>> {
         let mut conn = self.conn.clone();
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(credential_key(digest))
+        let key = credential_key(digest);
+        let (raw, remaining_ms): (Option<String>, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(&key)
+            .cmd("PTTL")
+            .arg(&key)
             .query_async(&mut conn)
             .await?;
-        Ok(raw.and_then(|raw| serde_json::from_str(&raw).ok()))
+        Ok(raw.and_then(|raw| {
+            let entry: CachedCredential = serde_json::from_str(&raw).ok()?;
+            // -1 (no expiry) does not happen here; -2 means it expired in between.
+            let remaining = u64::try_from(remaining_ms).ok()?;
+            Some((entry, Duration::from_millis(remaining)))
+        }))
     }
 
-    /// Fills the cache from a database read. `NX`: a fill never overwrites what an
-    /// invalidation wrote, so a read that raced a rotation cannot bring a retired secret
-    /// back.
+    /// Fills one digest from a database read, under the forward-only rule.
     pub async fn fill(&self, digest: &str, entry: &CachedCredential) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
         let value = serde_json::to_string(entry).map_err(json_error)?;
-        redis::cmd("SET")
-            .arg(credential_key(digest))
-            .arg(value)
-            .arg("NX")
-            .arg("EX")
-            .arg(self.ttl_secs)
-            .query_async::<()>(&mut conn)
+        self.run(&[(credential_key(digest), value)], "", "", "fill")
             .await
     }
 
-    /// Writes the new state of every digest the invalidation names, then publishes them
-    /// so every instance drops its in-process copy. Idempotent.
-    pub async fn invalidate(&self, invalidation: &Invalidation) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let retired = serde_json::to_string(&CachedCredential::Retired).map_err(json_error)?;
-        for digest in &invalidation.retire {
-            pipe.cmd("SET")
-                .arg(credential_key(digest))
-                .arg(&retired)
-                .arg("EX")
-                .arg(self.ttl_secs)
-                .ignore();
-        }
-        for still_valid in &invalidation.still_valid {
-            let entry = CachedCredential::Valid {
-                connection: invalidation.connection.clone(),
-                valid_until: still_valid.valid_until,
-            };
-            pipe.cmd("SET")
-                .arg(credential_key(&still_valid.digest))
-                .arg(serde_json::to_string(&entry).map_err(json_error)?)
-                .arg("EX")
-                .arg(self.ttl_secs)
-                .ignore();
-        }
-        let digests = serde_json::to_string(&invalidation.digests()).map_err(json_error)?;
-        pipe.cmd("PUBLISH").arg(EVICT_CHANNEL).arg(digests).ignore();
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await
+    /// Writes every digest's new state under the forward-only rule and tells every
+    /// instance, in one round trip. Idempotent, and safe in any order. A digest nobody
+    /// has verified gets no valid entry (a read fills it when needed); a retirement is
+    /// always recorded, as it is what refuses a late write of an older state.
+    pub async fn apply(&self, change: &CredentialChange) -> redis::RedisResult<()> {
+        let entries = change
+            .entries()
+            .map(|(digest, entry)| {
+                serde_json::to_string(&entry).map(|value| (credential_key(digest), value))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(json_error)?;
+        let message = serde_json::to_string(change).map_err(json_error)?;
+        self.run(&entries, EVICT_CHANNEL, &message, "change").await
     }
+
+    async fn run(
+        &self,
+        entries: &[(String, String)],
+        channel: &str,
+        message: &str,
+        mode: &str,
+    ) -> redis::RedisResult<()> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .arg(millis(self.ttl))
+            .arg(millis(self.retired_ttl))
+            .arg(channel)
+            .arg(message)
+            .arg(mode);
+        for (key, value) in entries {
+            invocation.key(key).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        invocation.invoke_async::<i64>(&mut conn).await.map(drop)
+    }
+}
+
+/// A retirement outlives a valid entry tenfold (ten minutes by default): a write of an
+/// older state that arrives late meets it and is refused.
+pub fn retired_ttl(ttl: Duration) -> Duration {
+    ttl.saturating_mul(10)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 fn json_error(e: serde_json::Error) -> redis::RedisError {
@@ -159,30 +312,76 @@ fn json_error(e: serde_json::Error) -> redis::RedisError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn grace_entries_end_by_the_clock() {
-        let connection = ConnectionView {
+    fn identity() -> ConnectionIdentity {
+        ConnectionIdentity {
             id: Uuid::nil(),
             client_id: Uuid::nil(),
             consumer_id: Uuid::nil(),
             redirect_uri: "https://x".into(),
-        };
+        }
+    }
+
+    fn valid(version: i64, valid_until: Option<DateTime<Utc>>) -> CachedCredential {
+        CachedCredential {
+            version,
+            state: CredentialState::Valid {
+                connection: identity(),
+                valid_until,
+            },
+        }
+    }
+
+    #[test]
+    fn grace_entries_end_by_the_clock() {
         let now = Utc::now();
-        let current = CachedCredential::Valid {
-            connection: connection.clone(),
-            valid_until: None,
-        };
-        let previous = CachedCredential::Valid {
-            connection,
-            valid_until: Some(now),
-        };
-        assert!(current.accepted(now).is_some());
-        assert!(previous.accepted(now).is_none());
+        assert!(valid(1, None).accepted(now).is_some());
+        assert!(valid(1, Some(now)).accepted(now).is_none());
         assert!(
-            previous
+            valid(1, Some(now))
                 .accepted(now - chrono::Duration::seconds(1))
                 .is_some()
         );
-        assert!(CachedCredential::Retired.accepted(now).is_none());
+        assert!(CachedCredential::retired(1).accepted(now).is_none());
+    }
+
+    #[test]
+    fn entries_only_move_forward_and_retirement_is_final() {
+        let retired = CachedCredential::retired(3);
+        assert!(valid(1, None).may_replace(None));
+        assert!(valid(2, None).may_replace(Some(&valid(1, None))));
+        assert!(!valid(1, None).may_replace(Some(&valid(2, None))));
+        assert!(!valid(2, None).may_replace(Some(&valid(2, None))));
+        assert!(retired.may_replace(Some(&valid(3, None))));
+        for later in [
+            valid(4, None),
+            valid(99, None),
+            CachedCredential::retired(4),
+        ] {
+            assert!(!later.may_replace(Some(&retired)), "{later:?}");
+        }
+    }
+
+    #[test]
+    fn entries_encode_as_the_script_reads_them() {
+        let json = serde_json::to_value(CachedCredential::retired(7)).unwrap();
+        assert_eq!(json, serde_json::json!({"version": 7, "state": "retired"}));
+        let json = serde_json::to_value(valid(2, None)).unwrap();
+        assert_eq!(json["state"], "valid");
+        assert_eq!(json["version"], 2);
+    }
+
+    #[test]
+    fn old_eviction_messages_still_decode() {
+        let old: EvictionMessage = serde_json::from_str(r#"["ab","cd"]"#).unwrap();
+        assert!(matches!(old, EvictionMessage::Digests(d) if d.len() == 2));
+        let change = CredentialChange {
+            version: 3,
+            connection: identity(),
+            retire: vec!["ab".into()],
+            still_valid: vec![],
+        };
+        let new: EvictionMessage =
+            serde_json::from_str(&serde_json::to_string(&change).unwrap()).unwrap();
+        assert!(matches!(new, EvictionMessage::Change(c) if c == change));
     }
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::credentials::Invalidation;
+use crate::credentials::CredentialChange;
 
 /// Outbox `kind` of each job type.
 pub const NOTIFY_OWNER: &str = "notify_owner";
@@ -25,9 +25,11 @@ pub struct NotifyOwner {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// Make every cache forget what a rotation or deletion changed. Idempotent.
+/// Bring every cache up to what a rotation, re-point or delete changed. Idempotent, and
+/// safe in any order (see `CachedCredential::may_replace`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvalidateCredentials {
     pub event_id: Uuid,
-    pub invalidation: Invalidation,
+    #[serde(rename = "invalidation")]
+    pub change: CredentialChange,
 }

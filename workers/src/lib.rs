@@ -9,3 +9,4 @@ pub mod poll;
 pub mod queue;
 pub mod redis_connect;
 pub mod run;
+pub mod settings;

@@ -1,17 +1,12 @@
 //! `mithril-workers`: runs only the job workers (owner notices, cache invalidation).
 //! Any number may run at once, against the same database and Redis as the API.
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use workers::credentials::RedisCredentials;
-use workers::mail::{Mailer, Templates};
-use workers::notify::Notifier;
 use workers::queue::Queue;
-use workers::run::{Invalidator, RetrySettings, Workers, run};
+use workers::run::{Workers, run};
+use workers::settings::WorkerSettings;
 
 #[derive(Parser)]
 #[command(
@@ -23,10 +18,11 @@ struct Cli {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://data/mithril.db?mode=rwc"
+        default_value = "sqlite://data/mithril.db?mode=rwc",
+        hide_env_values = true
     )]
     database_url: String,
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     smtp_url: Option<String>,
@@ -36,28 +32,11 @@ struct Cli {
         default_value = "Mithril <no-reply@localhost>"
     )]
     mail_from: String,
-    /// Where notices go as `.eml` files when SMTP_URL is unset.
-    #[arg(long, env = "MITHRIL_MAIL_DIR", default_value = "data/mail")]
-    mail_dir: PathBuf,
-    /// Prefix of the queue names; the API must use the same.
-    #[arg(long, env = "MITHRIL_QUEUE_NAMESPACE", default_value = "mithril")]
-    queue_namespace: String,
-    /// Jobs of each kind this process runs at once.
-    #[arg(long, env = "MITHRIL_WORKER_CONCURRENCY", default_value_t = 8)]
-    concurrency: usize,
-    /// Seconds cached credentials live in Redis; the API must use the same.
-    #[arg(long, env = "MITHRIL_CREDENTIALS_CACHE_TTL", default_value_t = 60)]
-    credentials_cache_ttl: u64,
+    #[command(flatten)]
+    workers: WorkerSettings,
     /// Seconds jobs in flight get to finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "MITHRIL_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     shutdown_timeout: u64,
-    #[arg(long, env = "MITHRIL_RETRY_MIN_MS", default_value_t = 500)]
-    retry_min_ms: u64,
-    #[arg(long, env = "MITHRIL_RETRY_MAX_MS", default_value_t = 300_000)]
-    retry_max_ms: u64,
-    /// How often an idle worker asks the queue for work, in milliseconds.
-    #[arg(long, env = "MITHRIL_WORKER_POLL_MS", default_value_t = 250)]
-    poll_interval_ms: u64,
     #[arg(long, env = "MITHRIL_LOG_FORMAT", default_value = "text")]
     log_format: String,
 }
@@ -87,27 +66,21 @@ async fn main() -> anyhow::Result<()> {
     let queue = Queue::connect(
         &db,
         redis.as_ref().map(|r| r.manager.clone()),
-        &cli.queue_namespace,
+        &cli.workers.queue_namespace,
     )
     .await?;
-    let redis = redis.map(|r| RedisCredentials::new(r.manager, cli.credentials_cache_ttl.max(1)));
-    let workers = Workers {
-        notifier: Arc::new(Notifier {
-            db,
-            mailer: Mailer::new(smtp_url.as_deref(), &cli.mail_dir)?,
-            templates: Templates::load().context("loading the notice templates")?,
-            mail_from: cli.mail_from,
-        }),
-        invalidator: Arc::new(Invalidator { redis, local: None }),
-        retry: RetrySettings {
-            min: Duration::from_millis(cli.retry_min_ms),
-            max: Duration::from_millis(cli.retry_max_ms.max(cli.retry_min_ms)),
-            ..RetrySettings::default()
-        },
-        concurrency: cli.concurrency.max(1),
-        poll_interval: Duration::from_millis(cli.poll_interval_ms.max(10)),
-    };
-    tracing::info!(namespace = cli.queue_namespace, "mithril-workers running");
+    let workers = Workers::build(
+        &cli.workers,
+        &db,
+        redis.as_ref(),
+        smtp_url.as_deref(),
+        &cli.mail_from,
+        None,
+    )?;
+    tracing::info!(
+        namespace = cli.workers.queue_namespace,
+        "mithril-workers running"
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -1,11 +1,23 @@
-//! The `NotifyOwner` handler: one e-mail per rotation to the client's owner.
-use chrono::SecondsFormat;
-use entity::{client, sent_notification, user};
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait as _};
+//! The `NotifyOwner` handler: one e-mail per rotation to the client's owner, claimed in
+//! the database before it is sent so that it goes once.
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use entity::sent_notification::{self, state};
+use entity::{client, user};
+use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+};
+use uuid::Uuid;
 
 use crate::jobs::NotifyOwner;
 use crate::mail::{DeliveryError, Locale, Mailer, NoticeFields, Templates, compose};
+
+/// How long a worker's claim on a notice lasts by default: longer than any SMTP exchange
+/// (the transport gives up after 10 s), short enough that a notice whose worker died
+/// mid-send goes out again within minutes.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
 
 /// What sending a notice needs, shared by every job.
 pub struct Notifier {
@@ -13,13 +25,15 @@ pub struct Notifier {
     pub mailer: Mailer,
     pub templates: Templates,
     pub mail_from: String,
+    /// How long a claim lasts before another worker may take the notice over.
+    pub lease: Duration,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Notified {
     Sent,
-    /// A redelivered job whose notice already went out.
-    AlreadySent,
+    /// A redelivered job whose notice already went out, or was dead-lettered.
+    AlreadyDone,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +41,8 @@ pub enum NotifyError {
     /// Retrying cannot help (no such owner, an address the server refuses): dead-letter.
     #[error("permanent: {0}")]
     Permanent(String),
-    /// Database, SMTP or file system trouble: retry with backoff.
+    /// Database, SMTP or file system trouble, or another worker holds the claim: retry
+    /// with backoff.
     #[error("transient: {0}")]
     Transient(String),
 }
@@ -38,20 +53,159 @@ impl From<sea_orm::DbErr> for NotifyError {
     }
 }
 
+/// What a claim attempt found.
+enum Claim {
+    /// This worker holds the notice until its lease ends.
+    Ours,
+    /// Sent or dead-lettered already.
+    Done,
+    /// Another worker holds a live claim.
+    Held,
+}
+
 impl Notifier {
     pub fn message_id(job: &NotifyOwner) -> String {
         format!("<{}@mithril>", job.event_id)
     }
 
+    /// Sends the notice of `job` unless it is sent, dead, or being sent by another worker.
+    ///
+    /// CAUTION: the claim comes before the mail and `sent` after the server accepted it.
+    /// Two workers handed the same job never both send; a worker that dies between
+    /// claim and `sent` leaves a claim that lapses after `lease`, and the retry (or the
+    /// reconciler's re-push) sends again with the same `Message-ID`, rather than the
+    /// notice being lost.
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, connection_id = %job.connection_id))]
     pub async fn notify(&self, job: &NotifyOwner) -> Result<Notified, NotifyError> {
-        if sent_notification::Entity::find_by_id(job.event_id)
-            .one(&self.db)
-            .await?
-            .is_some()
-        {
-            return Ok(Notified::AlreadySent);
+        match self.claim(job.event_id).await? {
+            Claim::Ours => {}
+            Claim::Done => return Ok(Notified::AlreadyDone),
+            Claim::Held => {
+                return Err(NotifyError::Transient(
+                    "another worker is sending this notice".to_owned(),
+                ));
+            }
         }
+        match self.compose_and_send(job).await {
+            Ok(()) => {
+                self.settle(job.event_id, state::SENT).await?;
+                Ok(Notified::Sent)
+            }
+            Err(NotifyError::Permanent(reason)) => {
+                self.settle(job.event_id, state::DEAD).await?;
+                Err(NotifyError::Permanent(reason))
+            }
+            Err(NotifyError::Transient(reason)) => {
+                // The retry, here or on another worker, may claim it again at once.
+                self.release(job.event_id).await?;
+                Err(NotifyError::Transient(reason))
+            }
+        }
+    }
+
+    /// The notice will not be sent: its retries ran out. Marks it dead, so the
+    /// reconciler leaves it alone.
+    pub async fn give_up(&self, event_id: Uuid) -> Result<(), NotifyError> {
+        sent_notification::Entity::insert(sent_notification::ActiveModel {
+            event_id: Set(event_id),
+            sent_at: Set(Utc::now()),
+            state: Set(state::DEAD.to_owned()),
+            lease_until: Set(None),
+        })
+        .on_conflict(
+            OnConflict::column(sent_notification::Column::EventId)
+                .update_columns([
+                    sent_notification::Column::State,
+                    sent_notification::Column::SentAt,
+                    sent_notification::Column::LeaseUntil,
+                ])
+                .action_and_where(
+                    Expr::col((sent_notification::Entity, sent_notification::Column::State))
+                        .ne(state::SENT),
+                )
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts a `sending` claim, or takes over one whose lease lapsed; one statement,
+    /// so two workers cannot both win.
+    async fn claim(&self, event_id: Uuid) -> Result<Claim, NotifyError> {
+        let now = Utc::now();
+        let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        let claimed = sent_notification::Entity::insert(sent_notification::ActiveModel {
+            event_id: Set(event_id),
+            sent_at: Set(now),
+            state: Set(state::SENDING.to_owned()),
+            lease_until: Set(Some(lease_until)),
+        })
+        .on_conflict(
+            OnConflict::column(sent_notification::Column::EventId)
+                .update_columns([
+                    sent_notification::Column::SentAt,
+                    sent_notification::Column::LeaseUntil,
+                ])
+                .action_and_where(
+                    Expr::col((sent_notification::Entity, sent_notification::Column::State))
+                        .eq(state::SENDING)
+                        .and(
+                            Expr::col((
+                                sent_notification::Entity,
+                                sent_notification::Column::LeaseUntil,
+                            ))
+                            .lt(now),
+                        ),
+                )
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        if claimed == 1 {
+            return Ok(Claim::Ours);
+        }
+        let current = sent_notification::Entity::find_by_id(event_id)
+            .one(&self.db)
+            .await?;
+        Ok(match current.map(|row| row.state) {
+            Some(s) if s == state::SENDING => Claim::Held,
+            Some(_) => Claim::Done,
+            // Deleted in between: nothing this code does. Let a retry look again.
+            None => Claim::Held,
+        })
+    }
+
+    /// Ends this worker's claim with `sent` or `dead`.
+    async fn settle(&self, event_id: Uuid, outcome: &str) -> Result<(), NotifyError> {
+        sent_notification::Entity::update_many()
+            .col_expr(sent_notification::Column::State, Expr::value(outcome))
+            .col_expr(sent_notification::Column::SentAt, Expr::value(Utc::now()))
+            .col_expr(
+                sent_notification::Column::LeaseUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(sent_notification::Column::EventId.eq(event_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Lets the claim lapse now, after a failure worth retrying.
+    async fn release(&self, event_id: Uuid) -> Result<(), NotifyError> {
+        sent_notification::Entity::update_many()
+            .col_expr(
+                sent_notification::Column::LeaseUntil,
+                Expr::value(Utc::now()),
+            )
+            .filter(sent_notification::Column::EventId.eq(event_id))
+            .filter(sent_notification::Column::State.eq(state::SENDING))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    async fn compose_and_send(&self, job: &NotifyOwner) -> Result<(), NotifyError> {
         let client = client::Entity::find_by_id(job.client_id)
             .one(&self.db)
             .await?
@@ -77,7 +231,10 @@ impl Notifier {
             .await?
             .map(|u| u.email)
             .unwrap_or_else(|| job.actor_user_id.to_string());
-        let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let grace_ends_at = chrono::Duration::try_seconds(job.grace_period)
+            .and_then(|grace| job.occurred_at.checked_add_signed(grace))
+            .unwrap_or(job.occurred_at);
         let fields = NoticeFields {
             client_name: client.name,
             consumer_name,
@@ -88,7 +245,7 @@ impl Notifier {
             request_id: job.request_id.clone(),
             secret_version: job.secret_version,
             grace_period: job.grace_period,
-            grace_ends_at: at(job.occurred_at + chrono::Duration::seconds(job.grace_period)),
+            grace_ends_at: at(grace_ends_at),
         };
         let rendered = self
             .templates
@@ -101,22 +258,7 @@ impl Notifier {
             rendered,
         )
         .map_err(permanence)?;
-        self.mailer.send(message).await.map_err(permanence)?;
-
-        // Recorded after sending: a crash in between re-sends (same Message-ID) rather
-        // than losing the notice.
-        sent_notification::Entity::insert(sent_notification::ActiveModel {
-            event_id: Set(job.event_id),
-            sent_at: Set(chrono::Utc::now()),
-        })
-        .on_conflict(
-            OnConflict::column(sent_notification::Column::EventId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(Notified::Sent)
+        self.mailer.send(message).await.map_err(permanence)
     }
 }
 

@@ -6,51 +6,61 @@ use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff as _};
 use apalis::layers::retry::{HasherRng, RetryPolicy};
 use apalis::prelude::*;
 
-use crate::credentials::{Invalidation, RedisCredentials};
+use entity::connection;
+use sea_orm::{DatabaseConnection, EntityTrait as _};
+
+use crate::credentials::{CredentialChange, RedisCredentials};
 use crate::jobs::{self, InvalidateCredentials, NotifyOwner};
+use crate::mail::{Mailer, Templates};
 use crate::notify::{Notified, Notifier, NotifyError};
 use crate::poll::EveryPeriod;
 use crate::queue::Queue;
+use crate::settings::{RetrySettings, WorkerSettings};
 
-/// Evicts digests from an in-process cache (only `mithril serve` has one).
-pub type LocalEviction = Arc<dyn Fn(&[String]) + Send + Sync>;
+/// Applies a change to an in-process cache (only `mithril serve` has one).
+pub type LocalApply = Arc<dyn Fn(&CredentialChange) + Send + Sync>;
 
 /// The `InvalidateCredentials` handler's means: the shared Redis cache and its channel,
-/// and this process's own cache where there is one.
+/// this process's own cache where there is one, and the database to tell a stale job.
 pub struct Invalidator {
+    pub db: DatabaseConnection,
     pub redis: Option<RedisCredentials>,
-    pub local: Option<LocalEviction>,
+    pub local: Option<LocalApply>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidateError {
+    #[error("database: {0}")]
+    Store(#[from] sea_orm::DbErr),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 impl Invalidator {
-    pub async fn apply(&self, invalidation: &Invalidation) -> redis::RedisResult<()> {
+    /// Brings every cache up to `job`'s change.
+    ///
+    /// CAUTION: a job can land long after its change (retries, sweeper re-pushes), when
+    /// the retirement that would refuse its older "still valid" entries has left the
+    /// caches by TTL. So when the connection has since moved on (or is gone), only the
+    /// job's retirements are applied: they are never out of date.
+    pub async fn apply(&self, job: &InvalidateCredentials) -> Result<(), InvalidateError> {
+        let current = connection::Entity::find_by_id(job.change.connection.id)
+            .one(&self.db)
+            .await?
+            .map(|row| row.state_version);
+        let stale = current.is_none_or(|version| version > job.change.version);
+        let change = if stale {
+            job.change.retirements_only()
+        } else {
+            job.change.clone()
+        };
         if let Some(local) = &self.local {
-            local(&invalidation.digests());
+            local(&change);
         }
         if let Some(redis) = &self.redis {
-            redis.invalidate(invalidation).await?;
+            redis.apply(&change).await?;
         }
         Ok(())
-    }
-}
-
-/// How transient failures are retried: exponential backoff from `min` to `max`, then
-/// the job is dead-lettered.
-#[derive(Clone, Debug)]
-pub struct RetrySettings {
-    pub retries: usize,
-    pub min: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetrySettings {
-    /// About two hours of retries: an SMTP or Redis outage of that length still delivers.
-    fn default() -> Self {
-        Self {
-            retries: 30,
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(300),
-        }
     }
 }
 
@@ -64,6 +74,39 @@ pub struct Workers {
     /// How often an idle worker asks the queue for work (apalis otherwise waits for its
     /// 30 s heartbeat).
     pub poll_interval: Duration,
+}
+
+impl Workers {
+    /// The workers of `settings`, the same in `mithril serve` and `mithril-workers`.
+    pub fn build(
+        settings: &WorkerSettings,
+        db: &DatabaseConnection,
+        redis: Option<&crate::redis_connect::Redis>,
+        smtp_url: Option<&str>,
+        mail_from: &str,
+        local: Option<LocalApply>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            notifier: Arc::new(Notifier {
+                db: db.clone(),
+                mailer: Mailer::new(smtp_url, &settings.mail_dir)?,
+                templates: Templates::load()
+                    .map_err(|e| anyhow::anyhow!("loading the notice templates: {e}"))?,
+                mail_from: mail_from.to_owned(),
+                lease: settings.notice_lease(),
+            }),
+            invalidator: Arc::new(Invalidator {
+                db: db.clone(),
+                redis: redis.map(|r| {
+                    RedisCredentials::new(r.manager.clone(), settings.credentials_cache_ttl())
+                }),
+                local,
+            }),
+            retry: settings.retry(),
+            concurrency: settings.concurrency(),
+            poll_interval: settings.poll_interval(),
+        })
+    }
 }
 
 /// A worker name unique to this process: Redis refuses a name still marked active.
@@ -86,7 +129,7 @@ async fn notify_owner(
             outcome(jobs::NOTIFY_OWNER, "ok");
             Ok(())
         }
-        Ok(Notified::AlreadySent) => {
+        Ok(Notified::AlreadyDone) => {
             outcome(jobs::NOTIFY_OWNER, "duplicate");
             Ok(())
         }
@@ -94,7 +137,14 @@ async fn notify_owner(
             Err(dead_letter(jobs::NOTIFY_OWNER, &job.event_id, &reason))
         }
         Err(NotifyError::Transient(reason)) => {
-            retry_or_dead_letter(jobs::NOTIFY_OWNER, &job.event_id, reason, &attempt, &retry)
+            let result =
+                retry_or_dead_letter(jobs::NOTIFY_OWNER, &job.event_id, reason, &attempt, &retry);
+            if is_final(&result)
+                && let Err(e) = notifier.give_up(job.event_id).await
+            {
+                tracing::warn!(event_id = %job.event_id, error = %e, "marking the notice dead failed");
+            }
+            result
         }
     }
 }
@@ -105,7 +155,7 @@ async fn invalidate_credentials(
     retry: Data<RetrySettings>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    match invalidator.apply(&job.invalidation).await {
+    match invalidator.apply(&job).await {
         Ok(()) => {
             outcome(jobs::INVALIDATE_CREDENTIALS, "ok");
             Ok(())
@@ -113,11 +163,19 @@ async fn invalidate_credentials(
         Err(e) => retry_or_dead_letter(
             jobs::INVALIDATE_CREDENTIALS,
             &job.event_id,
-            format!("redis: {e}"),
+            e.to_string(),
             &attempt,
             &retry,
         ),
     }
+}
+
+/// Whether a handler's error ends the job (dead-lettered) rather than asking a retry.
+fn is_final(result: &Result<(), BoxDynError>) -> bool {
+    result
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.downcast_ref::<AbortError>().is_some())
 }
 
 fn outcome(job: &'static str, outcome: &'static str) {

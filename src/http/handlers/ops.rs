@@ -3,14 +3,13 @@
 use std::collections::BTreeMap;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, ContentType};
+use actix_web::http::header;
 use actix_web::{HttpResponse, web};
-use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
 
-use super::openapi::{self, ErrorResponse, HealthResponse};
-use super::views::HealthView;
-use super::{ApiError, RequestMeta};
-use crate::app::AppState;
+use crate::http::schemas::{ErrorResponse, HealthResponse};
+use crate::http::state::AppState;
+use crate::http::views::HealthView;
+use crate::http::{ApiError, RequestMeta};
 use crate::readiness;
 
 /// `GET /health/live`: 200 while the process runs. No scope.
@@ -79,29 +78,13 @@ pub async fn ready(
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Outbox rows not yet pushed to the queue: the backlog the relay and sweeper owe.
     // Best effort: a slow or absent database leaves the last value.
-    let pending = entity::outbox::Entity::find()
-        .filter(entity::outbox::Column::DispatchedAt.is_null())
-        .count(&state.db);
+    let pending = state.relay.pending();
     if let Ok(Ok(pending)) = tokio::time::timeout(state.config.readiness_timeout, pending).await {
         state.metrics.outbox_pending(pending);
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
-}
-
-/// `GET /api/openapi.json`: this API's OpenAPI 3.1 document. No scope.
-#[utoipa::path(
-    get,
-    path = "/api/openapi.json",
-    summary = "This OpenAPI document",
-    tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json"))
-)]
-pub async fn openapi_json() -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok()
-        .insert_header(ContentType::json())
-        .body(openapi::document()?))
 }
 
 /// `GET /docs`: sends the browser to the API reference page, `/docs/`, which renders

@@ -1,13 +1,13 @@
-//! Query parameters and JSON bodies of the connection resource, checked into typed values
-//! or `invalid` entries (422), never a 400 or a 500.
+//! Query parameters and JSON bodies, checked into typed values or `invalid` entries
+//! (422), never a 400 or a 500.
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::Invalid;
-use crate::connections::PageRequest;
-use crate::connections::manage::ListFilter;
+use crate::connections::ListFilter;
+use crate::paging::PageRequest;
 
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
 pub const MAX_PAGE_SIZE: u64 = 300;
@@ -200,6 +200,37 @@ pub fn consumer_id(fields: &Map<String, Value>, invalid: &mut Vec<Invalid>) -> O
     }
 }
 
+/// The refresh body: empty, or an object whose optional `grace_period` is a whole number
+/// of seconds in `0..=max` (`null` is 0).
+pub fn grace_period(body: &[u8], max: u64) -> Result<i64, Vec<Invalid>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(0);
+    }
+    let fields = json_object(body)?;
+    let out_of_range = || {
+        vec![Invalid::json_property(
+            "$.grace_period",
+            "number",
+            format!("expected an integer from 0 to {max}"),
+            vec![json!({"greater_than_or_equal_to": 0, "less_than_or_equal_to": max})],
+        )]
+    };
+    match fields.get("grace_period") {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n
+            .as_u64()
+            .filter(|secs| *secs <= max)
+            .and_then(|secs| i64::try_from(secs).ok())
+            .ok_or_else(out_of_range),
+        Some(_) => Err(vec![Invalid::json_property(
+            "$.grace_period",
+            "type",
+            "type mismatch. Expected integer",
+            vec![json!("integer")],
+        )]),
+    }
+}
+
 fn is_https_url(raw: &str) -> bool {
     raw.len() <= MAX_REDIRECT_URI
         && raw
@@ -250,6 +281,26 @@ mod tests {
         assert_eq!(filter.redirect_uri.as_deref(), Some("%x"));
         let (_, _, invalid) = parsed("redirect_uri=a%00b");
         assert_eq!(invalid[0].entry, "$.redirect_uri");
+    }
+
+    #[test]
+    fn grace_period_rules() {
+        assert_eq!(grace_period(b"", 10).unwrap(), 0);
+        assert_eq!(grace_period(b" \n", 10).unwrap(), 0);
+        assert_eq!(grace_period(b"{}", 10).unwrap(), 0);
+        assert_eq!(grace_period(br#"{"grace_period": 10}"#, 10).unwrap(), 10);
+        assert_eq!(grace_period(br#"{"grace_period": null}"#, 10).unwrap(), 0);
+        for bad in [
+            &br#"{"grace_period": 11}"#[..],
+            br#"{"grace_period": -1}"#,
+            br#"{"grace_period": 1.5}"#,
+            br#"{"grace_period": "5"}"#,
+            br#"[1]"#,
+            br#"{"grace_period": "#,
+        ] {
+            let invalid = grace_period(bad, 10).unwrap_err();
+            assert_eq!(invalid.len(), 1, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

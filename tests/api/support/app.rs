@@ -1,4 +1,5 @@
-//! The test harness: spawn the app, seed data, call it, inspect the database.
+//! The application under test: a fresh database per test, the real app on port 0, seed
+//! data, and the database read back.
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use mithril::{AppState, Application};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::Value;
 use uuid::Uuid;
-use workers::run::RetrySettings;
+
+use super::into_parts;
 
 pub const ALL_SCOPES: &str =
     "connection:refresh_secret connection:read connection:write connection:delete";
@@ -88,13 +90,14 @@ pub fn test_config(database: &TestDatabase) -> Config {
     config.bind = "127.0.0.1:0".to_owned();
     config.http_workers = 2;
     config.db_max_connections = 10;
-    config.mail_dir = database.dir.path().join("mail");
-    config.worker_retry = RetrySettings {
-        retries: 5,
-        min: Duration::from_millis(50),
-        max: Duration::from_millis(500),
-    };
-    config.worker_poll_interval = Duration::from_millis(50);
+    config.workers.mail_dir = database.dir.path().join("mail");
+    config.workers.retries = 5;
+    config.workers.retry_min_ms = 50;
+    config.workers.retry_max_ms = 500;
+    config.workers.poll_interval_ms = 50;
+    // Tests stop their apps from outside, not by signal; the drain delay is for
+    // balancers.
+    config.drain_delay = Duration::ZERO;
     config
 }
 
@@ -129,7 +132,7 @@ impl TestApp {
         let app = Application::build(config).await.expect("the app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let state = app.state();
-        let db = state.db.clone();
+        let db = app.db();
         let server = app.handle();
         let running = actix_web::rt::spawn(app.run_until_stopped());
         Self {
@@ -375,97 +378,6 @@ fn refresh_path(client_id: &str, connection_id: &str) -> String {
     format!("/api/clients/{client_id}/connections/{connection_id}/actions/refresh_secret")
 }
 
-pub async fn into_parts(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-    };
-    (status, body)
-}
-
-/// Asserts an error envelope: status, `error.type`, `error.message`, and `meta`.
-#[track_caller]
-pub fn assert_error(actual: &(u16, Value), status: u16, error_type: &str, message: Option<&str>) {
-    let (code, body) = actual;
-    assert_eq!(*code, status, "{body}");
-    assert_eq!(body["error"]["type"], error_type, "{body}");
-    if let Some(message) = message {
-        assert_eq!(body["error"]["message"], message, "{body}");
-    }
-    assert_eq!(body["meta"]["code"], status, "{body}");
-    assert!(
-        body["meta"]["request_id"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()),
-        "{body}"
-    );
-    assert!(body.get("data").is_none(), "{body}");
-}
-
-/// Polls `check` until it holds or `deadline` passes.
-pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        if check().await {
-            return true;
-        }
-        if start.elapsed() > deadline {
-            return false;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `refused` until it holds, asserting it never holds before `expires`: each
-/// round's end time proves the refusal was not early.
-pub async fn assert_refused_from<F, Fut>(expires: DateTime<Utc>, deadline: Duration, mut refused: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let give_up = std::time::Instant::now() + deadline;
-    loop {
-        let now_refused = refused().await;
-        let round_ended = Utc::now();
-        if now_refused {
-            assert!(
-                round_ended >= expires,
-                "refused before the grace period ended"
-            );
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < give_up,
-            "still accepted {deadline:?} after the grace period"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// eHealth's published schema for `name`, vendored under `tests/fixtures`.
-pub fn ehealth_schema(name: &str) -> jsonschema::Validator {
-    let path = format!(
-        "{}/tests/fixtures/ehealth-schemas/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    jsonschema::draft4::new(&schema).unwrap()
-}
-
-#[track_caller]
-pub fn assert_schema(schema: &str, body: &Value) {
-    let validator = ehealth_schema(schema);
-    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{schema}: {errors:?}\n{body}");
-}
-
 /// A client with one connection and a token carrying every connection scope.
 pub struct Owned {
     pub client_id: Uuid,
@@ -486,74 +398,4 @@ impl TestApp {
             token,
         }
     }
-}
-
-/// The Redis the suite may use, from `MITHRIL_TEST_REDIS_URL` (CI sets it); `None`
-/// when unset. Set but unreachable fails.
-pub async fn optional_test_redis() -> Option<String> {
-    let url = std::env::var("MITHRIL_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("MITHRIL_TEST_REDIS_URL is set but unreachable: {e}"));
-    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-    Some(url)
-}
-
-/// The Redis a Redis-only test needs. Such tests are `#[ignore]`d in the default run
-/// (which needs no services) and run with `--include-ignored` where Redis is configured,
-/// as `.ci/run` does; run without it, they fail rather than pass silently.
-pub async fn test_redis() -> String {
-    optional_test_redis()
-        .await
-        .expect("this test needs MITHRIL_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379)")
-}
-
-/// Every key and value under `pattern`, as text, to search for values that must not
-/// be stored.
-pub async fn dump_redis(url: &str, pattern: &str) -> String {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut dump = String::new();
-    for key in keys {
-        let kind: String = redis::cmd("TYPE")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let read = match kind.as_str() {
-            "string" => redis::cmd("GET").arg(&key).to_owned(),
-            "hash" => redis::cmd("HGETALL").arg(&key).to_owned(),
-            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).to_owned(),
-            "set" => redis::cmd("SMEMBERS").arg(&key).to_owned(),
-            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).to_owned(),
-            _ => continue,
-        };
-        // GET answers one value, the others a list of them.
-        let values: Vec<Vec<u8>> = if kind == "string" {
-            vec![read.query_async(&mut conn).await.unwrap()]
-        } else {
-            read.query_async(&mut conn).await.unwrap()
-        };
-        dump.push_str(&key);
-        for value in values {
-            dump.push(' ');
-            dump.push_str(&String::from_utf8_lossy(&value));
-        }
-        dump.push('\n');
-    }
-    dump
-}
-
-/// A queue namespace no other test shares.
-pub fn fresh_namespace() -> String {
-    format!("mithril-test-{}", Uuid::new_v4().simple())
 }

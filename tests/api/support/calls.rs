@@ -1,9 +1,9 @@
-//! Calls of the connection resource beside refresh and verify, for the tests of issue 4.
+//! Calls of the connection resource beside refresh and verify.
 use reqwest::Method;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::common::{TestApp, into_parts};
+use super::{TestApp, into_parts};
 
 impl TestApp {
     /// Any call: `path` starts with `/`; `body` is sent as JSON text when given.

@@ -1,22 +1,22 @@
-//! Handlers of the rest of the connection resource: list, show, upsert, re-point, delete,
-//! and the audit events. Each runs API.md's checks in order: token (401), scope (403),
-//! context (403), existence (404), query or body (422).
+//! The rest of the connection resource: list, show, upsert, re-point, delete, and the
+//! audit events. Each runs API.md's checks in order: token (401), scope (403), context
+//! (403), existence (404), query or body (422).
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use uuid::Uuid;
-use workers::credentials::{Invalidation, StillValid};
 
-use super::connections::dispatch_outbox;
-use super::openapi::{
+use super::actor;
+use crate::auth::scope;
+use crate::connections::{Upsert, Upserted};
+use crate::http::guard::{
+    authorize_client, authorize_connection, existing_client, existing_connection,
+};
+use crate::http::schemas::{
     ConnectionListResponse, ConnectionResponse, ConnectionWithSecretResponse, ErrorResponse,
     EventListResponse, RepointRequest, UpsertRequest,
 };
-use super::views::{ConnectionView, ConnectionWithSecret, EventView};
-use super::{ApiError, Invalid, Paging, RequestMeta, query};
-use crate::app::AppState;
-use crate::auth::{Principal, scope};
-use crate::connections::manage::{self, ManageError, Upsert, Upserted};
-use crate::connections::{Actor, audit};
+use crate::http::state::AppState;
+use crate::http::views::{ConnectionView, ConnectionWithSecret, EventView};
+use crate::http::{ApiError, Invalid, Paging, RequestMeta, input};
 
 /// `GET /api/clients/{id}/connections`: the client's connections, paged and filtered.
 ///
@@ -50,13 +50,13 @@ pub async fn list(
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     let (_, client_id) = authorize_client(&state, &req, scope::READ, &path).await?;
-    ensure_client_exists(&state, client_id).await?;
+    existing_client(&state, client_id).await?;
     let mut invalid = Vec::new();
-    let params = query::params(req.query_string()).map_err(ApiError::Validation)?;
-    let page = query::page_request(&params, &mut invalid);
-    let filter = query::list_filter(&params, &mut invalid);
+    let params = input::params(req.query_string()).map_err(ApiError::Validation)?;
+    let page = input::page_request(&params, &mut invalid);
+    let filter = input::list_filter(&params, &mut invalid);
     reject(invalid)?;
-    let found = manage::list(&state.db, client_id, &filter, page).await?;
+    let found = state.connections.list(client_id, &filter, page).await?;
     let data: Vec<ConnectionView<'_>> = found.entries.iter().map(ConnectionView::from).collect();
     Ok(meta.list(data, &Paging::of(page, found.total)))
 }
@@ -126,13 +126,13 @@ pub async fn upsert(
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id) = authorize_client(&state, &req, scope::WRITE, &path).await?;
-    ensure_client_exists(&state, client_id).await?;
-    let fields = query::json_object(&body).map_err(ApiError::Validation)?;
+    existing_client(&state, client_id).await?;
+    let fields = input::json_object(&body).map_err(ApiError::Validation)?;
     let mut invalid = Vec::new();
-    let consumer_id = query::consumer_id(&fields, &mut invalid);
-    let redirect_uri = query::redirect_uri(&fields, &mut invalid);
+    let consumer_id = input::consumer_id(&fields, &mut invalid);
+    let redirect_uri = input::redirect_uri(&fields, &mut invalid);
     if let Some(consumer_id) = consumer_id
-        && !manage::client_exists(&state.db, consumer_id).await?
+        && !state.connections.client_exists(consumer_id).await?
     {
         invalid.push(Invalid::json_property(
             "$.consumer_id",
@@ -147,16 +147,15 @@ pub async fn upsert(
     else {
         return Err(ApiError::Validation(invalid));
     };
-    let upserted = manage::upsert(
-        &state.db,
-        Upsert {
+    let upserted = state
+        .connections
+        .upsert(Upsert {
             client_id,
             consumer_id,
             redirect_uri,
             actor: actor(&principal, &meta),
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(match upserted {
         Upserted::Created { connection, secret } => {
             tracing::info!(client_id = %client_id, connection_id = %connection.id, "connection created");
@@ -165,8 +164,8 @@ pub async fn upsert(
                 ConnectionWithSecret::new(&connection, secret.expose()),
             )
         }
-        Upserted::Updated { connection } => {
-            rewrite_cached_view(&state, &connection).await;
+        Upserted::Updated(changed) => {
+            let connection = changed.connection;
             tracing::info!(client_id = %client_id, connection_id = %connection.id, "connection re-pointed");
             meta.object(StatusCode::OK, ConnectionView::from(&connection))
         }
@@ -207,23 +206,22 @@ pub async fn update(
         authorize_connection(&state, &req, scope::WRITE, path).await?;
     // Existence answers before the body does (API.md's order).
     existing_connection(&state, client_id, connection_id).await?;
-    let fields = query::json_object(&body).map_err(ApiError::Validation)?;
+    let fields = input::json_object(&body).map_err(ApiError::Validation)?;
     let mut invalid = Vec::new();
-    let redirect_uri = query::redirect_uri(&fields, &mut invalid);
+    let redirect_uri = input::redirect_uri(&fields, &mut invalid);
     let (Some(redirect_uri), true) = (redirect_uri, invalid.is_empty()) else {
         return Err(ApiError::Validation(invalid));
     };
-    let updated = manage::update_redirect_uri(
-        &state.db,
-        client_id,
-        connection_id,
-        redirect_uri,
-        &actor(&principal, &meta),
-    )
-    .await?
-    // Deleted between the check above and the update.
-    .ok_or(ApiError::NotFound)?;
-    rewrite_cached_view(&state, &updated).await;
+    // NotFound again if it was deleted between the check above and the update.
+    let updated = state
+        .connections
+        .repoint(
+            client_id,
+            connection_id,
+            redirect_uri,
+            actor(&principal, &meta),
+        )
+        .await?;
     tracing::info!(client_id = %client_id, connection_id = %connection_id, "connection re-pointed");
     Ok(meta.object(StatusCode::OK, ConnectionView::from(&updated)))
 }
@@ -259,23 +257,15 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id, connection_id) =
         authorize_connection(&state, &req, scope::DELETE, path).await?;
-    let deleted = manage::delete(
-        &state.db,
-        client_id,
-        connection_id,
-        &actor(&principal, &meta),
-    )
-    .await?
-    .ok_or(ApiError::NotFound)?;
-    // Before answering: its secrets must already fail here and, through Redis, on every
-    // other instance (the outbox job repeats this until it succeeds).
-    state.credentials.invalidate(&deleted.invalidation).await;
-    dispatch_outbox(&state, vec![deleted.outbox_id]);
+    // Its secrets already fail here and, through Redis, on every other instance when
+    // this returns.
+    let deleted = state
+        .connections
+        .delete(client_id, connection_id, actor(&principal, &meta))
+        .await?;
     tracing::info!(
         client_id = %client_id,
-        connection_id = %deleted.connection.id,
-        event_id = %deleted.event_id,
-        outbox_id = %deleted.outbox_id,
+        connection_id = %deleted.id,
         "connection deleted"
     );
     Ok(HttpResponse::NoContent().finish())
@@ -316,89 +306,15 @@ pub async fn events(
         authorize_connection(&state, &req, scope::READ, path).await?;
     existing_connection(&state, client_id, connection_id).await?;
     let mut invalid = Vec::new();
-    let params = query::params(req.query_string()).map_err(ApiError::Validation)?;
-    let page = query::page_request(&params, &mut invalid);
+    let params = input::params(req.query_string()).map_err(ApiError::Validation)?;
+    let page = input::page_request(&params, &mut invalid);
     reject(invalid)?;
-    let found = audit::events(&state.db, client_id, connection_id, page).await?;
+    let found = state
+        .connections
+        .events(client_id, connection_id, page)
+        .await?;
     let data: Vec<EventView<'_>> = found.entries.iter().map(EventView::from).collect();
     Ok(meta.list(data, &Paging::of(page, found.total)))
-}
-
-/// Token, scope and context through the shared pipeline, then the path's client id as a
-/// UUID (404 when it is not one).
-pub(super) async fn authorize_client(
-    state: &AppState,
-    req: &HttpRequest,
-    scope: &'static str,
-    raw_client_id: &str,
-) -> Result<(Principal, Uuid), ApiError> {
-    let principal = state.authorize(req, scope, Some(raw_client_id)).await?;
-    let client_id = parse_id(raw_client_id)?;
-    Ok((principal, client_id))
-}
-
-/// `authorize_client` for a `/{id}/connections/{connection_id}` path, then the
-/// connection id as a UUID (404 when it is not one).
-pub(super) async fn authorize_connection(
-    state: &AppState,
-    req: &HttpRequest,
-    scope: &'static str,
-    path: web::Path<(String, String)>,
-) -> Result<(Principal, Uuid, Uuid), ApiError> {
-    let (raw_client_id, raw_connection_id) = path.into_inner();
-    let (principal, client_id) = authorize_client(state, req, scope, &raw_client_id).await?;
-    let connection_id = parse_id(&raw_connection_id)?;
-    Ok((principal, client_id, connection_id))
-}
-
-/// The client's connection, or 404 (also when it belongs to another client).
-pub(super) async fn existing_connection(
-    state: &AppState,
-    client_id: Uuid,
-    connection_id: Uuid,
-) -> Result<entity::connection::Model, ApiError> {
-    manage::find(&state.db, client_id, connection_id)
-        .await?
-        .ok_or(ApiError::NotFound)
-}
-
-/// A path id that is not a UUID names nothing: 404.
-pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
-}
-
-async fn ensure_client_exists(state: &AppState, client_id: Uuid) -> Result<(), ApiError> {
-    if manage::client_exists(&state.db, client_id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound)
-    }
-}
-
-/// A re-point changes what verify answers for this connection's secrets (its
-/// `redirect_uri`): every cache gets the new view, here at once and on other instances
-/// through Redis. Best effort: the secrets stay valid either way, and the cache TTL
-/// bounds how long a stale `redirect_uri` can be served if Redis is down.
-async fn rewrite_cached_view(state: &AppState, connection: &entity::connection::Model) {
-    let mut still_valid = vec![StillValid {
-        digest: connection.secret_hash.clone(),
-        valid_until: None,
-    }];
-    if let (Some(digest), Some(until)) = (
-        &connection.previous_secret_hash,
-        connection.previous_secret_expires_at,
-    ) {
-        still_valid.push(StillValid {
-            digest: digest.clone(),
-            valid_until: Some(until),
-        });
-    }
-    let invalidation = Invalidation {
-        connection: crate::connections::view(connection),
-        retire: Vec::new(),
-        still_valid,
-    };
-    state.credentials.invalidate(&invalidation).await;
 }
 
 fn reject(invalid: Vec<Invalid>) -> Result<(), ApiError> {
@@ -406,23 +322,5 @@ fn reject(invalid: Vec<Invalid>) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::Validation(invalid))
-    }
-}
-
-fn actor(principal: &Principal, meta: &RequestMeta) -> Actor {
-    Actor {
-        user_id: principal.user_id,
-        client_id: principal.client_id,
-        request_id: meta.request_id.clone(),
-        remote_address: meta.remote_address.clone(),
-    }
-}
-
-impl From<ManageError> for ApiError {
-    fn from(err: ManageError) -> Self {
-        match err {
-            ManageError::Store(db) => db.into(),
-            ManageError::Secret(e) | ManageError::Job(e) => ApiError::Internal(e),
-        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::eventually;
+use super::eventually;
 
 pub struct ServeProcess {
     child: Child,

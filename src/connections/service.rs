@@ -1,0 +1,213 @@
+//! The connection service: owns each change's whole life. A write runs its transaction
+//! (a rotation through the client's actor), then what follows the commit (every cache,
+//! then the queue); a read answers from the store; verify answers from the caches.
+//! Handlers only translate HTTP to these calls and their results to responses.
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor as _, Addr};
+use entity::{connection, connection_event};
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+use workers::credentials::ConnectionIdentity;
+
+use super::actor::{ActorSetup, RotationGate};
+use super::audit::{self, Actor};
+use super::effects::AfterCommit;
+use super::registry::{ActiveActors, ActorFor, ConnectionRegistry};
+use super::rotation::{Rotate, Rotated};
+use super::store::{self, ListFilter};
+use super::writes::{self, Changed, Upsert, Upserted};
+use super::{ConnectionError, validity};
+use crate::cache::{CredentialsCache, Layer};
+use crate::outbox::OutboxRelay;
+use crate::paging::{Page, PageRequest};
+use crate::secrets::SecretDigest;
+
+#[derive(Clone)]
+pub struct Service {
+    db: DatabaseConnection,
+    registry: Addr<ConnectionRegistry>,
+    cache: Arc<CredentialsCache>,
+    effects: Arc<AfterCommit>,
+    gate: RotationGate,
+}
+
+impl Service {
+    /// Starts the registry of per-client actors (an actor stops after `idle_timeout`).
+    pub fn start(
+        db: DatabaseConnection,
+        cache: Arc<CredentialsCache>,
+        relay: OutboxRelay,
+        idle_timeout: Duration,
+    ) -> Self {
+        let effects = Arc::new(AfterCommit {
+            cache: cache.clone(),
+            relay,
+        });
+        let gate = RotationGate::default();
+        let registry = ConnectionRegistry::new(ActorSetup {
+            db: db.clone(),
+            effects: effects.clone(),
+            gate: gate.clone(),
+            idle_timeout,
+        })
+        .start();
+        Self {
+            db,
+            registry,
+            cache,
+            effects,
+            gate,
+        }
+    }
+
+    /// Rotates a connection's secret through its client's actor, which runs one
+    /// rotation at a time and publishes each before the next.
+    ///
+    /// CAUTION: the `Rotate` goes from this future straight to the actor, so if this
+    /// future is dropped (the caller hung up) before the actor takes the message, the
+    /// actor skips it: nothing is committed, mailed or audited for a caller who is gone.
+    pub async fn rotate(&self, cmd: Rotate) -> Result<Rotated, ConnectionError> {
+        if self.gate.is_closed() {
+            return Err(ConnectionError::ShuttingDown);
+        }
+        let actor = self
+            .registry
+            .send(ActorFor {
+                client_id: cmd.client_id,
+            })
+            .await
+            .map_err(|_| ConnectionError::ActorStopped)?;
+        actor
+            .send(cmd)
+            .await
+            .map_err(|_| ConnectionError::ActorStopped)?
+    }
+
+    /// Creates the connection of `(client_id, consumer_id)`, or re-points it.
+    pub async fn upsert(&self, cmd: Upsert) -> Result<Upserted, ConnectionError> {
+        let (db, effects) = (self.db.clone(), self.effects.clone());
+        self.detached(async move {
+            let upserted = writes::upsert(&db, cmd).await?;
+            if let Upserted::Updated(changed) = &upserted {
+                publish(&effects, changed).await;
+            }
+            Ok(upserted)
+        })
+        .await
+    }
+
+    /// A new `redirect_uri` for one connection.
+    pub async fn repoint(
+        &self,
+        client_id: Uuid,
+        connection_id: Uuid,
+        redirect_uri: String,
+        actor: Actor,
+    ) -> Result<connection::Model, ConnectionError> {
+        let (db, effects) = (self.db.clone(), self.effects.clone());
+        self.detached(async move {
+            let changed =
+                writes::repoint(&db, client_id, connection_id, redirect_uri, &actor).await?;
+            publish(&effects, &changed).await;
+            Ok(changed.connection)
+        })
+        .await
+    }
+
+    /// Deletes one connection; every secret it had stops verifying at once.
+    pub async fn delete(
+        &self,
+        client_id: Uuid,
+        connection_id: Uuid,
+        actor: Actor,
+    ) -> Result<connection::Model, ConnectionError> {
+        let (db, effects) = (self.db.clone(), self.effects.clone());
+        self.detached(async move {
+            let changed = writes::delete(&db, client_id, connection_id, &actor).await?;
+            publish(&effects, &changed).await;
+            Ok(changed.connection)
+        })
+        .await
+    }
+
+    /// The connection this secret's digest authenticates now, if any, and the cache
+    /// layer that answered.
+    pub async fn verify(
+        &self,
+        digest: &SecretDigest,
+    ) -> Result<(Option<ConnectionIdentity>, Layer), ConnectionError> {
+        let db = &self.db;
+        self.cache
+            .verify(digest, || async move {
+                let row = store::holding(db, digest).await?;
+                Ok::<_, ConnectionError>(
+                    row.and_then(|row| validity::entry_for(&row, digest, chrono::Utc::now())),
+                )
+            })
+            .await
+    }
+
+    pub async fn client_exists(&self, client_id: Uuid) -> Result<bool, ConnectionError> {
+        Ok(store::client_exists(&self.db, client_id).await?)
+    }
+
+    /// The client's connection, or `NotFound` (also when it belongs to another client).
+    pub async fn find(
+        &self,
+        client_id: Uuid,
+        connection_id: Uuid,
+    ) -> Result<connection::Model, ConnectionError> {
+        store::find(&self.db, client_id, connection_id)
+            .await?
+            .ok_or(ConnectionError::NotFound)
+    }
+
+    pub async fn list(
+        &self,
+        client_id: Uuid,
+        filter: &ListFilter,
+        page: PageRequest,
+    ) -> Result<Page<connection::Model>, ConnectionError> {
+        Ok(store::list(&self.db, client_id, filter, page).await?)
+    }
+
+    pub async fn events(
+        &self,
+        client_id: Uuid,
+        connection_id: Uuid,
+        page: PageRequest,
+    ) -> Result<Page<connection_event::Model>, ConnectionError> {
+        Ok(audit::events(&self.db, client_id, connection_id, page).await?)
+    }
+
+    /// At shutdown, once no request is left to answer: refuses rotations still queued
+    /// and waits up to `within` for the running ones, so that none commits after the
+    /// outbox flush that follows. Returns whether they all finished in time.
+    pub async fn close(&self, within: Duration) -> bool {
+        self.gate.close(within).await
+    }
+
+    /// How many per-client actors are alive.
+    pub async fn active_actors(&self) -> usize {
+        self.registry.send(ActiveActors).await.unwrap_or(0)
+    }
+
+    /// Runs a write and what follows its commit on a task of its own, so that once it
+    /// has begun it finishes whole even if its caller goes meanwhile.
+    async fn detached<T: Send + 'static>(
+        &self,
+        write: impl Future<Output = Result<T, ConnectionError>> + Send + 'static,
+    ) -> Result<T, ConnectionError> {
+        tokio::spawn(write)
+            .await
+            .map_err(|e| ConnectionError::Internal(anyhow::anyhow!("a write task failed: {e}")))?
+    }
+}
+
+async fn publish(effects: &AfterCommit, changed: &Changed) {
+    effects
+        .publish(&changed.change, changed.outbox_ids.clone())
+        .await;
+}

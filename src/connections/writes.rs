@@ -1,0 +1,233 @@
+//! The resource's writes beside rotation: create (by upsert), re-point, delete. Each runs
+//! in one transaction with its audit event and, where it changes what verify answers,
+//! its `invalidate_credentials` outbox row.
+use chrono::{DateTime, Utc};
+use entity::{connection, outbox};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ColumnTrait as _, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait as _,
+    IntoActiveModel as _, QueryFilter as _, TransactionTrait as _,
+};
+use uuid::Uuid;
+use workers::credentials::CredentialChange;
+use workers::jobs::{self, InvalidateCredentials};
+
+use super::audit::{self, Actor, NewEvent};
+use super::{ConnectionError, kinds, store, validity};
+use crate::secrets::Plaintext;
+
+/// Create or re-point the connection of `client_id` to `consumer_id`.
+pub struct Upsert {
+    pub client_id: Uuid,
+    pub consumer_id: Uuid,
+    pub redirect_uri: String,
+    pub actor: Actor,
+}
+
+/// A committed write that changed what verify answers: the change, for every cache, and
+/// the outbox row that repeats it.
+pub struct Changed {
+    pub connection: connection::Model,
+    pub change: CredentialChange,
+    pub outbox_ids: Vec<Uuid>,
+}
+
+pub enum Upserted {
+    /// A new connection and its first secret: the only copy of the plaintext anywhere.
+    Created {
+        connection: connection::Model,
+        secret: Plaintext,
+    },
+    /// The existing connection with its new `redirect_uri`; its secret is unchanged.
+    Updated(Changed),
+}
+
+/// Upsert on `(client_id, consumer_id)`. Concurrent upserts of the same pair create one
+/// row: the loser of the insert race re-points the winner's row instead.
+///
+/// The caller has checked that both clients exist.
+pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, ConnectionError> {
+    let now = Utc::now();
+    let secret = Plaintext::generate().map_err(ConnectionError::Internal)?;
+    let created = connection::Model {
+        id: Uuid::new_v4(),
+        client_id: cmd.client_id,
+        consumer_id: cmd.consumer_id,
+        redirect_uri: cmd.redirect_uri.clone(),
+        secret_hash: secret.digest().into_string(),
+        previous_secret_hash: None,
+        previous_secret_expires_at: None,
+        secret_version: 0,
+        state_version: 0,
+        inserted_at: now,
+        updated_at: now,
+    };
+
+    let txn = db.begin().await?;
+    // CAUTION: the insert is the transaction's first statement, so on SQLite it takes the
+    // write lock before anything is read (see `store::lock`); on PostgreSQL the unique
+    // index decides the race and `DO NOTHING` hands the loser to the re-point below.
+    let inserted = connection::Entity::insert(created.clone().into_active_model())
+        .on_conflict(
+            OnConflict::columns([connection::Column::ClientId, connection::Column::ConsumerId])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+
+    if inserted == 1 {
+        audit::record(
+            &txn,
+            NewEvent {
+                kind: kinds::CREATED,
+                connection_id: created.id,
+                client_id: created.client_id,
+                actor: &cmd.actor,
+                secret_version: Some(created.secret_version),
+                grace_period: None,
+                occurred_at: now,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        return Ok(Upserted::Created {
+            connection: created,
+            secret,
+        });
+    }
+    drop(secret);
+
+    let existing = store::lock_pair(&txn, cmd.client_id, cmd.consumer_id)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("the conflicting connection vanished".into()))?;
+    let changed = repoint_locked(&txn, existing, cmd.redirect_uri, &cmd.actor, now).await?;
+    txn.commit().await?;
+    Ok(Upserted::Updated(changed))
+}
+
+/// Re-points one connection; `NotFound` when it does not exist for this client.
+pub async fn repoint(
+    db: &DatabaseConnection,
+    client_id: Uuid,
+    connection_id: Uuid,
+    redirect_uri: String,
+    actor: &Actor,
+) -> Result<Changed, ConnectionError> {
+    let txn = db.begin().await?;
+    let current = store::lock(&txn, client_id, connection_id)
+        .await?
+        .ok_or(ConnectionError::NotFound)?;
+    let changed = repoint_locked(&txn, current, redirect_uri, actor, Utc::now()).await?;
+    txn.commit().await?;
+    Ok(changed)
+}
+
+/// Deletes one connection, with its audit event and an `invalidate_credentials` outbox
+/// row that retires every digest it had; `NotFound` when it does not exist for this
+/// client.
+pub async fn delete(
+    db: &DatabaseConnection,
+    client_id: Uuid,
+    connection_id: Uuid,
+    actor: &Actor,
+) -> Result<Changed, ConnectionError> {
+    let txn = db.begin().await?;
+    // Under the row lock, so a rotation committing meanwhile cannot leave a digest that
+    // this delete does not retire.
+    let current = store::lock(&txn, client_id, connection_id)
+        .await?
+        .ok_or(ConnectionError::NotFound)?;
+    connection::Entity::delete_by_id(current.id)
+        .exec(&txn)
+        .await?;
+    let now = Utc::now();
+    let event_id = audit::record(
+        &txn,
+        NewEvent {
+            kind: kinds::DELETED,
+            connection_id: current.id,
+            client_id: current.client_id,
+            actor,
+            secret_version: Some(current.secret_version),
+            grace_period: None,
+            occurred_at: now,
+        },
+    )
+    .await?;
+    let change = validity::change(&current, None, now);
+    let outbox_id = write_change_job(&txn, event_id, &change, now).await?;
+    txn.commit().await?;
+    Ok(Changed {
+        connection: current,
+        change,
+        outbox_ids: vec![outbox_id],
+    })
+}
+
+/// Sets `redirect_uri` on a locked row, bumps its state version (verify's answer for
+/// its secrets changes), and records the `updated` event and the change's job.
+async fn repoint_locked(
+    txn: &DatabaseTransaction,
+    current: connection::Model,
+    redirect_uri: String,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<Changed, ConnectionError> {
+    let updated = connection::Model {
+        redirect_uri,
+        state_version: current.state_version + 1,
+        updated_at: now,
+        ..current.clone()
+    };
+    connection::Entity::update_many()
+        .col_expr(
+            connection::Column::RedirectUri,
+            Expr::value(updated.redirect_uri.clone()),
+        )
+        .col_expr(
+            connection::Column::StateVersion,
+            Expr::value(updated.state_version),
+        )
+        .col_expr(connection::Column::UpdatedAt, Expr::value(now))
+        .filter(connection::Column::Id.eq(updated.id))
+        .exec(txn)
+        .await?;
+    let event_id = audit::record(
+        txn,
+        NewEvent {
+            kind: kinds::UPDATED,
+            connection_id: updated.id,
+            client_id: updated.client_id,
+            actor,
+            secret_version: Some(updated.secret_version),
+            grace_period: None,
+            occurred_at: now,
+        },
+    )
+    .await?;
+    let change = validity::change(&current, Some(&updated), now);
+    let outbox_id = write_change_job(txn, event_id, &change, now).await?;
+    Ok(Changed {
+        connection: updated,
+        change,
+        outbox_ids: vec![outbox_id],
+    })
+}
+
+async fn write_change_job(
+    txn: &DatabaseTransaction,
+    event_id: Uuid,
+    change: &CredentialChange,
+    now: DateTime<Utc>,
+) -> Result<Uuid, ConnectionError> {
+    let job = InvalidateCredentials {
+        event_id,
+        change: change.clone(),
+    };
+    let (id, row) = crate::outbox::row(jobs::INVALIDATE_CREDENTIALS, &job, now)?;
+    outbox::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await?;
+    Ok(id)
+}

@@ -1,0 +1,24 @@
+//! What every handler shares.
+use std::sync::Arc;
+
+use actix::Addr;
+
+use crate::auth::Authorizer;
+use crate::config::Config;
+use crate::connections::Service;
+use crate::outbox::OutboxRelay;
+use crate::readiness::ReadinessCheck;
+use crate::telemetry::Metrics;
+
+pub struct AppState {
+    pub config: Config,
+    pub authorizer: Addr<Authorizer>,
+    pub connections: Service,
+    /// For `/metrics`' backlog gauge.
+    pub relay: OutboxRelay,
+    /// This application's own recorder: `/metrics` renders it.
+    pub metrics: Metrics,
+    /// What `/health/ready` asks: the database always, then Redis where configured, then
+    /// whatever was passed to `Application::build_with_checks`.
+    pub readiness: Vec<Arc<dyn ReadinessCheck>>,
+}

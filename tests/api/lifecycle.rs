@@ -1,0 +1,421 @@
+//! A secret's life only moves forward: whatever order or number of times invalidations,
+//! re-points and jobs land in, a retired secret stays refused; rotations run only for
+//! callers still waiting; a notice is sent once and never lost to a queue that forgot it.
+use std::sync::Arc;
+use std::time::Duration;
+
+use entity::{connection, outbox};
+use futures_util::future::join_all;
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _};
+use serde_json::json;
+use uuid::Uuid;
+
+use mithril::secrets::SecretDigest;
+use workers::credentials::RedisCredentials;
+use workers::jobs::InvalidateCredentials;
+
+use crate::support::smtp::{SmtpServer, SmtpState};
+use crate::support::{Owned, TestApp, eventually, fresh_namespace, test_redis};
+
+async fn two_instances_on_redis(redis_url: &str) -> (TestApp, TestApp) {
+    let namespace = fresh_namespace();
+    let first = TestApp::spawn_with(|c| {
+        c.redis_url = Some(redis_url.to_owned());
+        c.workers.queue_namespace = namespace.clone();
+    })
+    .await;
+    let second = TestApp::spawn_on(first.database.clone(), |c| {
+        c.redis_url = Some(redis_url.to_owned());
+        c.workers.queue_namespace = namespace.clone();
+    })
+    .await;
+    (first, second)
+}
+
+async fn secret_of(app: &TestApp, me: &Owned, grace: u64) -> String {
+    let (status, body) = app
+        .refresh_with_grace(me.client_id, me.connection_id, &me.token, grace)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["secret"].as_str().unwrap().to_owned()
+}
+
+/// The `invalidate_credentials` payloads written for one connection, oldest first.
+async fn invalidation_jobs(app: &TestApp, connection_id: Uuid) -> Vec<serde_json::Value> {
+    outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq("invalidate_credentials"))
+        .order_by_asc(outbox::Column::CreatedAt)
+        .order_by_asc(outbox::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.payload)
+        .filter(|p| p["invalidation"]["connection"]["id"] == json!(connection_id))
+        .collect()
+}
+
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn invalidations_applied_in_reverse_and_twice_leave_retired_secrets_refused() {
+    let redis_url = test_redis().await;
+    let (first, second) = two_instances_on_redis(&redis_url).await;
+    let me = first.owned("MSP").await;
+    for app in [&first, &second] {
+        assert!(app.verifies(&me.secret).await);
+    }
+    // S0 stays valid for an hour, S1 is new; then at once S0 and S1 retire, S2 is new.
+    let s1 = secret_of(&first, &me, 3600).await;
+    let s2 = secret_of(&first, &me, 0).await;
+    let jobs = invalidation_jobs(&first, me.connection_id).await;
+    assert_eq!(jobs.len(), 2);
+
+    // The jobs land late, newest first, each twice: as retries, sweeper re-pushes and
+    // several worker processes can make them. First straight into Redis (and, through
+    // its channel, every local cache), then as the job handler runs them.
+    let redis = workers::redis_connect::connect(&redis_url).await.unwrap();
+    let shared = RedisCredentials::new(redis.manager.clone(), Duration::from_secs(60));
+    let invalidator = workers::run::Invalidator {
+        db: first.db.clone(),
+        redis: Some(shared.clone()),
+        local: None,
+    };
+    let jobs: Vec<InvalidateCredentials> = jobs
+        .into_iter()
+        .map(|job| serde_json::from_value(job).unwrap())
+        .collect();
+    for job in jobs.iter().rev().chain(jobs.iter().rev()) {
+        shared.apply(&job.change).await.unwrap();
+        invalidator.apply(job).await.unwrap();
+    }
+    for (secret, name) in [(&me.secret, "S0"), (&s1, "S1")] {
+        let (entry, _) = shared
+            .get(SecretDigest::of(secret).as_str())
+            .await
+            .unwrap()
+            .expect("a cached entry");
+        assert!(entry.is_retired(), "{name} is retired in Redis: {entry:?}");
+    }
+    for app in [&first, &second] {
+        for _ in 0..2 {
+            assert!(!app.verifies(&me.secret).await, "S0 came back");
+            assert!(!app.verifies(&s1).await, "S1 came back");
+            assert!(app.verifies(&s2).await);
+        }
+    }
+}
+
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn a_late_re_point_rewrite_does_not_revive_a_secret_a_rotation_retired() {
+    let redis_url = test_redis().await;
+    let (first, second) = two_instances_on_redis(&redis_url).await;
+    let me = first.owned("MSP").await;
+    for app in [&first, &second] {
+        assert!(app.verifies(&me.secret).await);
+    }
+    let (status, _) = first
+        .repoint(
+            me.client_id,
+            me.connection_id,
+            "https://new.example.org/cb",
+            &me.token,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let s1 = secret_of(&first, &me, 0).await;
+    // The re-point's change (its rewrite of the cached view, which names the secret it
+    // saw as current), landing after the rotation's: straight into Redis and, through
+    // its channel, every local cache.
+    let repoint: InvalidateCredentials = outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq("invalidate_credentials"))
+        .order_by_asc(outbox::Column::CreatedAt)
+        .order_by_asc(outbox::Column::Id)
+        .one(&first.db)
+        .await
+        .unwrap()
+        .map(|row| serde_json::from_value(row.payload).unwrap())
+        .unwrap();
+    assert!(
+        repoint
+            .change
+            .still_valid
+            .iter()
+            .any(|v| v.digest == SecretDigest::of(&me.secret).as_str()),
+        "the re-point's change names the secret it saw as current"
+    );
+    let redis = workers::redis_connect::connect(&redis_url).await.unwrap();
+    RedisCredentials::new(redis.manager.clone(), Duration::from_secs(60))
+        .apply(&repoint.change)
+        .await
+        .unwrap();
+    for app in [&first, &second] {
+        for _ in 0..2 {
+            assert!(
+                !app.verifies(&me.secret).await,
+                "the retired secret came back"
+            );
+            assert!(app.verifies(&s1).await);
+        }
+    }
+}
+
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn re_points_racing_grace_0_rotations_leave_every_old_secret_refused() {
+    let redis_url = test_redis().await;
+    let (first, second) = two_instances_on_redis(&redis_url).await;
+    let mut owned = Vec::new();
+    for _ in 0..40 {
+        owned.push(first.owned("MSP").await);
+    }
+    for me in &owned {
+        for app in [&first, &second] {
+            assert!(app.verifies(&me.secret).await);
+        }
+    }
+    // Each connection: a re-point on one instance and a grace-0 rotation on the other,
+    // at once.
+    let rounds = owned.iter().map(|me| {
+        let (first, second) = (&first, &second);
+        async move {
+            let (repointed, rotated) = futures_util::join!(
+                first.repoint(
+                    me.client_id,
+                    me.connection_id,
+                    "https://race.example.org/cb",
+                    &me.token
+                ),
+                second.refresh(me.client_id, me.connection_id, &me.token)
+            );
+            assert_eq!(repointed.0, 200);
+            assert_eq!(rotated.0, 200);
+            rotated.1["data"]["secret"].as_str().unwrap().to_owned()
+        }
+    });
+    let new_secrets = join_all(rounds).await;
+    let mut revived = 0;
+    for (me, new_secret) in owned.iter().zip(&new_secrets) {
+        for app in [&first, &second] {
+            if app.verifies(&me.secret).await {
+                revived += 1;
+            }
+            assert_eq!(
+                app.verify(new_secret).await.1["data"]["redirect_uri"],
+                "https://race.example.org/cb"
+            );
+        }
+    }
+    assert_eq!(
+        revived, 0,
+        "old secrets still verifying after their rotation"
+    );
+}
+
+#[actix_web::test]
+async fn callers_who_give_up_leave_no_rotation_beyond_those_answered() {
+    let app = TestApp::spawn().await;
+    let me = app.owned("MSP").await;
+    let path = format!(
+        "/api/clients/{}/connections/{}/actions/refresh_secret",
+        me.client_id, me.connection_id
+    );
+    let request = format!(
+        "PATCH {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\ncontent-length: 0\r\n\r\n",
+        me.token
+    );
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // Every caller is connected before any sends, so every request reaches the server;
+    // each then waits 15 ms for its answer and hangs up.
+    let mut callers = Vec::new();
+    for _ in 0..150 {
+        callers.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let answers = join_all(callers.into_iter().map(|mut stream| {
+        let request = request.clone();
+        async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut head = [0u8; 12];
+            let answered =
+                tokio::time::timeout(Duration::from_millis(15), stream.read_exact(&mut head)).await;
+            matches!(answered, Ok(Ok(_))) && head.starts_with(b"HTTP/1.1 200")
+        }
+    }))
+    .await;
+    let answered = answers.iter().filter(|a| **a).count() as i64;
+    // One more, patient: the actor runs its mailbox in order, so once this one answers
+    // every earlier request has been run or skipped.
+    let (status, _) = app.refresh(me.client_id, me.connection_id, &me.token).await;
+    assert_eq!(status, 200);
+    let row = connection::Entity::find_by_id(me.connection_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "{answered} of 150 answered in time; {} rotations committed",
+        row.secret_version - 1
+    );
+    assert!(
+        row.secret_version - 1 <= answered + 1,
+        "{} rotations committed for {answered} callers still waiting (one may have been in flight)",
+        row.secret_version - 1
+    );
+}
+
+#[actix_web::test]
+async fn two_workers_handed_the_same_notice_send_one_e_mail() {
+    let smtp_state = SmtpState::default();
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| {
+        c.smtp_url = Some(smtp.url());
+        c.run_workers = false;
+    })
+    .await;
+    let me = app.owned("MSP").await;
+    secret_of(&app, &me, 0).await;
+    let row = outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq("notify_owner"))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let job: workers::jobs::NotifyOwner = serde_json::from_value(row.payload).unwrap();
+    let notifier = || {
+        Arc::new(workers::notify::Notifier {
+            db: app.db.clone(),
+            mailer: workers::mail::Mailer::new(
+                Some(&smtp.url()),
+                &app.state.config.workers.mail_dir,
+            )
+            .unwrap(),
+            templates: workers::mail::Templates::load().unwrap(),
+            mail_from: "Mithril <m@example.org>".to_owned(),
+            lease: workers::notify::DEFAULT_LEASE,
+        })
+    };
+    let (one, two) = (notifier(), notifier());
+    let outcomes = futures_util::join!(one.notify(&job), two.notify(&job));
+    eprintln!("{outcomes:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            smtp_state.count() >= 1
+        })
+        .await
+    );
+    assert_eq!(smtp_state.count(), 1, "one e-mail for one event");
+    smtp.stop().await;
+}
+
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn a_queue_that_forgot_its_jobs_still_delivers_within_the_reconcile_window() {
+    let redis_url = test_redis().await;
+    let smtp_state = SmtpState::default();
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let namespace = fresh_namespace();
+    let settings = |c: &mut mithril::Config| {
+        c.reconcile_after = Duration::from_secs(1);
+        c.redis_url = Some(redis_url.clone());
+        c.workers.queue_namespace = namespace.clone();
+        c.smtp_url = Some(smtp.url());
+    };
+    // No workers yet: the jobs wait in Redis.
+    let api = TestApp::spawn_with(|c| {
+        settings(c);
+        c.run_workers = false;
+    })
+    .await;
+    let me = api.owned("MSP").await;
+    for _ in 0..3 {
+        secret_of(&api, &me, 0).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            api.query_i64("SELECT COUNT(*) FROM outbox WHERE dispatched_at IS NULL")
+                .await
+                == 0
+        })
+        .await
+    );
+    // Redis restarts without persistence: every queued job of this namespace is gone.
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let _workers = TestApp::spawn_on(api.database.clone(), settings).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            smtp_state.count() == 3
+        })
+        .await,
+        "the three notices arrive (received {})",
+        smtp_state.count()
+    );
+    smtp.stop().await;
+}
+
+#[actix_web::test]
+async fn a_row_that_can_never_be_pushed_does_not_stop_the_sweep() {
+    let app = TestApp::spawn_with(|c| c.run_workers = false).await;
+    let me = app.owned("MSP").await;
+    secret_of(&app, &me, 0).await;
+    let long_ago = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let good = outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq("notify_owner"))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = [
+        ("notify_owner", json!({"not": "a job"}), long_ago),
+        ("no_such_kind", json!({}), long_ago),
+        (
+            "notify_owner",
+            good.payload.clone(),
+            long_ago + chrono::Duration::seconds(1),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (kind, payload, created_at) in rows {
+        let id = Uuid::now_v7();
+        ids.push(id);
+        outbox::Entity::insert(outbox::ActiveModel {
+            id: sea_orm::ActiveValue::Set(id),
+            kind: sea_orm::ActiveValue::Set(kind.to_owned()),
+            payload: sea_orm::ActiveValue::Set(payload),
+            created_at: sea_orm::ActiveValue::Set(created_at),
+            dispatched_at: sea_orm::ActiveValue::Set(None),
+            attempts: sea_orm::ActiveValue::Set(0),
+            dead_at: sea_orm::ActiveValue::Set(None),
+            settled_at: sea_orm::ActiveValue::Set(None),
+        })
+        .exec_without_returning(&app.db)
+        .await
+        .unwrap();
+    }
+    let pushed = || async {
+        outbox::Entity::find_by_id(ids[2])
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .dispatched_at
+            .is_some()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), pushed).await,
+        "the good row behind the bad ones was pushed"
+    );
+}

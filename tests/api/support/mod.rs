@@ -1,0 +1,12 @@
+//! The test harness: the app under test, calls over HTTP, assertions and polls, a real
+//! SMTP server, Redis, and `mithril serve` as a child process.
+mod app;
+mod assert;
+mod calls;
+pub mod serve;
+mod shared_redis;
+pub mod smtp;
+
+pub use app::*;
+pub use assert::*;
+pub use shared_redis::*;

@@ -1,0 +1,164 @@
+//! Settings that `mithril serve` (running the workers in-process) and `mithril-workers`
+//! share: one definition, so the two read the same variables with the same defaults and
+//! the README's "keep equal" is possible.
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How transient failures are retried: exponential backoff from `min` to `max`, then
+/// the job is dead-lettered.
+#[derive(Clone, Debug)]
+pub struct RetrySettings {
+    pub retries: usize,
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetrySettings {
+    /// About two hours of retries: an SMTP or Redis outage of that length still delivers.
+    fn default() -> Self {
+        Self {
+            retries: 30,
+            min: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerSettings {
+    /// Where notices go as `.eml` files when SMTP_URL is unset.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_MAIL_DIR",
+        default_value = "data/mail"
+    )]
+    pub mail_dir: PathBuf,
+    /// Prefix of the job queue names; the API and every worker must use the same.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_QUEUE_NAMESPACE",
+        default_value = "mithril"
+    )]
+    pub queue_namespace: String,
+    /// Jobs of each kind one process runs at once.
+    #[arg(
+        long = "worker-concurrency",
+        alias = "concurrency",
+        global = true,
+        env = "MITHRIL_WORKER_CONCURRENCY",
+        default_value_t = 8
+    )]
+    pub concurrency: usize,
+    /// Seconds a verified credential stays cached (in-process and in Redis): the
+    /// worst-case bound if every invalidation path failed.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_CREDENTIALS_CACHE_TTL",
+        default_value_t = 60
+    )]
+    pub credentials_cache_ttl: u64,
+    /// Retries of a failed job before it is dead-lettered.
+    #[arg(long, global = true, env = "MITHRIL_RETRIES", default_value_t = 30)]
+    pub retries: usize,
+    /// First retry delay, in milliseconds; it doubles up to the maximum.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_RETRY_MIN_MS",
+        default_value_t = 500
+    )]
+    pub retry_min_ms: u64,
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_RETRY_MAX_MS",
+        default_value_t = 300_000
+    )]
+    pub retry_max_ms: u64,
+    /// How often an idle worker asks the queue for work, in milliseconds.
+    #[arg(
+        long = "worker-poll-ms",
+        alias = "poll-interval-ms",
+        global = true,
+        env = "MITHRIL_WORKER_POLL_MS",
+        default_value_t = 250
+    )]
+    pub poll_interval_ms: u64,
+    /// Seconds a worker's claim on a notice lasts; a notice whose worker died mid-send
+    /// is sent again after it.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_NOTICE_LEASE",
+        default_value_t = 120
+    )]
+    pub notice_lease: u64,
+}
+
+/// The same values as the command line's defaults (a test holds them equal).
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            mail_dir: PathBuf::from("data/mail"),
+            queue_namespace: "mithril".to_owned(),
+            concurrency: 8,
+            credentials_cache_ttl: 60,
+            retries: 30,
+            retry_min_ms: 500,
+            retry_max_ms: 300_000,
+            poll_interval_ms: 250,
+            notice_lease: 120,
+        }
+    }
+}
+
+impl WorkerSettings {
+    pub fn retry(&self) -> RetrySettings {
+        RetrySettings {
+            retries: self.retries,
+            min: Duration::from_millis(self.retry_min_ms.max(1)),
+            max: Duration::from_millis(self.retry_max_ms.max(self.retry_min_ms).max(1)),
+        }
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+
+    pub fn credentials_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.credentials_cache_ttl.max(1))
+    }
+
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.max(1)
+    }
+
+    pub fn notice_lease(&self) -> Duration {
+        Duration::from_secs(self.notice_lease.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::WorkerSettings;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        workers: WorkerSettings,
+    }
+
+    #[test]
+    fn the_defaults_are_the_command_lines() {
+        let parsed = Cli::parse_from(["test"]).workers;
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", WorkerSettings::default())
+        );
+    }
+}
