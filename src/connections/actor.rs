@@ -133,3 +133,21 @@ impl Handler<Rotate> for ConnectionActor {
         ))
     }
 }
+
+/// A bug inside a rotation, for the test that a dead actor is replaced.
+#[cfg(test)]
+pub(super) struct Crash;
+
+#[cfg(test)]
+impl Message for Crash {
+    type Result = ();
+}
+
+#[cfg(test)]
+impl Handler<Crash> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+        panic!("a bug in a rotation");
+    }
+}

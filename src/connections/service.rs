@@ -211,3 +211,43 @@ async fn publish(effects: &AfterCommit, changed: &Changed) {
         .publish(&changed.change, changed.outbox_ids.clone())
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[actix_web::test]
+    async fn a_client_whose_actor_died_gets_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded(format!(
+            "sqlite://{}/mithril.db?mode=rwc",
+            dir.path().display()
+        ));
+        let db = crate::db::connect(&config).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let queue = workers::queue::Queue::connect(&db, None, "test")
+            .await
+            .unwrap();
+        let relay = OutboxRelay::new(db.clone(), queue, Duration::from_secs(600));
+        let cache = Arc::new(CredentialsCache::new(Duration::from_secs(60), 100, None));
+        let service = Service::start(db, cache, relay, Duration::from_secs(60));
+        let client_id = Uuid::new_v4();
+        let actor_for = || service.registry.send(ActorFor { client_id });
+
+        let first = actor_for().await.unwrap();
+        assert_eq!(first, actor_for().await.unwrap(), "one actor per client");
+        assert!(first.send(super::super::actor::Crash).await.is_err());
+        for _ in 0..200 {
+            if !first.connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!first.connected(), "the actor died");
+        let second = actor_for().await.unwrap();
+        assert!(second.connected(), "a new actor, not the dead address");
+        assert_ne!(first, second);
+        assert_eq!(service.active_actors().await, 1);
+    }
+}

@@ -4,9 +4,9 @@
 //! The response shapes it names are in `schemas`.
 use std::sync::OnceLock;
 
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use actix_web::HttpResponse;
 use actix_web::http::header::ContentType;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::schemas::{ErrorBody, Meta, MetaType};
@@ -161,4 +161,3 @@ impl Modify for RequestIds {
         }
     }
 }
-

@@ -419,3 +419,52 @@ async fn a_row_that_can_never_be_pushed_does_not_stop_the_sweep() {
         "the good row behind the bad ones was pushed"
     );
 }
+
+/// At shutdown, once the server stopped taking requests: rotations still queued are
+/// refused, the running one finishes, and none commits after the close returns (the
+/// outbox flush comes right after it).
+#[actix_web::test]
+async fn closing_refuses_queued_rotations_and_none_commits_after() {
+    let app = TestApp::spawn().await;
+    let me = app.owned("MSP").await;
+    let app = Arc::new(app);
+    let mut callers = Vec::new();
+    for _ in 0..30 {
+        let (app, client_id, connection_id, token) = (
+            app.clone(),
+            me.client_id,
+            me.connection_id,
+            me.token.clone(),
+        );
+        callers.push(actix_web::rt::spawn(async move {
+            app.refresh(client_id, connection_id, &token).await.0
+        }));
+    }
+    let version = || async {
+        connection::Entity::find_by_id(me.connection_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .secret_version
+    };
+    assert!(eventually(Duration::from_secs(10), || async { version().await >= 1 }).await);
+    assert!(app.state.connections.close(Duration::from_secs(10)).await);
+    let at_close = version().await;
+    let mut statuses = Vec::new();
+    for caller in callers {
+        statuses.push(caller.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count() as i64;
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(ok < 30, "some rotations were still queued: {statuses:?}");
+    assert_eq!(
+        version().await,
+        at_close,
+        "nothing committed after the close"
+    );
+    assert_eq!(ok, at_close, "one version per 200");
+}

@@ -20,4 +20,5 @@ mod refresh_secret;
 mod rotation_effects;
 mod shutdown;
 mod support;
+mod upgrade;
 mod verify;

@@ -1,0 +1,246 @@
+//! A database written by the previous release (schema of migration 8) migrates in place,
+//! on either backend, and every row keeps its meaning: secrets still verify, tokens still
+//! work, the audit trail and sent notices are intact, and jobs in the outbox still go.
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::{connection, connection_event, outbox, sent_notification};
+use migration::{Migrator, MigratorTrait as _};
+use mithril::secrets::SecretDigest;
+use mithril::seed::{self, SeedClient, SeedFile, SeedToken, SeedUser};
+use sea_orm::sea_query::{Alias, Query};
+use sea_orm::{ConnectionTrait as _, EntityTrait as _, Value};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::support::{ALL_SCOPES, TestApp, TestDatabase, eventually};
+
+/// Inserts one row into `table` as the previous release's schema has it.
+async fn insert(db: &sea_orm::DatabaseConnection, table: &str, row: Vec<(&str, Value)>) {
+    let (columns, values): (Vec<_>, Vec<_>) = row.into_iter().unzip();
+    let statement = Query::insert()
+        .into_table(Alias::new(table))
+        .columns(columns.into_iter().map(Alias::new))
+        .values_panic(values.into_iter().map(Into::into))
+        .to_owned();
+    db.execute(&statement).await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
+    let database = Arc::new(TestDatabase::new().await);
+    let db = mithril::db::connect(&mithril::Config::embedded(database.url.clone()))
+        .await
+        .unwrap();
+    // The previous release's schema: migrations 1 to 8.
+    Migrator::up(&db, Some(8)).await.unwrap();
+
+    let (owner, client_id, consumer_id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let token = format!("token-{}", Uuid::new_v4().simple());
+    // Users, clients and tokens have the same shape in both releases: the seed writes them.
+    seed::load(
+        &db,
+        SeedFile {
+            users: vec![SeedUser {
+                id: owner,
+                email: "owner@example.org".into(),
+                locale: "en".into(),
+                is_blocked: false,
+            }],
+            clients: vec![
+                SeedClient {
+                    id: client_id,
+                    name: "Clinic".into(),
+                    client_type: "MSP".into(),
+                    user_id: owner,
+                    is_blocked: false,
+                },
+                SeedClient {
+                    id: consumer_id,
+                    name: "MIS".into(),
+                    client_type: "MIS".into(),
+                    user_id: owner,
+                    is_blocked: false,
+                },
+            ],
+            tokens: vec![SeedToken {
+                value: token.clone(),
+                user_id: owner,
+                client_id,
+                scope: ALL_SCOPES.into(),
+                expires_at: Utc::now() + chrono::Duration::hours(1),
+            }],
+            ..SeedFile::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // A connection rotated three times, its previous secret in a grace period.
+    let (current, previous) = ("current-secret-of-v3", "previous-secret-of-v2");
+    let grace_ends = Utc::now() + chrono::Duration::hours(2);
+    let connection_id = Uuid::new_v4();
+    let now = Utc::now();
+    insert(
+        &db,
+        "connections",
+        vec![
+            ("id", connection_id.into()),
+            ("client_id", client_id.into()),
+            ("consumer_id", consumer_id.into()),
+            ("redirect_uri", "https://mis.example.org/cb".into()),
+            ("secret_hash", SecretDigest::of(current).as_str().into()),
+            (
+                "previous_secret_hash",
+                SecretDigest::of(previous).as_str().into(),
+            ),
+            ("previous_secret_expires_at", grace_ends.into()),
+            ("secret_version", 3i64.into()),
+            ("inserted_at", now.into()),
+            ("updated_at", now.into()),
+        ],
+    )
+    .await;
+    let event_id = Uuid::now_v7();
+    insert(
+        &db,
+        "connection_events",
+        vec![
+            ("id", event_id.into()),
+            ("connection_id", connection_id.into()),
+            ("client_id", client_id.into()),
+            ("kind", "secret_refreshed".into()),
+            ("actor_user_id", owner.into()),
+            ("actor_client_id", client_id.into()),
+            ("request_id", "before-the-upgrade".into()),
+            ("remote_address", Option::<String>::None.into()),
+            ("secret_version", Some(3i64).into()),
+            ("grace_period", Some(7200i64).into()),
+            ("occurred_at", now.into()),
+        ],
+    )
+    .await;
+    insert(
+        &db,
+        "sent_notifications",
+        vec![("event_id", event_id.into()), ("sent_at", now.into())],
+    )
+    .await;
+    // A job of the previous release, not yet pushed: its change carries no version.
+    let old_job = json!({
+        "event_id": event_id,
+        "invalidation": {
+            "connection": {"id": connection_id, "client_id": client_id, "consumer_id": consumer_id, "redirect_uri": "https://mis.example.org/cb"},
+            "retire": [SecretDigest::of("older-secret-of-v1").as_str()],
+            "still_valid": [{"digest": SecretDigest::of(previous).as_str(), "valid_until": grace_ends}],
+        }
+    });
+    let old_row = Uuid::now_v7();
+    insert(
+        &db,
+        "outbox",
+        vec![
+            ("id", old_row.into()),
+            ("kind", "invalidate_credentials".into()),
+            ("payload", old_job.clone().into()),
+            ("created_at", (now - chrono::Duration::minutes(1)).into()),
+            (
+                "dispatched_at",
+                Option::<chrono::DateTime<Utc>>::None.into(),
+            ),
+            ("attempts", 0i32.into()),
+        ],
+    )
+    .await;
+
+    // The upgrade, in place.
+    Migrator::up(&db, None).await.unwrap();
+
+    let row = connection::Entity::find_by_id(connection_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.secret_version, 3, "rotations counted as before");
+    assert_eq!(
+        row.state_version, 3,
+        "the state version starts at the secret version"
+    );
+    assert_eq!(row.secret_hash, SecretDigest::of(current).as_str());
+    assert_eq!(
+        row.previous_secret_hash.as_deref(),
+        Some(SecretDigest::of(previous).as_str())
+    );
+    assert_eq!(
+        row.previous_secret_expires_at.map(|t| t.timestamp()),
+        Some(grace_ends.timestamp())
+    );
+    let sent = sent_notification::Entity::find_by_id(event_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sent.state,
+        sent_notification::state::SENT,
+        "a sent notice stays sent"
+    );
+    let event = connection_event::Entity::find_by_id(event_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            event.request_id.as_str(),
+            event.secret_version,
+            event.grace_period
+        ),
+        ("before-the-upgrade", Some(3), Some(7200))
+    );
+    let job = outbox::Entity::find_by_id(old_row)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.payload, old_job, "job payloads are not rewritten");
+    assert!(job.dead_at.is_none() && job.settled_at.is_none());
+    db.close().await.unwrap();
+
+    // The new release serves the upgraded database.
+    let app = TestApp::spawn_on(database, |_| {}).await;
+    assert!(
+        app.verifies(current).await,
+        "the current secret still verifies"
+    );
+    assert!(app.verifies(previous).await, "the grace period still runs");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            outbox::Entity::find_by_id(old_row)
+                .one(&app.db)
+                .await
+                .unwrap()
+                .unwrap()
+                .dispatched_at
+                .is_some()
+        })
+        .await,
+        "the previous release's job is pushed, not set aside"
+    );
+    let (status, body) = app.refresh(client_id, connection_id, &token).await;
+    assert_eq!(status, 200, "the old token still works: {body}");
+    let row = connection::Entity::find_by_id(connection_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.secret_version, row.state_version), (4, 4));
+    assert!(!app.verifies(current).await && !app.verifies(previous).await);
+    let (status, events) = app.events(client_id, connection_id, "", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        events["paging"]["total_entries"], 2,
+        "the old event is kept"
+    );
+}
