@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::connections::Service;
 use crate::http::{self, AppState};
 use crate::outbox::OutboxRelay;
+use crate::ratelimit::RefreshBudget;
 use crate::readiness::{DatabaseCheck, DrainCheck, ReadinessCheck, RedisCheck};
 use crate::telemetry::Metrics;
 
@@ -136,10 +137,18 @@ impl Application {
         readiness.extend(checks);
         let http_workers = config.http_workers;
         let shutdown_timeout = config.shutdown_timeout.as_secs();
+        let refresh_budget = config.refresh_limit.map(|limit| {
+            RefreshBudget::new(
+                limit,
+                redis.as_ref().map(|r| r.manager.clone()),
+                crate::cache::REDIS_BUDGET,
+            )
+        });
         let state = web::Data::new(AppState {
             config,
             authorizer,
             connections,
+            refresh_budget,
             relay,
             metrics: Metrics::new(),
             readiness,

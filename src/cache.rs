@@ -20,6 +20,9 @@ use workers::credentials::{
 
 use crate::secrets::SecretDigest;
 
+/// How long a digest no connection has is answered without asking further.
+pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+
 /// How long a request waits on Redis before carrying on without it.
 pub const REDIS_BUDGET: Duration = Duration::from_millis(250);
 
@@ -79,6 +82,8 @@ enum Write {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layer {
     Local,
+    /// A digest no connection had a moment ago: answered without asking further.
+    Unknown,
     Redis,
     Store,
 }
@@ -87,6 +92,7 @@ impl Layer {
     pub fn name(self) -> &'static str {
         match self {
             Self::Local => "local",
+            Self::Unknown => "unknown",
             Self::Redis => "redis",
             Self::Store => "store",
         }
@@ -95,6 +101,14 @@ impl Layer {
 
 pub struct CredentialsCache {
     local: Cache<String, Arc<Local>>,
+    /// Digests no connection has: a flood of invented or mistyped keys costs one query
+    /// each per `UNKNOWN_TTL`, not one per request.
+    ///
+    /// CAUTION: safe because a secret issued later is a fresh random value, which cannot
+    /// be among the digests seen before (the caller gets it only after its commit).
+    /// Seeding a known plaintext that someone just tried makes it verify only once this
+    /// entry lapses.
+    unknown: Cache<String, ()>,
     redis: Option<RedisCredentials>,
     ttl: Duration,
     retired_ttl: Duration,
@@ -110,6 +124,10 @@ impl CredentialsCache {
                 .max_capacity(capacity)
                 .expire_after(OwnDeadline)
                 .build(),
+            unknown: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(UNKNOWN_TTL)
+                .build(),
             redis,
             ttl,
             retired_ttl: retired_ttl(ttl),
@@ -118,8 +136,9 @@ impl CredentialsCache {
     }
 
     /// The connection that accepts this digest now, if any: from this instance's cache,
-    /// else Redis's, else `load` (which reads the database); what is read below fills the
-    /// layers above.
+    /// else Redis's, else `load` (which reads the database: `None` when no connection
+    /// has the digest, a retired entry when one had it and no longer accepts it); what is
+    /// read below fills the layers above.
     pub async fn verify<E, F>(
         &self,
         digest: &SecretDigest,
@@ -131,6 +150,9 @@ impl CredentialsCache {
         let now = Utc::now();
         if let Some(hit) = self.local.get(digest.as_str()) {
             return Ok((hit.credential.accepted(now).cloned(), Layer::Local));
+        }
+        if self.unknown.contains_key(digest.as_str()) {
+            return Ok((None, Layer::Unknown));
         }
         let generation = self.generation.load(Ordering::SeqCst);
         if let Some(redis) = &self.redis {
@@ -145,6 +167,7 @@ impl CredentialsCache {
             }
         }
         let Some(entry) = load().await? else {
+            self.unknown.insert(digest.as_str().to_owned(), ());
             return Ok((None, Layer::Store));
         };
         let ttl = self.ttl_of(&entry);

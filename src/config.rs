@@ -1,8 +1,10 @@
 //! Typed configuration, read once at start-up from the command line and environment and
 //! then passed explicitly: nothing reads the environment after this.
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use anyhow::bail;
+use ipnet::IpNet;
 use workers::settings::WorkerSettings;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mithril.db?mode=rwc";
@@ -13,6 +15,76 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:4000";
 /// for longer is not a grace period but a second secret.
 pub const MAX_GRACE_PERIOD_BOUND: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A budget of `count` per `period`, with up to `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: NonZeroU32,
+    pub period: Duration,
+    pub burst: NonZeroU32,
+}
+
+impl RateLimit {
+    /// API.md's default: 60 a minute, all 60 at once if need be.
+    pub const DEFAULT: Self = Self {
+        count: NonZeroU32::MIN.saturating_add(59),
+        period: Duration::from_secs(60),
+        burst: NonZeroU32::MIN.saturating_add(59),
+    };
+
+    /// `off`, or `N/unit` (`s`, `sec`, `min`, `h`, `hour`, ...), optionally `,burst=M`
+    /// (default: a burst of N). `None` for `off`.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let bad = || format!("{text:?} is not a rate such as `60/min` or `10/s,burst=20`");
+        let (rate, burst) = match text.split_once(',') {
+            Some((rate, burst)) => (rate, Some(burst.trim())),
+            None => (text, None),
+        };
+        let (count, unit) = rate.split_once('/').ok_or_else(bad)?;
+        let count: NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+        let period = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        let burst = match burst {
+            None => count,
+            Some(burst) => burst
+                .strip_prefix("burst=")
+                .and_then(|n| n.trim().parse().ok())
+                .ok_or_else(bad)?,
+        };
+        Ok(Some(Self {
+            count,
+            period,
+            burst,
+        }))
+    }
+
+    /// The time one request's share of the budget takes to come back.
+    pub fn interval(&self) -> Duration {
+        (self.period / self.count.get()).max(Duration::from_micros(1))
+    }
+}
+
+/// `10.0.0.0/8, 192.168.1.7, ::1/128` → networks; a bare address is a network of one.
+pub fn parse_networks(list: &str) -> Result<Vec<IpNet>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{s:?} is not an address or a CIDR network"))
+        })
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: String,
@@ -22,6 +94,10 @@ pub struct Config {
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub bind: String,
+    /// Each client's budget of refreshes; `None` is unlimited.
+    pub refresh_limit: Option<RateLimit>,
+    /// Proxies whose forwarding headers name the caller's address in the audit trail.
+    pub trusted_proxies: Vec<IpNet>,
     /// Longest grace period a caller may ask for (API.md default: 7 days).
     pub max_grace_period: Duration,
     /// A per-client actor with no work for this long stops, so memory stays bounded.
@@ -58,6 +134,8 @@ impl Config {
             smtp_url: None,
             mail_from: DEFAULT_MAIL_FROM.to_owned(),
             bind: DEFAULT_BIND.to_owned(),
+            refresh_limit: Some(RateLimit::DEFAULT),
+            trusted_proxies: Vec::new(),
             max_grace_period: Duration::from_secs(7 * 24 * 3600),
             actor_idle_timeout: Duration::from_secs(60),
             token_cache_ttl: Duration::from_secs(30),
@@ -99,6 +177,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_parse_and_refuse_nonsense() {
+        let limit = RateLimit::parse("60/min").unwrap().unwrap();
+        assert_eq!(limit, RateLimit::DEFAULT);
+        assert_eq!(limit.interval(), Duration::from_secs(1));
+        let limit = RateLimit::parse("10/s,burst=20").unwrap().unwrap();
+        assert_eq!((limit.count.get(), limit.burst.get()), (10, 20));
+        assert_eq!(RateLimit::parse("off").unwrap(), None);
+        for bad in ["", "60", "0/min", "60/fortnight", "60/min,burst=0", "x/s"] {
+            assert!(RateLimit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn networks_parse() {
+        let nets = parse_networks("10.1.2.3/8, 192.168.1.7 ,::1/128,").unwrap();
+        assert_eq!(nets.len(), 3);
+        assert_eq!(nets[0].to_string(), "10.0.0.0/8");
+        assert!(parse_networks("10.0.0.0/33").is_err());
+        assert!(parse_networks("").unwrap().is_empty());
+    }
 
     #[test]
     fn a_grace_period_above_a_year_is_refused_at_start() {

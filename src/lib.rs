@@ -12,6 +12,7 @@ pub mod db;
 pub mod http;
 pub mod outbox;
 pub mod paging;
+pub mod ratelimit;
 pub mod readiness;
 pub mod secrets;
 pub mod seed;

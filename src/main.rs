@@ -33,6 +33,14 @@ struct Settings {
     smtp_url: Option<String>,
     #[arg(long, global = true, env = "MAIL_FROM", default_value = config::DEFAULT_MAIL_FROM)]
     mail_from: String,
+    /// Each client's budget of refreshes: `N/unit` (`s`, `min`, `h`), optionally
+    /// `,burst=M`; `off` for none.
+    #[arg(long, global = true, env = "MITHRIL_REFRESH_LIMIT", default_value = "60/min", value_parser = RefreshLimit::parse)]
+    refresh_limit: RefreshLimit,
+    /// Proxies (addresses or CIDR networks, comma-separated) whose `X-Forwarded-For` or
+    /// `Forwarded` names the caller's address in the audit trail.
+    #[arg(long, global = true, env = "MITHRIL_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    trusted_proxies: TrustedProxies,
     /// Longest grace period a caller may ask for, in seconds.
     #[arg(long, global = true, env = "MITHRIL_MAX_GRACE_PERIOD", default_value_t = 7 * 24 * 3600)]
     max_grace_period: u64,
@@ -99,6 +107,26 @@ enum Command {
     },
 }
 
+/// `MITHRIL_REFRESH_LIMIT` as clap holds it: `off` is a value, not an absent option.
+#[derive(Clone)]
+struct RefreshLimit(Option<config::RateLimit>);
+
+impl RefreshLimit {
+    fn parse(text: &str) -> Result<Self, String> {
+        config::RateLimit::parse(text).map(Self)
+    }
+}
+
+/// `MITHRIL_TRUSTED_PROXIES` as clap holds it: one value, a comma-separated list.
+#[derive(Clone)]
+struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    fn parse(text: &str) -> Result<Self, String> {
+        config::parse_networks(text).map(Self)
+    }
+}
+
 impl Settings {
     fn config(&self, bind: Option<&str>) -> Config {
         let mut config = Config::embedded(self.database_url.clone());
@@ -109,6 +137,8 @@ impl Settings {
         config.actor_idle_timeout = Duration::from_secs(self.actor_idle_timeout.max(1));
         config.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
         config.drain_delay = self.drain_delay;
+        config.refresh_limit = self.refresh_limit.0;
+        config.trusted_proxies = self.trusted_proxies.0.clone();
         config.reconcile_after = self.reconcile_after;
         config.workers = self.workers.clone();
         if let Some(bind) = bind {
@@ -152,7 +182,14 @@ async fn main() -> anyhow::Result<()> {
             }
             let app = Application::build_with_db(config, database).await?;
             app.state().metrics.install_global();
-            tracing::info!(port = app.port(), "mithril listening");
+            let config = &app.state().config;
+            tracing::info!(
+                port = app.port(),
+                database = workers::settings::redacted(&config.database_url),
+                redis = config.redis_url.as_deref().map(workers::settings::redacted),
+                smtp = config.smtp_url.as_deref().map(workers::settings::redacted),
+                "mithril listening"
+            );
             // Returns once requests have drained, the outbox is flushed and the in-process
             // workers have stopped: then the process exits 0.
             app.run_until_signalled().await?;
@@ -200,4 +237,35 @@ async fn print_demo(database: &sea_orm::DatabaseConnection, bind: &str) -> anyho
         demo.curl(bind)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_its_defaults_parse() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["mithril", "serve"]).unwrap();
+        let config = cli.settings.config(None);
+        assert_eq!(
+            config.refresh_limit,
+            Some(mithril::config::RateLimit::DEFAULT)
+        );
+        assert!(config.trusted_proxies.is_empty());
+        let cli = Cli::try_parse_from([
+            "mithril",
+            "serve",
+            "--refresh-limit",
+            "off",
+            "--trusted-proxies",
+            "10.0.0.0/8,127.0.0.1",
+        ])
+        .unwrap();
+        let config = cli.settings.config(None);
+        assert_eq!(config.refresh_limit, None);
+        assert_eq!(config.trusted_proxies.len(), 2);
+    }
 }

@@ -51,9 +51,17 @@ impl Metrics {
 
     /// One answered HTTP request. `route` is the matched route pattern (never the raw
     /// path, which holds ids), or `unmatched`.
+    ///
+    /// CAUTION: every label has a bounded set of values, so a caller cannot grow the
+    /// metrics without limit: methods outside HTTP's own are `other`, paths outside the
+    /// route table `unmatched`.
     pub fn http_request(&self, method: &str, route: &str, status: u16, latency: Duration) {
+        const KNOWN: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+        ];
+        let method = KNOWN.into_iter().find(|m| *m == method).unwrap_or("other");
         let labels = [
-            Label::new("method", method.to_owned()),
+            Label::from_static_parts("method", method),
             Label::new("route", route.to_owned()),
             Label::new("status", status.to_string()),
         ];

@@ -32,7 +32,17 @@ pub struct Authorizer {
     /// refused again within `ttl` (an expired token is refused at once: each hit checks
     /// `expires_at`).
     cache: Cache<SecretDigest, Principal>,
+    /// Digests no token has: a flood of invented tokens costs one query each per TTL,
+    /// not one per request.
+    ///
+    /// CAUTION: safe because a token issued later is a fresh random value, which cannot
+    /// be among the digests seen before. Seeding a known plaintext that someone just
+    /// tried makes it work only once this entry lapses (`UNKNOWN_TTL`).
+    unknown: Cache<SecretDigest, ()>,
 }
+
+/// How long a digest no token has is answered without asking the database.
+pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 
 impl Authorizer {
     pub fn new(db: DatabaseConnection, ttl: Duration, capacity: u64) -> Self {
@@ -41,6 +51,10 @@ impl Authorizer {
             cache: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
+                .build(),
+            unknown: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(UNKNOWN_TTL)
                 .build(),
         }
     }
@@ -66,10 +80,19 @@ impl Handler<Authorize> for Authorizer {
                 msg.path_client_id,
             )));
         }
+        if self.unknown.contains_key(&digest) {
+            return Box::pin(std::future::ready(Err(AuthError::AccessDenied)));
+        }
         let db = self.db.clone();
-        let cache = self.cache.clone();
+        let (cache, unknown) = (self.cache.clone(), self.unknown.clone());
         Box::pin(async move {
-            let principal = load_principal(&db, &digest).await?;
+            let principal = match load_principal(&db, &digest).await? {
+                Some(principal) => principal,
+                None => {
+                    unknown.insert(digest, ());
+                    return Err(AuthError::AccessDenied);
+                }
+            };
             cache.insert(digest, principal.clone());
             check(principal, msg.scope, msg.path_client_id)
         })
@@ -120,15 +143,18 @@ struct TokenDetails {
     scope: String,
 }
 
+/// The principal of a token digest; `None` when no token has it.
 async fn load_principal(
     db: &DatabaseConnection,
     digest: &SecretDigest,
-) -> Result<Principal, AuthError> {
-    let token = token::Entity::find()
+) -> Result<Option<Principal>, AuthError> {
+    let Some(token) = token::Entity::find()
         .filter(token::Column::ValueHash.eq(digest.as_str()))
         .one(db)
         .await?
-        .ok_or(AuthError::AccessDenied)?;
+    else {
+        return Ok(None);
+    };
     if !digest.matches(&token.value_hash) || token.expires_at <= Utc::now() {
         return Err(AuthError::AccessDenied);
     }
@@ -146,15 +172,21 @@ async fn load_principal(
     if user.is_blocked || client.is_blocked {
         return Err(AuthError::AccessDenied);
     }
-    Ok(Principal {
+    // CAUTION: defence in depth: a token carries at most its client type's scopes,
+    // whatever its own scope string claims (an MSP_LIMITED token never refreshes). A
+    // client of an unknown type has none.
+    let (type_name, allowed) = client_type.map(|t| (t.name, t.scope)).unwrap_or_default();
+    let allowed: Vec<&str> = allowed.split_whitespace().collect();
+    Ok(Some(Principal {
         user_id: user.id,
         client_id: client.id,
-        client_type: client_type.map(|t| t.name).unwrap_or_default(),
+        client_type: type_name,
         scopes: details
             .scope
             .split_whitespace()
+            .filter(|scope| allowed.contains(scope))
             .map(str::to_owned)
             .collect(),
         expires_at: token.expires_at,
-    })
+    }))
 }

@@ -9,7 +9,7 @@ use actix::{Actor as _, Addr};
 use entity::{connection, connection_event};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
-use workers::credentials::ConnectionIdentity;
+use workers::credentials::{CachedCredential, ConnectionIdentity};
 
 use super::actor::{ActorSetup, RotationGate};
 use super::audit::{self, Actor};
@@ -142,9 +142,12 @@ impl Service {
         self.cache
             .verify(digest, || async move {
                 let row = store::holding(db, digest).await?;
-                Ok::<_, ConnectionError>(
-                    row.and_then(|row| validity::entry_for(&row, digest, chrono::Utc::now())),
-                )
+                Ok::<_, ConnectionError>(row.map(|row| {
+                    // Held but no longer accepted (a grace period that ended): retired,
+                    // for good.
+                    validity::entry_for(&row, digest, chrono::Utc::now())
+                        .unwrap_or(CachedCredential::retired(row.state_version))
+                }))
             })
             .await
     }

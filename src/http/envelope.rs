@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::state::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -37,7 +38,8 @@ impl RequestId {
 pub struct RequestMeta {
     pub url: String,
     pub request_id: String,
-    /// The TCP peer, for the audit trail. Forwarding headers are not trusted here.
+    /// The caller's address, for the audit trail: the TCP peer, or what a trusted
+    /// proxy's forwarding header says (see `peer::remote_address`).
     pub remote_address: Option<String>,
 }
 
@@ -49,10 +51,14 @@ impl RequestMeta {
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_default();
+        let trusted = req
+            .app_data::<actix_web::web::Data<AppState>>()
+            .map(|state| state.config.trusted_proxies.as_slice())
+            .unwrap_or_default();
         Self {
             url: format!("{}://{}{}", info.scheme(), info.host(), req.uri()),
             request_id,
-            remote_address: req.peer_addr().map(|addr| addr.ip().to_string()),
+            remote_address: super::peer::remote_address(req, trusted).map(|ip| ip.to_string()),
         }
     }
 
@@ -62,6 +68,16 @@ impl RequestMeta {
 
     pub fn object(&self, status: StatusCode, data: impl Serialize) -> HttpResponse {
         HttpResponse::build(status).json(json!({"meta": self.meta("object", status), "data": data}))
+    }
+
+    /// An object that holds a credential: never to be stored by a cache or a browser
+    /// (RFC 6749 §5.1).
+    pub fn object_with_secret(&self, status: StatusCode, data: impl Serialize) -> HttpResponse {
+        let mut response = self.object(status, data);
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        response
     }
 
     pub fn list(&self, data: impl Serialize, paging: &Paging) -> HttpResponse {

@@ -76,6 +76,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("validation failed")]
     Validation(Vec<Invalid>),
+    /// A body over the route's limit.
+    #[error("request entity too large")]
+    PayloadTooLarge,
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
     #[error("a backing service is unavailable")]
@@ -92,6 +95,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Validation(_) => "validation_failed",
+            Self::PayloadTooLarge => "request_entity_too_large",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable(_) => "service_unavailable",
             Self::Internal(_) => "internal_error",
@@ -109,6 +113,7 @@ impl ApiError {
             Self::Validation(_) => {
                 "Validation failed. You can find validators description at our API Manifest: http://docs.uaehealthapi.apiary.io/#introduction/interacting-with-api/errors."
             }
+            Self::PayloadTooLarge => "Request entity too large",
             Self::TooManyRequests { .. } => "Too many requests",
             Self::Unavailable(_) => "Service unavailable",
             Self::Internal(_) => "Internal server error",
@@ -130,7 +135,8 @@ impl ApiError {
             403 => Self::Forbidden,
             404 => Self::NotFound,
             405 => Self::MethodNotAllowed,
-            413 | 415 | 400 | 422 => Self::Validation(vec![Invalid::json_property(
+            413 => Self::PayloadTooLarge,
+            415 | 400 | 422 => Self::Validation(vec![Invalid::json_property(
                 "$",
                 "invalid",
                 "the request body could not be read",
@@ -150,6 +156,7 @@ impl ResponseError for ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -214,10 +221,37 @@ impl From<sea_orm::DbErr> for ApiError {
     }
 }
 
-/// Errors that mean "the database did not answer", as opposed to a query that failed.
+/// Errors that mean "the database is not there right now", as opposed to a query that
+/// failed: no connection to be had, a connection that broke mid-query (PostgreSQL
+/// restarting or failing over), a server refusing work while it shuts down or starts,
+/// SQLite still locked after its busy timeout. All are 503, never 500.
 pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
-    matches!(
-        err,
-        sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)
-    )
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    let runtime = match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx) = runtime else {
+        return false;
+    };
+    match sqlx.as_ref() {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // PostgreSQL's codes have five characters: connection exceptions (08…),
+            // shutting down or starting (57P0…), too many connections (53300). SQLite's
+            // are numbers: busy (5) and locked (6), extended codes included.
+            if code.len() == 5 {
+                code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+            } else {
+                matches!(code.parse::<u32>().map(|c| c & 0xff), Ok(5 | 6))
+            }
+        }),
+        _ => false,
+    }
 }

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::Invalid;
+use actix_web::web::{self, Bytes};
+
+use super::{ApiError, Invalid};
 use crate::connections::ListFilter;
 use crate::paging::PageRequest;
 
@@ -13,6 +15,32 @@ pub const DEFAULT_PAGE_SIZE: u64 = 50;
 pub const MAX_PAGE_SIZE: u64 = 300;
 /// Longest `redirect_uri` accepted.
 pub const MAX_REDIRECT_URI: usize = 2048;
+
+/// The most a request body may hold: every body of this API is a small JSON object.
+pub const BODY_LIMIT: usize = 4 * 1024;
+
+/// Reads a request's body, once the checks before it have passed: over `BODY_LIMIT` is
+/// 413 (by its declared length without reading it, else as soon as it grows past).
+pub async fn body(req: &actix_web::HttpRequest, payload: web::Payload) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    match payload.to_bytes_limited(BODY_LIMIT).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::Validation(vec![Invalid::json_property(
+            "$",
+            "invalid",
+            "the request body could not be read",
+            vec![],
+        )])),
+        Err(_) => Err(ApiError::PayloadTooLarge),
+    }
+}
 
 /// The query string as name → value; of a repeated name the last value counts.
 pub fn params(query_string: &str) -> Result<HashMap<String, String>, Vec<Invalid>> {

@@ -6,6 +6,7 @@ mod handlers;
 mod input;
 mod observe;
 pub mod openapi;
+mod peer;
 pub mod schemas;
 mod state;
 mod views;

@@ -9,6 +9,7 @@ mod concurrency;
 mod connections_read;
 mod connections_write;
 mod context;
+mod edge;
 mod envelope;
 mod leaks;
 mod lifecycle;

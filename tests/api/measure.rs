@@ -8,8 +8,9 @@ use futures_util::StreamExt as _;
 use mail_parser::MessageParser;
 use sea_orm::EntityTrait as _;
 
-use crate::notices::{clinic, refresh, sent_count, start_workers};
+use crate::notices::{clinic, refresh, sent_count};
 use crate::support::smtp::{SmtpServer, SmtpState};
+use crate::support::start_workers;
 use crate::support::{TestApp, eventually, fresh_namespace, test_redis};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

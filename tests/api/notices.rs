@@ -1,6 +1,5 @@
 //! Owner notices: one e-mail per rotation, in the owner's language, never a secret;
 //! delivered through SMTP or to `.eml` files, through outages, exactly once.
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,7 +10,10 @@ use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilt
 use uuid::Uuid;
 
 use crate::support::smtp::{SmtpServer, SmtpState};
-use crate::support::{ALL_SCOPES, TestApp, dump_redis, eventually, fresh_namespace, test_redis};
+use crate::support::{
+    ALL_SCOPES, OwnRedis, TestApp, dump_redis, eventually, free_port, fresh_namespace,
+    start_workers, test_redis,
+};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -237,63 +239,6 @@ async fn a_permanently_refused_owner_dead_letters_without_retrying() {
     smtp.stop().await;
 }
 
-/// `mithril-workers` processes, stopped when dropped.
-pub struct WorkerProcesses(Vec<Child>);
-
-impl Drop for WorkerProcesses {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn workers_binary() -> std::path::PathBuf {
-    // target/debug/deps/api-… → target/debug/mithril-workers
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("mithril-workers");
-    assert!(
-        path.exists(),
-        "{} is built by `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-pub fn start_workers(
-    count: usize,
-    app: &TestApp,
-    redis_url: &str,
-    smtp_url: &str,
-) -> WorkerProcesses {
-    let config = &app.state.config;
-    WorkerProcesses(
-        (0..count)
-            .map(|_| {
-                Command::new(workers_binary())
-                    .env("DATABASE_URL", &config.database_url)
-                    .env("REDIS_URL", redis_url)
-                    .env("SMTP_URL", smtp_url)
-                    .env("MITHRIL_QUEUE_NAMESPACE", &config.workers.queue_namespace)
-                    .env("MITHRIL_WORKER_POLL_MS", "50")
-                    .env("MITHRIL_RETRY_MIN_MS", "50")
-                    .env("MITHRIL_RETRY_MAX_MS", "500")
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    )
-}
-
 #[actix_web::test]
 #[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
 async fn two_worker_processes_on_redis_deliver_fifty_notices_exactly_once() {
@@ -361,70 +306,6 @@ async fn two_worker_processes_on_redis_deliver_fifty_notices_exactly_once() {
         assert!(!database.contains(secret.as_str()));
     }
     smtp.stop().await;
-}
-
-/// A Redis of the test's own, on a port of its own, that the test stops and restarts.
-struct OwnRedis {
-    port: u16,
-    child: Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    async fn wait_ready(&self) {
-        let client = redis::Client::open(self.url()).unwrap();
-        let up = eventually(Duration::from_secs(10), || async {
-            match client.get_multiplexed_async_connection().await {
-                Ok(mut c) => redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            }
-        })
-        .await;
-        assert!(up, "redis-server started");
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[actix_web::test]

@@ -78,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
         None,
     )?;
     tracing::info!(
+        database = workers::settings::redacted(&cli.database_url),
+        redis = redis_url.as_deref().map(workers::settings::redacted),
+        smtp = smtp_url.as_deref().map(workers::settings::redacted),
         namespace = cli.workers.queue_namespace,
         "mithril-workers running"
     );

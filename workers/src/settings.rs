@@ -98,6 +98,20 @@ pub struct WorkerSettings {
     pub notice_lease: u64,
 }
 
+/// A URL as logs may show it: without its password (or the whole URL, when it does not
+/// parse, reduced to its scheme).
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => format!("{}:…", url.split(':').next().unwrap_or_default()),
+    }
+}
+
 /// The same values as the command line's defaults (a test holds them equal).
 impl Default for WorkerSettings {
     fn default() -> Self {
@@ -145,12 +159,23 @@ impl WorkerSettings {
 mod tests {
     use clap::Parser;
 
-    use super::WorkerSettings;
+    use super::{WorkerSettings, redacted};
 
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         workers: WorkerSettings,
+    }
+
+    #[test]
+    fn logged_urls_carry_no_password() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db.internal:5432/mithril"),
+            "postgres://app:***@db.internal:5432/mithril"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert!(!redacted("smtps://u:p%40ss@mail:465").contains("p%40ss"));
+        assert_eq!(redacted("not a url with:secret"), "not a url with:…");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::http::schemas::{ConnectionWithSecretResponse, ErrorResponse, RefreshR
 use crate::http::state::AppState;
 use crate::http::views::ConnectionWithSecret;
 use crate::http::{ApiError, RequestMeta, input};
+use crate::ratelimit::{Decision, retry_after_secs};
 
 /// `PATCH /api/clients/{id}/connections/{connection_id}/actions/refresh_secret`
 ///
@@ -30,7 +31,10 @@ use crate::http::{ApiError, RequestMeta, input};
         (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
         (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
         (status = 404, description = "No such connection for this client, or an id is not a UUID", body = ErrorResponse),
+        (status = 413, description = "The body is over 4 KiB", body = ErrorResponse),
         (status = 422, description = "The body breaks its rules", body = ErrorResponse),
+        (status = 429, description = "The client's refresh budget is spent; try again after `Retry-After` seconds", body = ErrorResponse,
+            headers(("retry-after" = u64, description = "Whole seconds until a refresh is possible again"))),
         (status = 503, description = "The database is unreachable", body = ErrorResponse),
     ),
     security(("bearer" = ["connection:refresh_secret"]))
@@ -39,34 +43,50 @@ pub async fn refresh_secret(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    payload: web::Payload,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    let answer = rotate(&req, &state, path, &body, &meta).await;
+    let answer = rotate(&req, &state, path, payload, &meta).await;
     state.metrics.refresh(match &answer {
         Ok(_) => "rotated",
+        Err(ApiError::TooManyRequests { .. }) => "rate_limited",
         Err(err) => err.error_type(),
     });
     answer
 }
 
+/// API.md's order: token, scope, context, existence (404), body (413/422), rate (429).
+/// The body is read only once the caller is known to be allowed. Existence is looked
+/// up only on the way to an error (the rotation finds the connection itself), so a 404
+/// still answers before the body's or the budget's error.
 async fn rotate(
     req: &HttpRequest,
     state: &AppState,
     path: web::Path<(String, String)>,
-    body: &[u8],
+    payload: web::Payload,
     meta: &RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id, connection_id) =
         authorize_connection(state, req, scope::REFRESH_SECRET, path).await?;
-    let grace_period = match input::grace_period(body, state.config.max_grace_period.as_secs()) {
+    let max = state.config.max_grace_period.as_secs();
+    let read = input::body(req, payload)
+        .await
+        .and_then(|body| input::grace_period(&body, max).map_err(ApiError::Validation));
+    let grace_period = match read {
         Ok(grace_period) => grace_period,
-        // Existence answers before the body does (API.md's order).
-        Err(invalid) => {
+        Err(err) => {
             existing_connection(state, client_id, connection_id).await?;
-            return Err(ApiError::Validation(invalid));
+            return Err(err);
         }
     };
+    if let Some(budget) = &state.refresh_budget
+        && let Decision::Limited { retry_after } = budget.take(client_id).await
+    {
+        existing_connection(state, client_id, connection_id).await?;
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: retry_after_secs(retry_after),
+        });
+    }
     let rotated = state
         .connections
         .rotate(Rotate {
@@ -83,7 +103,7 @@ async fn rotate(
         grace_period,
         "secret rotated"
     );
-    Ok(meta.object(
+    Ok(meta.object_with_secret(
         StatusCode::OK,
         ConnectionWithSecret::new(&rotated.connection, rotated.secret.expose()),
     ))

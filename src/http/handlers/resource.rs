@@ -113,6 +113,7 @@ pub async fn show(
         (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
         (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
         (status = 404, description = "No such client, or the id is not a UUID", body = ErrorResponse),
+        (status = 413, description = "The body is over 4 KiB", body = ErrorResponse),
         (status = 422, description = "The body breaks its rules, or the consumer is no client", body = ErrorResponse),
         (status = 503, description = "The database is unreachable", body = ErrorResponse),
     ),
@@ -122,11 +123,12 @@ pub async fn upsert(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id) = authorize_client(&state, &req, scope::WRITE, &path).await?;
     existing_client(&state, client_id).await?;
+    let body = input::body(&req, payload).await?;
     let fields = input::json_object(&body).map_err(ApiError::Validation)?;
     let mut invalid = Vec::new();
     let consumer_id = input::consumer_id(&fields, &mut invalid);
@@ -159,7 +161,7 @@ pub async fn upsert(
     Ok(match upserted {
         Upserted::Created { connection, secret } => {
             tracing::info!(client_id = %client_id, connection_id = %connection.id, "connection created");
-            meta.object(
+            meta.object_with_secret(
                 StatusCode::CREATED,
                 ConnectionWithSecret::new(&connection, secret.expose()),
             )
@@ -190,6 +192,7 @@ pub async fn upsert(
         (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
         (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
         (status = 404, description = "No such connection for this client, or an id is not a UUID", body = ErrorResponse),
+        (status = 413, description = "The body is over 4 KiB", body = ErrorResponse),
         (status = 422, description = "The body breaks its rules", body = ErrorResponse),
         (status = 503, description = "The database is unreachable", body = ErrorResponse),
     ),
@@ -199,13 +202,14 @@ pub async fn update(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    payload: web::Payload,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id, connection_id) =
         authorize_connection(&state, &req, scope::WRITE, path).await?;
-    // Existence answers before the body does (API.md's order).
+    // Existence answers before the body is read (API.md's order).
     existing_connection(&state, client_id, connection_id).await?;
+    let body = input::body(&req, payload).await?;
     let fields = input::json_object(&body).map_err(ApiError::Validation)?;
     let mut invalid = Vec::new();
     let redirect_uri = input::redirect_uri(&fields, &mut invalid);

@@ -98,6 +98,8 @@ pub fn test_config(database: &TestDatabase) -> Config {
     // Tests stop their apps from outside, not by signal; the drain delay is for
     // balancers.
     config.drain_delay = Duration::ZERO;
+    // Storms of refreshes are the point of many tests; the budget has tests of its own.
+    config.refresh_limit = None;
     config
 }
 
@@ -293,6 +295,18 @@ impl TestApp {
         })
         .await;
         value
+    }
+
+    /// The scope list of a client type, as an operator would set it.
+    pub async fn set_type_scopes(&self, client_type: &str, scopes: &str) {
+        use sea_orm::sea_query::Expr;
+        use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
+        entity::client_type::Entity::update_many()
+            .col_expr(entity::client_type::Column::Scope, Expr::value(scopes))
+            .filter(entity::client_type::Column::Name.eq(client_type))
+            .exec(&self.db)
+            .await
+            .unwrap();
     }
 
     pub async fn load(&self, seed: SeedFile) {

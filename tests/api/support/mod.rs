@@ -3,10 +3,12 @@
 mod app;
 mod assert;
 mod calls;
+mod processes;
 pub mod serve;
 mod shared_redis;
 pub mod smtp;
 
 pub use app::*;
 pub use assert::*;
+pub use processes::*;
 pub use shared_redis::*;
