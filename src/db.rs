@@ -1,14 +1,35 @@
 //! Database connection and migrations, for SQLite and PostgreSQL alike.
 use anyhow::Context as _;
 use migration::{Migrator, MigratorTrait as _};
-use sea_orm::DatabaseConnection;
+use sea_orm::{ConnectionTrait as _, DatabaseBackend, DatabaseConnection, TransactionTrait as _};
 
 use crate::config::Config;
+
+/// The advisory lock that serializes migrations on PostgreSQL (an arbitrary constant,
+/// the same in every release).
+const MIGRATION_LOCK: i64 = 0x6d69_7468_7269_6c;
 
 pub async fn connect(config: &Config) -> anyhow::Result<DatabaseConnection> {
     workers::db::connect(&config.database_url, config.db_max_connections).await
 }
 
+/// Applies pending migrations.
+///
+/// CAUTION: every API instance migrates on start, and a rollout starts several at once.
+/// On PostgreSQL they take turns under a transaction-scoped advisory lock, and the
+/// migrations run inside that transaction (PostgreSQL's DDL is transactional): the first
+/// applies them, the others then find nothing pending. SQLite's write lock serializes
+/// its writers already.
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
-    Migrator::up(db, None).await.context("applying migrations")
+    if db.get_database_backend() != DatabaseBackend::Postgres {
+        return Migrator::up(db, None).await.context("applying migrations");
+    }
+    let txn = db.begin().await.context("beginning the migration")?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        .await
+        .context("waiting for the migration lock")?;
+    Migrator::up(&txn, None)
+        .await
+        .context("applying migrations")?;
+    txn.commit().await.context("committing the migrations")
 }

@@ -244,3 +244,22 @@ async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
         "the old event is kept"
     );
 }
+
+/// Instances started together on a new database (a deployment's first rollout) migrate
+/// it once between them, and all come up.
+#[actix_web::test]
+async fn instances_starting_together_on_a_new_database_all_migrate_and_serve() {
+    let database = Arc::new(TestDatabase::new().await);
+    let apps = futures_util::future::join_all((0..3).map(|_| {
+        let database = database.clone();
+        async move {
+            let config = crate::support::test_config(&database);
+            mithril::Application::build(config).await
+        }
+    }))
+    .await;
+    for app in apps {
+        let app = app.expect("every instance migrates and starts");
+        drop(app);
+    }
+}
