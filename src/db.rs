@@ -7,7 +7,7 @@ use crate::config::Config;
 
 /// The advisory lock that serializes migrations on PostgreSQL (an arbitrary constant,
 /// the same in every release).
-const MIGRATION_LOCK: i64 = 0x6d69_7468_7269_6c;
+const MIGRATION_LOCK: i64 = 0x006d_6974_6872_696c;
 
 pub async fn connect(config: &Config) -> anyhow::Result<DatabaseConnection> {
     workers::db::connect(&config.database_url, config.db_max_connections).await
@@ -15,11 +15,11 @@ pub async fn connect(config: &Config) -> anyhow::Result<DatabaseConnection> {
 
 /// Applies pending migrations.
 ///
-/// CAUTION: every API instance migrates on start, and a rollout starts several at once.
-/// On PostgreSQL they take turns under a transaction-scoped advisory lock, and the
-/// migrations run inside that transaction (PostgreSQL's DDL is transactional): the first
-/// applies them, the others then find nothing pending. SQLite's write lock serializes
-/// its writers already.
+/// CAUTION: every API instance migrates on start, and a rollout on PostgreSQL starts
+/// several at once. They take turns: the migrations run inside one transaction
+/// (PostgreSQL's DDL is transactional) that first takes a transaction-scoped advisory
+/// lock; the first instance applies them, the others then find nothing pending. The
+/// embedded SQLite database serves one instance.
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
     if db.get_database_backend() != DatabaseBackend::Postgres {
         return Migrator::up(db, None).await.context("applying migrations");
