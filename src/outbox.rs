@@ -10,7 +10,7 @@ use sea_orm::sea_query::{Expr, ExprTrait as _, LockBehavior, LockType, SimpleExp
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseConnection,
     DbErr, EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _, TransactionTrait as _,
+    QuerySelect as _, Select, TransactionTrait as _,
 };
 use uuid::Uuid;
 use workers::jobs;
@@ -52,6 +52,15 @@ pub struct OutboxRelay {
     /// A `notify_owner` row whose notice is neither sent nor dead this long after its
     /// dispatch is pushed again.
     reconcile_after: Duration,
+}
+
+/// What is done with claimed rows.
+#[derive(Clone, Copy)]
+enum Work {
+    /// Push undispatched rows and mark them dispatched.
+    Relay,
+    /// Settle rows whose notice is done; push again those whose notice is lost.
+    Reconcile,
 }
 
 /// The outcome of pushing one row.
@@ -241,23 +250,7 @@ impl OutboxRelay {
             .filter(outbox::Column::DispatchedAt.lt(cutoff))
             .order_by_asc(outbox::Column::DispatchedAt)
             .limit(SWEEP_BATCH);
-        match self.db.get_database_backend() {
-            DatabaseBackend::Postgres => {
-                let txn = self.db.begin().await.context("outbox: begin")?;
-                let rows = select
-                    .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                    .all(&txn)
-                    .await
-                    .context("outbox: select")?;
-                let pushed = self.reconcile_rows(&rows, &txn).await;
-                txn.commit().await.context("outbox: commit")?;
-                pushed
-            }
-            _ => {
-                let rows = select.all(&self.db).await.context("outbox: select")?;
-                self.reconcile_rows(&rows, &self.db).await
-            }
-        }
+        self.claimed(select, Work::Reconcile).await
     }
 
     async fn reconcile_rows(
@@ -308,8 +301,15 @@ impl OutboxRelay {
             .filter(which)
             .order_by_asc(outbox::Column::CreatedAt)
             .limit(limit);
+        self.claimed(select, Work::Relay).await
+    }
+
+    /// Does `work` on the rows `select` finds, claimed for this instance alone where
+    /// the database can say so.
+    async fn claimed(&self, select: Select<outbox::Entity>, work: Work) -> anyhow::Result<usize> {
         match self.db.get_database_backend() {
-            // CAUTION: several instances sweep at once; SKIP LOCKED gives each row to one.
+            // CAUTION: several instances sweep and reconcile at once; SKIP LOCKED gives
+            // each row to one of them.
             DatabaseBackend::Postgres => {
                 let txn = self.db.begin().await.context("outbox: begin")?;
                 let rows = select
@@ -317,9 +317,9 @@ impl OutboxRelay {
                     .all(&txn)
                     .await
                     .context("outbox: select")?;
-                let pushed = self.push_and_mark(&rows, &txn).await;
+                let done = self.work(work, &rows, &txn).await;
                 txn.commit().await.context("outbox: commit")?;
-                pushed
+                done
             }
             // SQLite has one writer and the embedded queue writes through another
             // connection, so no transaction may span the push. A row pushed twice (a
@@ -327,8 +327,20 @@ impl OutboxRelay {
             // idempotent.
             _ => {
                 let rows = select.all(&self.db).await.context("outbox: select")?;
-                self.push_and_mark(&rows, &self.db).await
+                self.work(work, &rows, &self.db).await
             }
+        }
+    }
+
+    async fn work(
+        &self,
+        work: Work,
+        rows: &[outbox::Model],
+        db: &impl ConnectionTrait,
+    ) -> anyhow::Result<usize> {
+        match work {
+            Work::Relay => self.push_and_mark(rows, db).await,
+            Work::Reconcile => self.reconcile_rows(rows, db).await,
         }
     }
 

@@ -225,6 +225,9 @@ async fn callers_who_give_up_leave_no_rotation_beyond_those_answered() {
         me.token
     );
     let address = app.address.trim_start_matches("http://").to_owned();
+    // The row is held, as a slow database would: the first rotation waits on it, the
+    // others wait in the client's actor behind it, and their callers give up.
+    let held = hold_row(&app, me.connection_id).await;
     // Every caller is connected before any sends, so every request reaches the server;
     // each then waits 15 ms for its answer and hangs up.
     let mut callers = Vec::new();
@@ -244,6 +247,18 @@ async fn callers_who_give_up_leave_no_rotation_beyond_those_answered() {
     }))
     .await;
     let answered = answers.iter().filter(|a| **a).count() as i64;
+    // Once the server has seen every caller go, the row is let go.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.get_text("/metrics").await.1.contains(&format!(
+                r#"secret_refreshes_total{{outcome="abandoned"}} {}"#,
+                150 - answered
+            ))
+        })
+        .await,
+        "the server sees every caller who gave up"
+    );
+    held.rollback().await.unwrap();
     // One more, patient: the actor runs its mailbox in order, so once this one answers
     // every earlier request has been run or skipped.
     let (status, _) = app.refresh(me.client_id, me.connection_id, &me.token).await;
@@ -262,6 +277,31 @@ async fn callers_who_give_up_leave_no_rotation_beyond_those_answered() {
         "{} rotations committed for {answered} callers still waiting (one may have been in flight)",
         row.secret_version - 1
     );
+}
+
+/// A transaction that holds a connection's row, as a rotation's own lock does.
+async fn hold_row(app: &TestApp, connection_id: Uuid) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{QuerySelect as _, TransactionTrait as _};
+    let txn = app.db.begin().await.unwrap();
+    if crate::support::is_postgres(app) {
+        connection::Entity::find_by_id(connection_id)
+            .lock_exclusive()
+            .one(&txn)
+            .await
+            .unwrap();
+    } else {
+        // SQLite: a first write takes the database's write lock.
+        connection::Entity::update_many()
+            .col_expr(
+                connection::Column::SecretVersion,
+                sea_orm::sea_query::Expr::col(connection::Column::SecretVersion),
+            )
+            .filter(connection::Column::Id.eq(connection_id))
+            .exec(&txn)
+            .await
+            .unwrap();
+    }
+    txn
 }
 
 #[actix_web::test]

@@ -46,13 +46,33 @@ pub async fn refresh_secret(
     payload: web::Payload,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
+    let mut outcome = Outcome {
+        metrics: &state.metrics,
+        answered: false,
+    };
     let answer = rotate(&req, &state, path, payload, &meta).await;
+    outcome.answered = true;
     state.metrics.refresh(match &answer {
         Ok(_) => "rotated",
         Err(ApiError::TooManyRequests { .. }) => "rate_limited",
         Err(err) => err.error_type(),
     });
     answer
+}
+
+/// Counts a refresh whose caller went away before it was answered (the request was
+/// dropped): `secret_refreshes_total{outcome="abandoned"}`.
+struct Outcome<'a> {
+    metrics: &'a crate::telemetry::Metrics,
+    answered: bool,
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.metrics.refresh("abandoned");
+        }
+    }
 }
 
 /// API.md's order: token, scope, context, existence (404), body (413/422), rate (429).
