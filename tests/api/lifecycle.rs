@@ -225,6 +225,11 @@ async fn callers_who_give_up_leave_no_rotation_beyond_those_answered() {
         me.token
     );
     let address = app.address.trim_start_matches("http://").to_owned();
+    // The token is known already, so every request reaches the client's actor at once.
+    assert_eq!(
+        app.show(me.client_id, me.connection_id, &me.token).await.0,
+        200
+    );
     // The row is held, as a slow database would: the first rotation waits on it, the
     // others wait in the client's actor behind it, and their callers give up.
     let held = hold_row(&app, me.connection_id).await;
