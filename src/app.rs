@@ -86,6 +86,7 @@ impl Application {
         if let Some(redis) = &redis {
             tokio::spawn(follow_changes(redis.client.clone(), cache.clone()));
         }
+        tokio::spawn(maintain(Arc::downgrade(&cache)));
         let queue = Queue::connect(
             &db,
             redis.as_ref().map(|r| r.manager.clone()),
@@ -277,6 +278,19 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Runs the credentials cache's maintenance every few seconds, for as long as the cache
+/// lives.
+async fn maintain(cache: std::sync::Weak<CredentialsCache>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        cache.run_maintenance();
     }
 }
 

@@ -202,6 +202,13 @@ impl CredentialsCache {
         }
     }
 
+    /// Drops what has expired now, rather than when the cache is next written: an idle
+    /// instance gives back the memory of a burst. Called on a timer.
+    pub fn run_maintenance(&self) {
+        self.local.run_pending_tasks();
+        self.unknown.run_pending_tasks();
+    }
+
     /// After a missed message (a subscription that dropped), nothing local is trusted.
     pub fn clear_local(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);

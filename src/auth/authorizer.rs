@@ -62,7 +62,19 @@ impl Authorizer {
 
 impl Actor for Authorizer {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Expired entries leave on a timer, not only when the caches are next written:
+        // an idle instance gives back the memory of a burst.
+        ctx.run_interval(MAINTENANCE_EVERY, |authorizer, _| {
+            authorizer.cache.run_pending_tasks();
+            authorizer.unknown.run_pending_tasks();
+        });
+    }
 }
+
+/// How often the caches drop what has expired.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
 impl Handler<Authorize> for Authorizer {
     // A cache miss reads the database in a future of its own, so the mailbox goes on

@@ -92,6 +92,10 @@ impl Handler<Idle> for ConnectionRegistry {
 
     fn handle(&mut self, msg: Idle, _: &mut Context<Self>) {
         self.actors.remove(&msg.client_id);
+        // A map that held a storm of clients gives its memory back once they are idle.
+        if self.actors.capacity() > 1024 && self.actors.len() * 4 < self.actors.capacity() {
+            self.actors.shrink_to_fit();
+        }
     }
 }
 

@@ -8,7 +8,6 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
-use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -29,8 +28,19 @@ impl RequestId {
                 (1..=200).contains(&v.len()) && v.bytes().all(|b| (0x20..=0x7e).contains(&b))
             })
             .map(|v| Self(v.to_owned()))
-            .unwrap_or_else(|| Self(uuid::Uuid::new_v4().to_string()))
+            .unwrap_or_else(|| Self(new_request_id()))
     }
+}
+
+/// A random (version 4) UUID from this thread's generator: no system call per request.
+/// Request ids need to be unique, not secret; secrets come from the OS generator.
+fn new_request_id() -> String {
+    use rand::RngExt as _;
+    let bytes: [u8; 16] = rand::rng().random();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// What `meta` needs of the request, taken by handlers as an extractor.
@@ -45,7 +55,6 @@ pub struct RequestMeta {
 
 impl RequestMeta {
     pub fn of(req: &HttpRequest) -> Self {
-        let info = req.connection_info();
         let request_id = req
             .extensions()
             .get::<RequestId>()
@@ -55,19 +64,37 @@ impl RequestMeta {
             .app_data::<actix_web::web::Data<AppState>>()
             .map(|state| state.config.trusted_proxies.as_slice())
             .unwrap_or_default();
+        // The request as this instance received it: its scheme, its `Host`, its path and
+        // query (not `connection_info()`, which parses forwarding headers per request).
+        let config = req.app_config();
+        let scheme = if config.secure() { "https" } else { "http" };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_else(|| config.host());
         Self {
-            url: format!("{}://{}{}", info.scheme(), info.host(), req.uri()),
+            url: format!("{scheme}://{host}{}", req.uri()),
             request_id,
             remote_address: super::peer::remote_address(req, trusted).map(|ip| ip.to_string()),
         }
     }
 
-    fn meta(&self, kind: &str, status: StatusCode) -> serde_json::Value {
-        json!({"url": self.url, "type": kind, "code": status.as_u16(), "request_id": self.request_id})
+    fn meta(&self, kind: &'static str, status: StatusCode) -> Meta<'_> {
+        Meta {
+            url: &self.url,
+            kind,
+            code: status.as_u16(),
+            request_id: &self.request_id,
+        }
     }
 
+    /// `{"meta": …, "data": …}`, serialized straight from `data` (no JSON tree between).
     pub fn object(&self, status: StatusCode, data: impl Serialize) -> HttpResponse {
-        HttpResponse::build(status).json(json!({"meta": self.meta("object", status), "data": data}))
+        HttpResponse::build(status).json(Object {
+            meta: self.meta("object", status),
+            data,
+        })
     }
 
     /// An object that holds a credential: never to be stored by a cache or a browser
@@ -82,9 +109,41 @@ impl RequestMeta {
 
     pub fn list(&self, data: impl Serialize, paging: &Paging) -> HttpResponse {
         let status = StatusCode::OK;
-        HttpResponse::build(status)
-            .json(json!({"meta": self.meta("list", status), "data": data, "paging": paging}))
+        HttpResponse::build(status).json(List {
+            meta: self.meta("list", status),
+            data,
+            paging,
+        })
     }
+}
+
+/// `meta` of every envelope.
+#[derive(Serialize)]
+struct Meta<'a> {
+    url: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: u16,
+    request_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Object<'a, T> {
+    meta: Meta<'a>,
+    data: T,
+}
+
+#[derive(Serialize)]
+struct List<'a, T> {
+    meta: Meta<'a>,
+    data: T,
+    paging: &'a Paging,
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    meta: Meta<'a>,
+    error: serde_json::Value,
 }
 
 impl FromRequest for RequestMeta {
@@ -151,8 +210,10 @@ pub async fn envelope(
                 builder.append_header((name.clone(), value.clone()));
             }
         }
-        let body = json!({"meta": meta.meta("object", status), "error": body});
-        res = res.into_response(builder.json(body));
+        res = res.into_response(builder.json(Failure {
+            meta: meta.meta("object", status),
+            error: body,
+        }));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id.0) {
         res.headers_mut().insert(REQUEST_ID, value);
