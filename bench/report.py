@@ -51,6 +51,11 @@ def cpu_per_1000(ticks_before, ticks_after, refreshes):
     return (ticks_after - ticks_before) / clk / refreshes * 1000
 
 
+def cpu(name):
+    """The (before, after) CPU ticks a run recorded in `name`."""
+    return tuple(map(int, read(name).split()))
+
+
 rows = []  # id, scenario, p50 ms, p99 ms, throughput, baseline, ratio, target, pass
 series = []  # label, p50 ms, p99 ms
 
@@ -95,7 +100,9 @@ rows.append(dict(
     ratio=f"{p2_ratio:.2f} × p99", target="≤ 2 × p99; no 5xx; gap-free",
     ok=p2_ratio <= 2 and fivexx == 0 and gaps == 0,
     note=f"{fivexx} 5xx; {gaps} of {refreshed} refreshed connections with version gaps; "
-         f"hot connection: {hot_versions} versions, p99 {ms(p2h['p99_us']):.1f} ms"))
+         f"hot connection: {hot_versions} versions, p99 {ms(p2h['p99_us']):.1f} ms; "
+         f"{cpu_per_1000(*cpu('p2_base_cpu'), p2b['ok']):.2f} CPU s / 1 000 refreshes alone, "
+         f"{cpu_per_1000(*cpu('p2_mixed_cpu'), p2m['ok'] + p2h['ok']):.2f} beside the hot client"))
 series += [("P2 8 callers + hot", ms(p2m["p50_us"]), ms(p2m["p99_us"])),
            ("P2 8 callers alone", ms(p2b["p50_us"]), ms(p2b["p99_us"])),
            ("P2 hot callers", ms(p2h["p50_us"]), ms(p2h["p99_us"]))]
@@ -108,7 +115,9 @@ rows.append(dict(
     p50=ms(p3["p50_us"]), p99=ms(p3["p99_us"]), tput=f"{rps(p3):.0f} req/s",
     base=f"actix-web hello-world: {rps(hello):.0f} req/s, p50 {ms(hello['p50_us']):.2f} / p99 {ms(hello['p99_us']):.2f} ms",
     ratio=f"{p3_ratio:.2f} × rps", target="≥ 0.6 ×", ok=p3_ratio >= 0.6 and p3["status4xx"] == 0,
-    note=f"{p3['status4xx']} 4xx, {p3['status5xx']} 5xx"))
+    note=f"{p3['status4xx']} 4xx, {p3['status5xx']} 5xx; "
+         f"{cpu_per_1000(*cpu('p3_cpu'), p3['ok']):.3f} CPU s / 1 000 verifies "
+         f"(hello-world {cpu_per_1000(*cpu('p3_hello_cpu'), hello['ok']):.3f} per 1 000 requests)"))
 series += [("P3 verify", ms(p3["p50_us"]), ms(p3["p99_us"])),
            ("P3 hello-world", ms(hello["p50_us"]), ms(hello["p99_us"]))]
 
