@@ -166,9 +166,11 @@ impl Application {
         // Signals are `run_until_signalled`'s, so Ctrl-C stops as gracefully as SIGTERM
         // and test servers in one process do not each catch them.
         .disable_signals()
-        // CAUTION: a caller who closes its side has gone: its request is dropped, and a
-        // rotation it queued is skipped (see `connections::Service::rotate`), rather than
-        // answered into a closed socket after committing a secret nobody receives.
+        // CAUTION: a caller who closes its side of the connection is taken to have gone
+        // (HTTP/1.1 allows half-closing after a request, but API callers do not): its
+        // request is dropped, and a rotation it queued is skipped (see
+        // `connections::Service::rotate`), rather than answered into a closed socket
+        // after committing a secret nobody receives.
         .h1_allow_half_closed(false)
         .shutdown_timeout(shutdown_timeout)
         .listen(listener)

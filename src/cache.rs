@@ -20,9 +20,6 @@ use workers::credentials::{
 
 use crate::secrets::SecretDigest;
 
-/// How long a digest no connection has is answered without asking further.
-pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
-
 /// How long a request waits on Redis before carrying on without it.
 pub const REDIS_BUDGET: Duration = Duration::from_millis(250);
 
@@ -107,7 +104,7 @@ pub struct CredentialsCache {
     /// CAUTION: safe because a secret issued later is a fresh random value, which cannot
     /// be among the digests seen before (the caller gets it only after its commit).
     /// Seeding a known plaintext that someone just tried makes it verify only once this
-    /// entry lapses.
+    /// entry lapses (`config::NEGATIVE_CACHE_TTL`).
     unknown: Cache<String, ()>,
     redis: Option<RedisCredentials>,
     ttl: Duration,
@@ -126,7 +123,7 @@ impl CredentialsCache {
                 .build(),
             unknown: Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(UNKNOWN_TTL)
+                .time_to_live(crate::config::NEGATIVE_CACHE_TTL)
                 .build(),
             redis,
             ttl,

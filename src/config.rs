@@ -11,6 +11,10 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mithril.db?mode=rwc";
 pub const DEFAULT_MAIL_FROM: &str = "Mithril <no-reply@localhost>";
 pub const DEFAULT_BIND: &str = "127.0.0.1:4000";
 
+/// How long a digest that no token or connection has (or a token that was refused) is
+/// answered without asking the database again.
+pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(5);
+
 /// The longest grace period any deployment may allow: a year. A previous secret valid
 /// for longer is not a grace period but a second secret.
 pub const MAX_GRACE_PERIOD_BOUND: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -85,6 +89,28 @@ pub fn parse_networks(list: &str) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
+/// Which forwarding header the trusted proxies write: only that one is read, so a caller
+/// cannot slip an address in through the other, which the proxy passes along untouched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            other => Err(format!(
+                "{other:?} is neither `x-forwarded-for` nor `forwarded`"
+            )),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: String,
@@ -96,8 +122,10 @@ pub struct Config {
     pub bind: String,
     /// Each client's budget of refreshes; `None` is unlimited.
     pub refresh_limit: Option<RateLimit>,
-    /// Proxies whose forwarding headers name the caller's address in the audit trail.
+    /// Proxies whose forwarding header names the caller's address in the audit trail.
     pub trusted_proxies: Vec<IpNet>,
+    /// The header those proxies write.
+    pub forwarded_header: ForwardedHeader,
     /// Longest grace period a caller may ask for (API.md default: 7 days).
     pub max_grace_period: Duration,
     /// A per-client actor with no work for this long stops, so memory stays bounded.
@@ -136,6 +164,7 @@ impl Config {
             bind: DEFAULT_BIND.to_owned(),
             refresh_limit: Some(RateLimit::DEFAULT),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
             max_grace_period: Duration::from_secs(7 * 24 * 3600),
             actor_idle_timeout: Duration::from_secs(60),
             token_cache_ttl: Duration::from_secs(30),

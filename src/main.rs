@@ -46,6 +46,9 @@ struct Settings {
     /// `Forwarded` names the caller's address in the audit trail.
     #[arg(long, global = true, env = "MITHRIL_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
     trusted_proxies: TrustedProxies,
+    /// The forwarding header the trusted proxies write: `x-forwarded-for` or `forwarded`.
+    #[arg(long, global = true, env = "MITHRIL_FORWARDED_HEADER", default_value = "x-forwarded-for", value_parser = config::ForwardedHeader::parse)]
+    forwarded_header: config::ForwardedHeader,
     /// Longest grace period a caller may ask for, in seconds.
     #[arg(long, global = true, env = "MITHRIL_MAX_GRACE_PERIOD", default_value_t = 7 * 24 * 3600)]
     max_grace_period: u64,
@@ -144,6 +147,7 @@ impl Settings {
         config.drain_delay = self.drain_delay;
         config.refresh_limit = self.refresh_limit.0;
         config.trusted_proxies = self.trusted_proxies.0.clone();
+        config.forwarded_header = self.forwarded_header;
         config.reconcile_after = self.reconcile_after;
         config.workers = self.workers.clone();
         if let Some(bind) = bind {

@@ -259,18 +259,31 @@ impl OutboxRelay {
         db: &impl ConnectionTrait,
     ) -> anyhow::Result<usize> {
         let events: Vec<Uuid> = rows.iter().filter_map(event_id).collect();
-        let done: std::collections::HashSet<Uuid> = sent_notification::Entity::find()
-            .filter(sent_notification::Column::EventId.is_in(events))
-            .filter(sent_notification::Column::State.ne(sent_notification::state::SENDING))
-            .all(db)
-            .await
-            .context("outbox: notices")?
-            .into_iter()
-            .map(|n| n.event_id)
-            .collect();
-        let (settled, lost): (Vec<&outbox::Model>, Vec<&outbox::Model>) = rows
-            .iter()
-            .partition(|row| event_id(row).is_some_and(|id| done.contains(&id)));
+        let notices: std::collections::HashMap<Uuid, sent_notification::Model> =
+            sent_notification::Entity::find()
+                .filter(sent_notification::Column::EventId.is_in(events))
+                .all(db)
+                .await
+                .context("outbox: notices")?
+                .into_iter()
+                .map(|n| (n.event_id, n))
+                .collect();
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(self.reconcile_after).unwrap_or_default();
+        let mut settled = Vec::new();
+        let mut lost = Vec::new();
+        for row in rows {
+            match event_id(row).and_then(|id| notices.get(&id)) {
+                Some(notice) if notice.state != sent_notification::state::SENDING => {
+                    settled.push(row)
+                }
+                // A worker claimed it within the window: slow (retrying through an SMTP
+                // outage, say), not lost. Each attempt claims again, so a notice whose
+                // job is alive never looks lost.
+                Some(notice) if notice.sent_at > cutoff => {}
+                _ => lost.push(row),
+            }
+        }
         if !settled.is_empty() {
             outbox::Entity::update_many()
                 .col_expr(outbox::Column::SettledAt, Expr::value(Utc::now()))
@@ -295,9 +308,13 @@ impl OutboxRelay {
     }
 
     async fn relay(&self, which: SimpleExpr, limit: u64) -> anyhow::Result<usize> {
+        // CAUTION: only the kinds this release can push. A row of a kind it does not
+        // know may be a newer release's, during a rolling upgrade: it is left for an
+        // instance that knows it, rather than set aside for good.
         let select = outbox::Entity::find()
             .filter(outbox::Column::DispatchedAt.is_null())
             .filter(outbox::Column::DeadAt.is_null())
+            .filter(outbox::Column::Kind.is_in(Queue::KINDS))
             .filter(which)
             .order_by_asc(outbox::Column::CreatedAt)
             .limit(limit);
@@ -368,8 +385,8 @@ impl OutboxRelay {
     }
 
     /// Pushes one row. A row that can never be pushed (its payload does not decode as
-    /// its kind, or its kind is unknown) is set aside, logged and counted, so that it
-    /// does not stop every later row behind it; a queue that refuses is an error.
+    /// its kind) is set aside, logged and counted, so that it does not stop every later
+    /// row behind it; a queue that refuses is an error.
     async fn push(&self, row: &outbox::Model, db: &impl ConnectionTrait) -> anyhow::Result<Pushed> {
         match self.queue.push(&row.kind, row.payload.clone()).await {
             Ok(()) => Ok(Pushed::Yes),

@@ -6,6 +6,7 @@ use entity::{client, client_type, connection, token, user};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+    TransactionTrait as _,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -74,6 +75,43 @@ fn default_locale() -> String {
 pub struct GeneratedSecret {
     pub connection_id: Uuid,
     pub secret: Plaintext,
+}
+
+/// After a re-seed changed what verify answers for a connection (its secret or its
+/// `redirect_uri`): a new state version, and the change for every cache, through the
+/// outbox like any other write, so a running service's caches learn it.
+async fn republish(db: &DatabaseConnection, before: connection::Model) -> anyhow::Result<()> {
+    let Some(after) = connection::Entity::find_by_id(before.id).one(db).await? else {
+        return Ok(());
+    };
+    if after.secret_hash == before.secret_hash && after.redirect_uri == before.redirect_uri {
+        return Ok(());
+    }
+    let after = connection::Model {
+        state_version: before.state_version + 1,
+        ..after
+    };
+    let now = Utc::now();
+    let change = crate::connections::validity::change(&before, Some(&after), now);
+    let job = workers::jobs::InvalidateCredentials {
+        event_id: Uuid::now_v7(),
+        change,
+    };
+    let (_, row) = crate::outbox::row(workers::jobs::INVALIDATE_CREDENTIALS, &job, now)?;
+    let txn = db.begin().await?;
+    connection::Entity::update_many()
+        .col_expr(
+            connection::Column::StateVersion,
+            sea_orm::sea_query::Expr::value(after.state_version),
+        )
+        .filter(connection::Column::Id.eq(after.id))
+        .exec(&txn)
+        .await?;
+    entity::outbox::Entity::insert(row)
+        .exec_without_returning(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(())
 }
 
 pub async fn load(db: &DatabaseConnection, seed: SeedFile) -> anyhow::Result<Vec<GeneratedSecret>> {
@@ -173,6 +211,11 @@ pub async fn load(db: &DatabaseConnection, seed: SeedFile) -> anyhow::Result<Vec
         .exec_without_returning(db)
         .await
         .with_context(|| format!("seeding connection {}", c.id))?;
+        if let Some(before) = existing {
+            republish(db, before)
+                .await
+                .with_context(|| format!("seeding connection {}", c.id))?;
+        }
     }
     for t in seed.tokens {
         let value = Plaintext::from_received(t.value);

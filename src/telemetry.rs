@@ -83,8 +83,8 @@ impl Metrics {
         );
     }
 
-    /// Which layer answered a verify: `local`, `redis`, or `store` (a miss of both
-    /// caches, answered by the database).
+    /// Which layer answered a verify: `local`, `unknown` (the negative cache), `redis`,
+    /// or `store` (a miss of every cache, answered by the database).
     pub fn credential_lookup(&self, layer: &'static str) {
         self.counter(
             CREDENTIALS_CACHE,

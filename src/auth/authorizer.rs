@@ -32,17 +32,16 @@ pub struct Authorizer {
     /// refused again within `ttl` (an expired token is refused at once: each hit checks
     /// `expires_at`).
     cache: Cache<SecretDigest, Principal>,
-    /// Digests no token has: a flood of invented tokens costs one query each per TTL,
-    /// not one per request.
+    /// Digests refused a moment ago (no token has them, or the token is expired, or its
+    /// user or client blocked): a flood of them costs one query each per TTL, not one
+    /// per request.
     ///
     /// CAUTION: safe because a token issued later is a fresh random value, which cannot
     /// be among the digests seen before. Seeding a known plaintext that someone just
-    /// tried makes it work only once this entry lapses (`UNKNOWN_TTL`).
+    /// tried, or unblocking a user, takes effect once this entry lapses
+    /// (`config::NEGATIVE_CACHE_TTL`).
     unknown: Cache<SecretDigest, ()>,
 }
-
-/// How long a digest no token has is answered without asking the database.
-pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 
 impl Authorizer {
     pub fn new(db: DatabaseConnection, ttl: Duration, capacity: u64) -> Self {
@@ -54,7 +53,7 @@ impl Authorizer {
                 .build(),
             unknown: Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(UNKNOWN_TTL)
+                .time_to_live(crate::config::NEGATIVE_CACHE_TTL)
                 .build(),
         }
     }
@@ -98,12 +97,13 @@ impl Handler<Authorize> for Authorizer {
         let db = self.db.clone();
         let (cache, unknown) = (self.cache.clone(), self.unknown.clone());
         Box::pin(async move {
-            let principal = match load_principal(&db, &digest).await? {
-                Some(principal) => principal,
-                None => {
+            let principal = match load_principal(&db, &digest).await {
+                Ok(Some(principal)) => principal,
+                Ok(None) | Err(AuthError::AccessDenied) => {
                     unknown.insert(digest, ());
                     return Err(AuthError::AccessDenied);
                 }
+                Err(e) => return Err(e),
             };
             cache.insert(digest, principal.clone());
             check(principal, msg.scope, msg.path_client_id)

@@ -111,10 +111,12 @@ impl Handler<Rotate> for ConnectionActor {
     // published and mailed, even if its caller leaves meanwhile.
     fn handle(&mut self, msg: Rotate, _: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
+        // CAUTION: counted as running before the gate is asked, so a close that comes in
+        // between waits for this rotation instead of missing it.
+        let running = self.setup.gate.running.token();
         if self.setup.gate.is_closed() {
             return AtomicResponse::new(Box::pin(fut::ready(Err(ConnectionError::ShuttingDown))));
         }
-        let running = self.setup.gate.running.token();
         let (db, effects) = (self.setup.db.clone(), self.setup.effects.clone());
         AtomicResponse::new(Box::pin(
             async move {

@@ -198,7 +198,9 @@ impl Service {
     }
 
     /// Runs a write and what follows its commit on a task of its own, so that once it
-    /// has begun it finishes whole even if its caller goes meanwhile.
+    /// has begun it finishes whole even if its caller disconnects meanwhile. (Should
+    /// the runtime itself stop, at a forced shutdown, the task goes with it: a commit
+    /// then has its effects from the outbox, which the next sweeper pushes.)
     async fn detached<T: Send + 'static>(
         &self,
         write: impl Future<Output = Result<T, ConnectionError>> + Send + 'static,

@@ -17,6 +17,7 @@ use super::{ConnectionError, kinds, store, validity};
 use crate::secrets::Plaintext;
 
 /// Create or re-point the connection of `client_id` to `consumer_id`.
+#[derive(Clone)]
 pub struct Upsert {
     pub client_id: Uuid,
     pub consumer_id: Uuid,
@@ -47,6 +48,24 @@ pub enum Upserted {
 ///
 /// The caller has checked that both clients exist.
 pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, ConnectionError> {
+    // A delete can remove the row the insert ran into before it is locked; the second
+    // attempt then creates the connection. Two such races in a row are not plausible.
+    for _ in 0..2 {
+        if let Some(upserted) = try_upsert(db, cmd.clone()).await? {
+            return Ok(upserted);
+        }
+    }
+    Err(ConnectionError::Store(DbErr::RecordNotFound(
+        "the conflicting connection vanished twice".into(),
+    )))
+}
+
+/// One attempt; `None` when the conflicting row was deleted before it could be locked
+/// (the transaction is rolled back).
+async fn try_upsert(
+    db: &DatabaseConnection,
+    cmd: Upsert,
+) -> Result<Option<Upserted>, ConnectionError> {
     let now = Utc::now();
     let secret = Plaintext::generate().map_err(ConnectionError::Internal)?;
     let created = connection::Model {
@@ -91,19 +110,19 @@ pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, Co
         )
         .await?;
         txn.commit().await?;
-        return Ok(Upserted::Created {
+        return Ok(Some(Upserted::Created {
             connection: created,
             secret,
-        });
+        }));
     }
     drop(secret);
 
-    let existing = store::lock_pair(&txn, cmd.client_id, cmd.consumer_id)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("the conflicting connection vanished".into()))?;
+    let Some(existing) = store::lock_pair(&txn, cmd.client_id, cmd.consumer_id).await? else {
+        return Ok(None);
+    };
     let changed = repoint_locked(&txn, existing, cmd.redirect_uri, &cmd.actor, now).await?;
     txn.commit().await?;
-    Ok(Upserted::Updated(changed))
+    Ok(Some(Upserted::Updated(changed)))
 }
 
 /// Re-points one connection; `NotFound` when it does not exist for this client.

@@ -60,9 +60,14 @@ impl RequestMeta {
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_default();
-        let trusted = req
+        let (trusted, header) = req
             .app_data::<actix_web::web::Data<AppState>>()
-            .map(|state| state.config.trusted_proxies.as_slice())
+            .map(|state| {
+                (
+                    state.config.trusted_proxies.as_slice(),
+                    state.config.forwarded_header,
+                )
+            })
             .unwrap_or_default();
         // The request as this instance received it: its scheme, its `Host`, its path and
         // query (not `connection_info()`, which parses forwarding headers per request).
@@ -76,7 +81,8 @@ impl RequestMeta {
         Self {
             url: format!("{scheme}://{host}{}", req.uri()),
             request_id,
-            remote_address: super::peer::remote_address(req, trusted).map(|ip| ip.to_string()),
+            remote_address: super::peer::remote_address(req, trusted, header)
+                .map(|ip| ip.to_string()),
         }
     }
 

@@ -242,16 +242,24 @@ pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // PostgreSQL's codes have five characters: connection exceptions (08…),
-            // shutting down or starting (57P0…), too many connections (53300). SQLite's
-            // are numbers: busy (5) and locked (6), extended codes included.
-            if code.len() == 5 {
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else {
+                return false;
+            };
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // Connection exceptions (08…), shutting down or starting (57P0…), too
+                // many connections (53300).
                 code.starts_with("08") || code.starts_with("57P0") || code == "53300"
-            } else {
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // Busy (5) and locked (6), extended codes included.
                 matches!(code.parse::<u32>().map(|c| c & 0xff), Ok(5 | 6))
+            } else {
+                false
             }
-        }),
+        }
         _ => false,
     }
 }

@@ -19,6 +19,17 @@ pub const MAX_REDIRECT_URI: usize = 2048;
 /// The most a request body may hold: every body of this API is a small JSON object.
 pub const BODY_LIMIT: usize = 4 * 1024;
 
+/// Whether the request announces a body: a length above zero, or chunks.
+pub fn has_body(req: &actix_web::HttpRequest) -> bool {
+    let headers = req.headers();
+    headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > 0)
+}
+
 /// Reads a request's body, once the checks before it have passed: over `BODY_LIMIT` is
 /// 413 (by its declared length without reading it, else as soon as it grows past).
 pub async fn body(req: &actix_web::HttpRequest, payload: web::Payload) -> Result<Bytes, ApiError> {

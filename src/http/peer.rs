@@ -6,25 +6,30 @@ use actix_web::HttpRequest;
 use actix_web::http::header::{FORWARDED, HeaderName};
 use ipnet::IpNet;
 
+use crate::config::ForwardedHeader;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The caller's address. When the TCP peer is a trusted proxy, the forwarding header it
-/// appended (`X-Forwarded-For`, else `Forwarded`) is walked from the right: the first
-/// address that is not a trusted proxy is the caller.
+/// The caller's address. When the TCP peer is a trusted proxy, the forwarding header the
+/// proxies write (`header`) is walked from the right: the first address that is not a
+/// trusted proxy is the caller.
 ///
-/// CAUTION: never the leftmost entry: the caller writes it, and can write anything.
-pub fn remote_address(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
+/// CAUTION: never the leftmost entry: the caller writes it, and can write anything; and
+/// never the other header, which the proxies pass along as the caller sent it.
+pub fn remote_address(
+    req: &HttpRequest,
+    trusted: &[IpNet],
+    header: ForwardedHeader,
+) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip().to_canonical();
     if !is_trusted(trusted, peer) {
         return Some(peer);
     }
-    let headers = req.headers();
-    let hops: Vec<Option<IpAddr>> = if headers.contains_key(X_FORWARDED_FOR) {
-        list(req, &X_FORWARDED_FOR).map(node).collect()
-    } else {
-        list(req, &FORWARDED)
+    let hops: Vec<Option<IpAddr>> = match header {
+        ForwardedHeader::XForwardedFor => list(req, &X_FORWARDED_FOR).map(node).collect(),
+        ForwardedHeader::Forwarded => list(req, &FORWARDED)
             .map(|element| forwarded_for(element).and_then(node))
-            .collect()
+            .collect(),
     };
     let mut caller = peer;
     for hop in hops.into_iter().rev() {
@@ -79,16 +84,23 @@ mod tests {
     use super::*;
 
     fn from(peer: &str, headers: &[(&str, &str)], trusted: &str) -> String {
+        from_with(peer, headers, trusted, ForwardedHeader::XForwardedFor)
+    }
+
+    fn from_with(
+        peer: &str,
+        headers: &[(&str, &str)],
+        trusted: &str,
+        header: ForwardedHeader,
+    ) -> String {
         let mut req = TestRequest::default().peer_addr(format!("{peer}:5555").parse().unwrap());
         for (name, value) in headers {
             req = req.append_header((*name, *value));
         }
-        remote_address(
-            &req.to_http_request(),
-            &crate::config::parse_networks(trusted).unwrap(),
-        )
-        .unwrap()
-        .to_string()
+        let trusted = crate::config::parse_networks(trusted).unwrap();
+        remote_address(&req.to_http_request(), &trusted, header)
+            .unwrap()
+            .to_string()
     }
 
     #[test]
@@ -124,15 +136,29 @@ mod tests {
             "10.2.2.2"
         );
         assert_eq!(
-            from(
+            from_with(
                 "10.0.0.1",
                 &[(
                     "forwarded",
                     "for=6.6.6.6, for=\"[2001:db8::7]:443\";proto=https"
                 )],
-                "10.0.0.0/8"
+                "10.0.0.0/8",
+                ForwardedHeader::Forwarded
             ),
             "2001:db8::7"
+        );
+        // A proxy that writes `Forwarded` passes the caller's own `X-Forwarded-For` on.
+        assert_eq!(
+            from_with(
+                "10.0.0.1",
+                &[
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("forwarded", "for=203.0.113.9")
+                ],
+                "10.0.0.0/8",
+                ForwardedHeader::Forwarded
+            ),
+            "203.0.113.9"
         );
     }
 }

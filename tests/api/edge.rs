@@ -372,11 +372,28 @@ async fn the_audited_address_comes_from_forwarding_headers_of_trusted_proxies_on
 #[actix_web::test]
 #[ignore = "needs PostgreSQL: set MITHRIL_TEST_POSTGRES_URL, run with --include-ignored"]
 async fn a_database_that_drops_every_connection_is_503_never_500() {
+    use sea_orm::{ConnectionTrait as _, QuerySelect as _, TransactionTrait as _};
     let base = std::env::var("MITHRIL_TEST_POSTGRES_URL")
         .expect("this test needs MITHRIL_TEST_POSTGRES_URL");
     let app = TestApp::spawn().await;
     assert!(crate::support::is_postgres(&app));
-    let me = app.owned("MSP").await;
+    let mut owned = Vec::new();
+    for _ in 0..8 {
+        owned.push(app.owned("MSP").await);
+    }
+    // Another session holds every row, so the refreshes below are in the middle of a
+    // query (waiting on the lock) when their connections are cut.
+    let outsider = sea_orm::Database::connect(app.state.config.database_url.as_str())
+        .await
+        .unwrap();
+    let held = outsider.begin().await.unwrap();
+    for me in &owned {
+        connection::Entity::find_by_id(me.connection_id)
+            .lock_exclusive()
+            .one(&held)
+            .await
+            .unwrap();
+    }
     let database = app
         .state
         .config
@@ -386,36 +403,68 @@ async fn a_database_that_drops_every_connection_is_503_never_500() {
         .unwrap()
         .to_owned();
     let admin = sea_orm::Database::connect(base.as_str()).await.unwrap();
+    let holder: i32 = {
+        let row = held
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT pg_backend_pid()",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index(0).unwrap()
+    };
     let terminate = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{database}' AND pid <> {holder} AND pid <> pg_backend_pid()"
     );
-    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    for round in 0..5 {
-        let burst = futures_util::future::join_all((0..20).map(|i| {
-            let (app, me) = (&app, &me);
-            async move {
-                if i % 2 == 0 {
-                    app.refresh(me.client_id, me.connection_id, &me.token)
-                        .await
-                        .0
-                } else {
-                    app.verify(&format!("unknown-{round}-{i}")).await.0
-                }
-            }
-        }));
-        let kill = async {
-            use sea_orm::ConnectionTrait as _;
-            admin.execute_unprepared(&terminate).await.unwrap();
-        };
-        let (answers, ()) = futures_util::join!(burst, kill);
-        for status in answers {
-            *statuses.entry(status).or_default() += 1;
+    let burst = futures_util::future::join_all(owned.iter().map(|me| {
+        let app = &app;
+        async move {
+            let refreshed = app
+                .refresh(me.client_id, me.connection_id, &me.token)
+                .await
+                .0;
+            let verified = app.verify(&format!("unknown-{}", Uuid::new_v4())).await.0;
+            [refreshed, verified]
         }
-    }
+    }));
+    let cut = async {
+        // Once the refreshes wait on their rows, cut every connection of the app's.
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                let waiting = admin
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        sea_orm::DatabaseBackend::Postgres,
+                        format!(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' \
+                             AND wait_event_type = 'Lock'"
+                        ),
+                    ))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .try_get_by_index::<i64>(0)
+                    .unwrap();
+                waiting >= 1
+            })
+            .await,
+            "refreshes wait on the held rows"
+        );
+        admin.execute_unprepared(&terminate).await.unwrap();
+        held.rollback().await.unwrap();
+    };
+    let (answers, ()) = futures_util::join!(burst, cut);
+    let statuses: Vec<u16> = answers.into_iter().flatten().collect();
     assert!(
-        statuses.keys().all(|s| [200, 401, 503].contains(s)),
+        statuses.iter().all(|s| [200, 401, 503].contains(s)),
         "only answers and 503s: {statuses:?}"
     );
+    assert!(
+        statuses.contains(&503),
+        "the cut reached a query in flight: {statuses:?}"
+    );
+    let me = &owned[0];
     assert!(
         eventually(Duration::from_secs(20), || async {
             app.refresh(me.client_id, me.connection_id, &me.token)

@@ -194,22 +194,21 @@ async fn re_points_racing_grace_0_rotations_leave_every_old_secret_refused() {
         }
     });
     let new_secrets = join_all(rounds).await;
-    let mut revived = 0;
+    // Every instance learns each change through Redis's channel within moments; a
+    // revived secret would stay accepted for the cache's whole TTL.
     for (me, new_secret) in owned.iter().zip(&new_secrets) {
         for app in [&first, &second] {
-            if app.verifies(&me.secret).await {
-                revived += 1;
-            }
-            assert_eq!(
-                app.verify(new_secret).await.1["data"]["redirect_uri"],
-                "https://race.example.org/cb"
+            assert!(
+                eventually(Duration::from_secs(5), || async {
+                    !app.verifies(&me.secret).await
+                        && app.verify(new_secret).await.1["data"]["redirect_uri"]
+                            == "https://race.example.org/cb"
+                })
+                .await,
+                "an old secret still verifies, or the new one shows a stale view"
             );
         }
     }
-    assert_eq!(
-        revived, 0,
-        "old secrets still verifying after their rotation"
-    );
 }
 
 #[actix_web::test]
@@ -234,7 +233,8 @@ async fn callers_who_give_up_leave_no_rotation_beyond_those_answered() {
     // others wait in the client's actor behind it, and their callers give up.
     let held = hold_row(&app, me.connection_id).await;
     // Every caller is connected before any sends, so every request reaches the server;
-    // each then waits 15 ms for its answer and hangs up.
+    // each then waits for its answer and hangs up (long enough for the server to route
+    // every request to the actor, even on a loaded machine; the row stays held).
     let mut callers = Vec::new();
     for _ in 0..150 {
         callers.push(tokio::net::TcpStream::connect(&address).await.unwrap());
@@ -246,7 +246,8 @@ async fn callers_who_give_up_leave_no_rotation_beyond_those_answered() {
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut head = [0u8; 12];
             let answered =
-                tokio::time::timeout(Duration::from_millis(15), stream.read_exact(&mut head)).await;
+                tokio::time::timeout(Duration::from_millis(200), stream.read_exact(&mut head))
+                    .await;
             matches!(answered, Ok(Ok(_))) && head.starts_with(b"HTTP/1.1 200")
         }
     }))
@@ -470,9 +471,11 @@ async fn a_row_that_can_never_be_pushed_does_not_stop_the_sweep() {
 /// outbox flush comes right after it).
 #[actix_web::test]
 async fn closing_refuses_queued_rotations_and_none_commits_after() {
-    let app = TestApp::spawn().await;
+    let app = Arc::new(TestApp::spawn().await);
     let me = app.owned("MSP").await;
-    let app = Arc::new(app);
+    // The row is held, so the first rotation is still running and the others are
+    // queued behind it when the close comes.
+    let held = hold_row(&app, me.connection_id).await;
     let mut callers = Vec::new();
     for _ in 0..30 {
         let (app, client_id, connection_id, token) = (
@@ -485,17 +488,27 @@ async fn closing_refuses_queued_rotations_and_none_commits_after() {
             app.refresh(client_id, connection_id, &token).await.0
         }));
     }
-    let version = || async {
-        connection::Entity::find_by_id(me.connection_id)
-            .one(&app.db)
-            .await
-            .unwrap()
-            .unwrap()
-            .secret_version
-    };
-    assert!(eventually(Duration::from_secs(10), || async { version().await >= 1 }).await);
-    assert!(app.state.connections.close(Duration::from_secs(10)).await);
-    let at_close = version().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.state.connections.active_actors().await == 1
+        })
+        .await
+    );
+    // The close refuses what is queued at once, then waits for the running rotation,
+    // which can finish once the row is let go.
+    let (finished, ()) = futures_util::join!(
+        app.state.connections.close(Duration::from_secs(20)),
+        async {
+            held.rollback().await.unwrap();
+        }
+    );
+    assert!(finished, "the running rotation finished");
+    let at_close = connection::Entity::find_by_id(me.connection_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .secret_version;
     let mut statuses = Vec::new();
     for caller in callers {
         statuses.push(caller.await.unwrap());
@@ -505,11 +518,53 @@ async fn closing_refuses_queued_rotations_and_none_commits_after() {
         statuses.iter().all(|s| *s == 200 || *s == 503),
         "{statuses:?}"
     );
-    assert!(ok < 30, "some rotations were still queued: {statuses:?}");
-    assert_eq!(
-        version().await,
-        at_close,
-        "nothing committed after the close"
+    assert!(ok <= 1, "only a rotation already running: {statuses:?}");
+    let after = connection::Entity::find_by_id(me.connection_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .secret_version;
+    assert_eq!(after, at_close, "nothing committed after the close");
+    assert_eq!(after, ok, "one version per 200");
+}
+
+/// A notice whose worker keeps retrying (the mail server refuses for now) is slow, not
+/// lost: the reconciler leaves it to its job instead of pushing another one each window.
+#[actix_web::test]
+async fn a_notice_that_is_only_slow_is_not_pushed_again() {
+    use std::sync::atomic::Ordering;
+    let smtp_state = SmtpState::default();
+    smtp_state.fail_transient.store(true, Ordering::SeqCst);
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| {
+        c.smtp_url = Some(smtp.url());
+        c.reconcile_after = Duration::from_secs(1);
+        c.workers.retries = 20;
+    })
+    .await;
+    let me = app.owned("MSP").await;
+    secret_of(&app, &me, 0).await;
+    // Retries every half second at most: eight attempts outlast several windows.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            smtp_state.attempts.load(Ordering::SeqCst) >= 8
+        })
+        .await
     );
-    assert_eq!(ok, at_close, "one version per 200");
+    let notify = outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq("notify_owner"))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(notify.attempts, 1, "pushed once, not once per window");
+    smtp_state.fail_transient.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            smtp_state.count() == 1
+        })
+        .await
+    );
+    smtp.stop().await;
 }

@@ -228,7 +228,9 @@ impl RedisCredentials {
     ) -> redis::RedisResult<Option<(CachedCredential, Duration)>> {
         let mut conn = self.conn.clone();
         let key = credential_key(digest);
+        // Atomic, so the TTL read is the entry's own, not a newer entry's.
         let (raw, remaining_ms): (Option<String>, i64) = redis::pipe()
+            .atomic()
             .cmd("GET")
             .arg(&key)
             .cmd("PTTL")

@@ -2,7 +2,7 @@
 //! the database before it is sent so that it goes once.
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound as _, Utc};
 use entity::sent_notification::{self, state};
 use entity::{client, user};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
@@ -55,8 +55,9 @@ impl From<sea_orm::DbErr> for NotifyError {
 
 /// What a claim attempt found.
 enum Claim {
-    /// This worker holds the notice until its lease ends.
-    Ours,
+    /// This worker holds the notice until this lease ends (which also tells its claim
+    /// from a later one by another worker).
+    Ours(DateTime<Utc>),
     /// Sent or dead-lettered already.
     Done,
     /// Another worker holds a live claim.
@@ -77,38 +78,40 @@ impl Notifier {
     /// notice being lost.
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, connection_id = %job.connection_id))]
     pub async fn notify(&self, job: &NotifyOwner) -> Result<Notified, NotifyError> {
-        match self.claim(job.event_id).await? {
-            Claim::Ours => {}
+        let lease = match self.claim(job.event_id).await? {
+            Claim::Ours(lease) => lease,
             Claim::Done => return Ok(Notified::AlreadyDone),
             Claim::Held => {
                 return Err(NotifyError::Transient(
                     "another worker is sending this notice".to_owned(),
                 ));
             }
-        }
+        };
         match self.compose_and_send(job).await {
             Ok(()) => {
-                self.settle(job.event_id, state::SENT).await?;
+                self.settle(job.event_id, lease, state::SENT).await?;
                 Ok(Notified::Sent)
             }
             Err(NotifyError::Permanent(reason)) => {
-                self.settle(job.event_id, state::DEAD).await?;
+                self.settle(job.event_id, lease, state::DEAD).await?;
                 Err(NotifyError::Permanent(reason))
             }
             Err(NotifyError::Transient(reason)) => {
                 // The retry, here or on another worker, may claim it again at once.
-                self.release(job.event_id).await?;
+                self.release(job.event_id, lease).await?;
                 Err(NotifyError::Transient(reason))
             }
         }
     }
 
     /// The notice will not be sent: its retries ran out. Marks it dead, so the
-    /// reconciler leaves it alone.
+    /// reconciler leaves it alone, unless it was sent, or another worker holds a live
+    /// claim on it (a duplicate job that may yet succeed).
     pub async fn give_up(&self, event_id: Uuid) -> Result<(), NotifyError> {
+        let now = Utc::now();
         sent_notification::Entity::insert(sent_notification::ActiveModel {
             event_id: Set(event_id),
-            sent_at: Set(Utc::now()),
+            sent_at: Set(now),
             state: Set(state::DEAD.to_owned()),
             lease_until: Set(None),
         })
@@ -134,7 +137,10 @@ impl Notifier {
     /// so two workers cannot both win.
     async fn claim(&self, event_id: Uuid) -> Result<Claim, NotifyError> {
         let now = Utc::now();
-        let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        // To the microsecond, as PostgreSQL keeps it: the lease is compared for equality
+        // later, to tell this claim from another worker's.
+        let lease_until =
+            (now + chrono::Duration::from_std(self.lease).unwrap_or_default()).trunc_subsecs(6);
         let claimed = sent_notification::Entity::insert(sent_notification::ActiveModel {
             event_id: Set(event_id),
             sent_at: Set(now),
@@ -163,7 +169,7 @@ impl Notifier {
         .exec_without_returning(&self.db)
         .await?;
         if claimed == 1 {
-            return Ok(Claim::Ours);
+            return Ok(Claim::Ours(lease_until));
         }
         let current = sent_notification::Entity::find_by_id(event_id)
             .one(&self.db)
@@ -176,8 +182,14 @@ impl Notifier {
         })
     }
 
-    /// Ends this worker's claim with `sent` or `dead`.
-    async fn settle(&self, event_id: Uuid, outcome: &str) -> Result<(), NotifyError> {
+    /// Ends this worker's claim with `sent` or `dead`. Only its own claim: the lease it
+    /// wrote tells it from another worker's after a takeover.
+    async fn settle(
+        &self,
+        event_id: Uuid,
+        lease: DateTime<Utc>,
+        outcome: &str,
+    ) -> Result<(), NotifyError> {
         sent_notification::Entity::update_many()
             .col_expr(sent_notification::Column::State, Expr::value(outcome))
             .col_expr(sent_notification::Column::SentAt, Expr::value(Utc::now()))
@@ -186,13 +198,14 @@ impl Notifier {
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
             .filter(sent_notification::Column::EventId.eq(event_id))
+            .filter(sent_notification::Column::LeaseUntil.eq(lease))
             .exec(&self.db)
             .await?;
         Ok(())
     }
 
-    /// Lets the claim lapse now, after a failure worth retrying.
-    async fn release(&self, event_id: Uuid) -> Result<(), NotifyError> {
+    /// Lets this worker's claim lapse now, after a failure worth retrying.
+    async fn release(&self, event_id: Uuid, lease: DateTime<Utc>) -> Result<(), NotifyError> {
         sent_notification::Entity::update_many()
             .col_expr(
                 sent_notification::Column::LeaseUntil,
@@ -200,6 +213,7 @@ impl Notifier {
             )
             .filter(sent_notification::Column::EventId.eq(event_id))
             .filter(sent_notification::Column::State.eq(state::SENDING))
+            .filter(sent_notification::Column::LeaseUntil.eq(lease))
             .exec(&self.db)
             .await?;
         Ok(())

@@ -42,6 +42,9 @@ pub enum QueueError {
 }
 
 impl Queue {
+    /// The outbox kinds this release pushes.
+    pub const KINDS: [&'static str; 2] = [jobs::NOTIFY_OWNER, jobs::INVALIDATE_CREDENTIALS];
+
     /// `namespace` prefixes the queue names, so deployments (or tests) can share a Redis.
     pub async fn connect(
         db: &DatabaseConnection,

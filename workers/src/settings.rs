@@ -106,6 +106,24 @@ pub fn redacted(url: &str) -> String {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
             }
+            // sqlx and redis-rs also take a password as a query parameter.
+            if parsed.query().is_some() {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let hidden = matches!(k.as_ref(), "password" | "pass" | "passwd");
+                        (
+                            k.into_owned(),
+                            if hidden {
+                                "***".to_owned()
+                            } else {
+                                v.into_owned()
+                            },
+                        )
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
         Err(_) => format!("{}:…", url.split(':').next().unwrap_or_default()),
@@ -176,6 +194,12 @@ mod tests {
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert!(!redacted("smtps://u:p%40ss@mail:465").contains("p%40ss"));
         assert_eq!(redacted("not a url with:secret"), "not a url with:…");
+        let query = redacted("postgres://db/m?user=app&password=s3cret&sslmode=require");
+        assert!(
+            !query.contains("s3cret") && query.contains("sslmode=require"),
+            "{query}"
+        );
+        assert!(!redacted("redis+unix:///run/redis.sock?pass=s3cret").contains("s3cret"));
     }
 
     #[test]

@@ -76,9 +76,10 @@ impl Drop for Outcome<'_> {
 }
 
 /// API.md's order: token, scope, context, existence (404), body (413/422), rate (429).
-/// The body is read only once the caller is known to be allowed. Existence is looked
-/// up only on the way to an error (the rotation finds the connection itself), so a 404
-/// still answers before the body's or the budget's error.
+/// The body is read only once the caller is known to be allowed and the connection to
+/// exist. A refresh without a body (the usual one) skips the existence query: the
+/// rotation finds the connection itself, and a 404 still answers before the budget's
+/// error, which looks it up on its way.
 async fn rotate(
     req: &HttpRequest,
     state: &AppState,
@@ -88,16 +89,13 @@ async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id, connection_id) =
         authorize_connection(state, req, scope::REFRESH_SECRET, path).await?;
-    let max = state.config.max_grace_period.as_secs();
-    let read = input::body(req, payload)
-        .await
-        .and_then(|body| input::grace_period(&body, max).map_err(ApiError::Validation));
-    let grace_period = match read {
-        Ok(grace_period) => grace_period,
-        Err(err) => {
-            existing_connection(state, client_id, connection_id).await?;
-            return Err(err);
-        }
+    let grace_period = if input::has_body(req) {
+        existing_connection(state, client_id, connection_id).await?;
+        let body = input::body(req, payload).await?;
+        input::grace_period(&body, state.config.max_grace_period.as_secs())
+            .map_err(ApiError::Validation)?
+    } else {
+        0
     };
     if let Some(budget) = &state.refresh_budget
         && let Decision::Limited { retry_after } = budget.take(client_id).await
