@@ -99,6 +99,7 @@ impl Application {
             cache.clone(),
             relay.clone(),
             config.actor_idle_timeout,
+            config.secret_lifetime,
         );
 
         // The job workers `serve` runs by default: the same as `mithril-workers`, plus

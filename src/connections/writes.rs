@@ -14,6 +14,7 @@ use workers::jobs::{self, InvalidateCredentials};
 
 use super::audit::{self, Actor, NewEvent};
 use super::{ConnectionError, kinds, store, validity};
+use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
 /// Create or re-point the connection of `client_id` to `consumer_id`.
@@ -45,8 +46,13 @@ pub enum Upserted {
 /// Upsert on `(client_id, consumer_id)`. Concurrent upserts of the same pair create one
 /// row: the loser of the insert race re-points the winner's row instead.
 ///
-/// The caller has checked that both clients exist.
-pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, ConnectionError> {
+/// The caller has checked that both clients exist. A created connection's secret expires
+/// `lifetime` after now (never, when the policy is off).
+pub async fn upsert(
+    db: &DatabaseConnection,
+    cmd: Upsert,
+    lifetime: SecretLifetime,
+) -> Result<Upserted, ConnectionError> {
     let now = Utc::now();
     let secret = Plaintext::generate().map_err(ConnectionError::Internal)?;
     let created = connection::Model {
@@ -59,6 +65,7 @@ pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, Co
         previous_secret_expires_at: None,
         secret_version: 0,
         state_version: 0,
+        secret_expires_at: lifetime.expiry(now),
         inserted_at: now,
         updated_at: now,
     };
@@ -86,6 +93,7 @@ pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, Co
                 actor: &cmd.actor,
                 secret_version: Some(created.secret_version),
                 grace_period: None,
+                secret_expires_at: created.secret_expires_at,
                 occurred_at: now,
             },
         )
@@ -151,6 +159,7 @@ pub async fn delete(
             actor,
             secret_version: Some(current.secret_version),
             grace_period: None,
+            secret_expires_at: None,
             occurred_at: now,
         },
     )
@@ -202,6 +211,7 @@ async fn repoint_locked(
             actor,
             secret_version: Some(updated.secret_version),
             grace_period: None,
+            secret_expires_at: None,
             occurred_at: now,
         },
     )

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access;
+mod apply_policy;
 mod cache;
 mod cli;
 mod concurrency;
@@ -12,6 +13,7 @@ mod context;
 mod envelope;
 mod leaks;
 mod lifecycle;
+mod lifetime;
 mod measure;
 mod notices;
 mod openapi;

@@ -23,6 +23,14 @@ pub struct NotifyOwner {
     pub secret_version: i64,
     pub grace_period: i64,
     pub occurred_at: DateTime<Utc>,
+    /// When the previous secret stops verifying: the end of its grace period, or of its
+    /// own lifetime if sooner; `occurred_at` when it stopped at once. Absent in jobs of
+    /// releases before the lifetime policy (then `occurred_at + grace_period`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_ends_at: Option<DateTime<Utc>>,
+    /// When the new secret expires under the lifetime policy; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Bring every cache up to what a rotation, re-point or delete changed. Idempotent, and
