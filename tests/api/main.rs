@@ -19,6 +19,7 @@ mod notices;
 mod openapi;
 mod operations;
 mod refresh_secret;
+mod reminders;
 mod rotation_effects;
 mod shutdown;
 mod support;

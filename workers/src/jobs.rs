@@ -9,6 +9,8 @@ use crate::credentials::CredentialChange;
 /// Outbox `kind` of each job type.
 pub const NOTIFY_OWNER: &str = "notify_owner";
 pub const INVALIDATE_CREDENTIALS: &str = "invalidate_credentials";
+/// Pushed by the reminder ticker, not through the outbox (nothing commits with it).
+pub const REMIND_OWNER: &str = "remind_owner";
 
 /// E-mail the client's owner that a connection's secret was rotated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,4 +42,18 @@ pub struct InvalidateCredentials {
     pub event_id: Uuid,
     #[serde(rename = "invalidation")]
     pub change: CredentialChange,
+}
+
+/// E-mail the client's owner that a connection's secret expires within `threshold`, or
+/// (`threshold` = `expired`) has expired. One per (connection, secret version,
+/// threshold): claimed in `secret_reminders` before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemindOwner {
+    pub connection_id: Uuid,
+    /// The secret this reminder is about: a rotation since makes it moot.
+    pub secret_version: i64,
+    /// A configured threshold's label (`14d`, `3d`, `1d`, ...) or `expired`.
+    pub threshold: String,
+    /// The expiry the ticker saw, for the logs; the handler reads the row again.
+    pub expires_at: DateTime<Utc>,
 }

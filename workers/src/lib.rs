@@ -3,10 +3,12 @@
 pub mod credentials;
 pub mod db;
 pub mod jobs;
+pub mod local_time;
 pub mod mail;
 pub mod notify;
 pub mod poll;
 pub mod queue;
 pub mod redis_connect;
+pub mod remind;
 pub mod run;
 pub mod settings;

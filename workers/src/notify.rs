@@ -2,7 +2,7 @@
 //! the database before it is sent so that it goes once.
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use entity::sent_notification::{self, state};
 use entity::{client, user};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
@@ -12,6 +12,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::jobs::NotifyOwner;
+use crate::local_time::ShownTime;
 use crate::mail::{DeliveryError, Locale, Mailer, NoticeFields, Templates, compose};
 
 /// How long a worker's claim on a notice lasts by default: longer than any SMTP exchange
@@ -231,21 +232,25 @@ impl Notifier {
             .await?
             .map(|u| u.email)
             .unwrap_or_else(|| job.actor_user_id.to_string());
-        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
-        let grace_ends_at = chrono::Duration::try_seconds(job.grace_period)
-            .and_then(|grace| job.occurred_at.checked_add_signed(grace))
-            .unwrap_or(job.occurred_at);
+        // Jobs of releases before the lifetime policy say only how long the grace was.
+        let previous_ends_at = job.previous_secret_ends_at.unwrap_or_else(|| {
+            chrono::Duration::try_seconds(job.grace_period)
+                .and_then(|grace| job.occurred_at.checked_add_signed(grace))
+                .unwrap_or(job.occurred_at)
+        });
         let fields = NoticeFields {
             client_name: client.name,
             consumer_name,
             connection_id: job.connection_id.to_string(),
             consumer_id: job.consumer_id.to_string(),
-            occurred_at: at(job.occurred_at),
+            occurred_at: ShownTime::of(job.occurred_at),
             actor,
             request_id: job.request_id.clone(),
             secret_version: job.secret_version,
             grace_period: job.grace_period,
-            grace_ends_at: at(grace_ends_at),
+            previous_ends_at: (previous_ends_at > job.occurred_at)
+                .then(|| ShownTime::of(previous_ends_at)),
+            secret_expires_at: job.secret_expires_at.map(ShownTime::of),
         };
         let rendered = self
             .templates
