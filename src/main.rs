@@ -243,7 +243,7 @@ fn print_policy_report(
         "lifetime {lifetime}; no new expiry sooner than {} (now + {})",
         (now + chrono::Duration::from_std(min_remaining).unwrap_or_default())
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        humantime::format_duration(min_remaining)
+        SecretLifetime::of(min_remaining)
     );
     println!(
         "secrets given an expiry: {} ({} of them at the floor)",

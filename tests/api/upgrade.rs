@@ -29,42 +29,31 @@ async fn insert(db: &sea_orm::DatabaseConnection, table: &str, row: Vec<(&str, V
     db.execute(&statement).await.unwrap();
 }
 
-#[actix_web::test]
-async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
-    let database = Arc::new(TestDatabase::new().await);
-    let db = mithril::db::connect(&mithril::Config::embedded(database.url.clone()))
-        .await
-        .unwrap();
-    // The previous release's schema: migrations 1 to 8.
-    Migrator::up(&db, Some(8)).await.unwrap();
-
+/// An owner reading `locale`, their clinic (MSP) and a MIS, and a token of the clinic
+/// with every scope: `(owner, clinic, mis, token)`. Users, clients and tokens have the
+/// same shape in every release so far: the seed writes them.
+async fn people(db: &sea_orm::DatabaseConnection, locale: &str) -> (Uuid, Uuid, Uuid, String) {
     let (owner, client_id, consumer_id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let token = format!("token-{}", Uuid::new_v4().simple());
-    // Users, clients and tokens have the same shape in both releases: the seed writes them.
+    let client = |id, name: &str, client_type: &str| SeedClient {
+        id,
+        name: name.into(),
+        client_type: client_type.into(),
+        user_id: owner,
+        is_blocked: false,
+    };
     seed::load(
-        &db,
+        db,
         SeedFile {
             users: vec![SeedUser {
                 id: owner,
                 email: "owner@example.org".into(),
-                locale: "en".into(),
+                locale: locale.into(),
                 is_blocked: false,
             }],
             clients: vec![
-                SeedClient {
-                    id: client_id,
-                    name: "Clinic".into(),
-                    client_type: "MSP".into(),
-                    user_id: owner,
-                    is_blocked: false,
-                },
-                SeedClient {
-                    id: consumer_id,
-                    name: "MIS".into(),
-                    client_type: "MIS".into(),
-                    user_id: owner,
-                    is_blocked: false,
-                },
+                client(client_id, "Clinic", "MSP"),
+                client(consumer_id, "MIS", "MIS"),
             ],
             tokens: vec![SeedToken {
                 value: token.clone(),
@@ -78,6 +67,20 @@ async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
     )
     .await
     .unwrap();
+    (owner, client_id, consumer_id, token)
+}
+
+#[actix_web::test]
+async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
+    let database = Arc::new(TestDatabase::new().await);
+    let db = mithril::db::connect(&mithril::Config::embedded(database.url.clone()))
+        .await
+        .unwrap();
+    // The previous release's schema: migrations 1 to 8.
+    Migrator::up(&db, Some(8)).await.unwrap();
+
+    // Users, clients and tokens have the same shape in both releases: the seed writes them.
+    let (owner, client_id, consumer_id, token) = people(&db, "en").await;
 
     // A connection rotated three times, its previous secret in a grace period.
     let (current, previous) = ("current-secret-of-v3", "previous-secret-of-v2");
@@ -259,45 +262,7 @@ async fn secrets_of_the_release_before_lifetimes_keep_verifying_under_the_policy
         .unwrap();
     Migrator::up(&db, Some(11)).await.unwrap();
 
-    let (owner, client_id, consumer_id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let token = format!("token-{}", Uuid::new_v4().simple());
-    seed::load(
-        &db,
-        SeedFile {
-            users: vec![SeedUser {
-                id: owner,
-                email: "owner@example.org".into(),
-                locale: "uk".into(),
-                is_blocked: false,
-            }],
-            clients: vec![
-                SeedClient {
-                    id: client_id,
-                    name: "Clinic".into(),
-                    client_type: "MSP".into(),
-                    user_id: owner,
-                    is_blocked: false,
-                },
-                SeedClient {
-                    id: consumer_id,
-                    name: "MIS".into(),
-                    client_type: "MIS".into(),
-                    user_id: owner,
-                    is_blocked: false,
-                },
-            ],
-            tokens: vec![SeedToken {
-                value: token.clone(),
-                user_id: owner,
-                client_id,
-                scope: ALL_SCOPES.into(),
-                expires_at: Utc::now() + chrono::Duration::hours(1),
-            }],
-            ..SeedFile::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (owner, client_id, consumer_id, token) = people(&db, "uk").await;
     let secret = "a-secret-of-the-release-before";
     let (connection_id, event_id) = (Uuid::new_v4(), Uuid::now_v7());
     let rotated_at = Utc::now() - chrono::Duration::days(400);

@@ -206,12 +206,19 @@ impl Notifier {
         Ok(())
     }
 
-    async fn compose_and_send(&self, job: &NotifyOwner) -> Result<(), NotifyError> {
-        let client = client::Entity::find_by_id(job.client_id)
+    /// Who a message about a connection of `client_id` to `consumer_id` names and goes
+    /// to: the client, its owner, and the consumer's name (its id, once it is gone). No
+    /// client or owner: the message can never go.
+    pub(crate) async fn parties(
+        &self,
+        client_id: Uuid,
+        consumer_id: Uuid,
+    ) -> Result<(client::Model, user::Model, String), NotifyError> {
+        let client = client::Entity::find_by_id(client_id)
             .one(&self.db)
             .await?
             .ok_or_else(|| {
-                NotifyError::Permanent(format!("client {} no longer exists", job.client_id))
+                NotifyError::Permanent(format!("client {client_id} no longer exists"))
             })?;
         let owner = user::Entity::find_by_id(client.user_id)
             .one(&self.db)
@@ -222,11 +229,16 @@ impl Notifier {
                     client.user_id, client.id
                 ))
             })?;
-        let consumer_name = client::Entity::find_by_id(job.consumer_id)
+        let consumer_name = client::Entity::find_by_id(consumer_id)
             .one(&self.db)
             .await?
             .map(|c| c.name)
-            .unwrap_or_else(|| job.consumer_id.to_string());
+            .unwrap_or_else(|| consumer_id.to_string());
+        Ok((client, owner, consumer_name))
+    }
+
+    async fn compose_and_send(&self, job: &NotifyOwner) -> Result<(), NotifyError> {
+        let (client, owner, consumer_name) = self.parties(job.client_id, job.consumer_id).await?;
         let actor = user::Entity::find_by_id(job.actor_user_id)
             .one(&self.db)
             .await?

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use entity::connection;
 use entity::secret_reminder::{self, EXPIRED, state};
-use entity::{client, connection, user};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
@@ -277,6 +277,39 @@ fn lapsed(now: DateTime<Utc>) -> Expr {
         .and(existing(secret_reminder::Column::LeaseUntil).lt(now))
 }
 
+/// Writes `key`'s row as `state` (until `lease_until`): inserted if absent, else only
+/// where `replaces` holds of the row there; one statement, so of two writers racing for
+/// the same reminder only one wins. Returns whether this one did.
+async fn take(
+    db: &DatabaseConnection,
+    key: Key<'_>,
+    state: &str,
+    lease_until: Option<DateTime<Utc>>,
+    replaces: Expr,
+) -> Result<bool, DbErr> {
+    let written = secret_reminder::Entity::insert(key.row(state, lease_until))
+        .on_conflict(
+            on_key()
+                .update_columns([
+                    secret_reminder::Column::State,
+                    secret_reminder::Column::LeaseUntil,
+                    secret_reminder::Column::SentAt,
+                ])
+                .action_and_where(replaces)
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(written == 1)
+}
+
+/// `queued` (the ticker's, not yet taken by a worker), or a lapsed lease.
+fn open(now: DateTime<Utc>) -> Expr {
+    existing(secret_reminder::Column::State)
+        .eq(state::QUEUED)
+        .or(lapsed(now))
+}
+
 fn lease(from: DateTime<Utc>, length: Duration) -> DateTime<Utc> {
     from + chrono::Duration::from_std(length).unwrap_or_default()
 }
@@ -351,47 +384,17 @@ impl Reminders {
 
     /// The reminder will not be sent: its retries ran out.
     pub async fn give_up(&self, job: &RemindOwner) -> Result<(), NotifyError> {
-        let key = Key::of(job);
-        secret_reminder::Entity::insert(key.row(state::DEAD, None))
-            .on_conflict(
-                on_key()
-                    .update_columns([
-                        secret_reminder::Column::State,
-                        secret_reminder::Column::LeaseUntil,
-                        secret_reminder::Column::SentAt,
-                    ])
-                    .action_and_where(existing(secret_reminder::Column::State).ne(state::SENT))
-                    .to_owned(),
-            )
-            .exec_without_returning(&self.notifier.db)
-            .await?;
+        let not_sent = existing(secret_reminder::Column::State).ne(state::SENT);
+        take(&self.notifier.db, Key::of(job), state::DEAD, None, not_sent).await?;
         Ok(())
     }
 
     /// Takes the reminder: a new `sending` claim, or one over a `queued` row (the
-    /// ticker's) or a lapsed claim; one statement, so two workers cannot both win.
+    /// ticker's) or a lapsed claim.
     async fn claim(&self, key: Key<'_>, now: DateTime<Utc>) -> Result<Claim, NotifyError> {
         let db = &self.notifier.db;
-        let claimed = secret_reminder::Entity::insert(
-            key.row(state::SENDING, Some(lease(now, self.notifier.lease))),
-        )
-        .on_conflict(
-            on_key()
-                .update_columns([
-                    secret_reminder::Column::State,
-                    secret_reminder::Column::LeaseUntil,
-                    secret_reminder::Column::SentAt,
-                ])
-                .action_and_where(
-                    existing(secret_reminder::Column::State)
-                        .eq(state::QUEUED)
-                        .or(lapsed(now)),
-                )
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await?;
-        if claimed == 1 {
+        let until = Some(lease(now, self.notifier.lease));
+        if take(db, key, state::SENDING, until, open(now)).await? {
             return Ok(Claim::Ours);
         }
         let current = key.filter(secret_reminder::Entity::find()).one(db).await?;
@@ -402,26 +405,9 @@ impl Reminders {
         })
     }
 
-    /// Records a reminder that will not be sent, unless it is already settled or being
-    /// sent.
-    async fn skip(&self, key: Key<'_>, now: DateTime<Utc>) -> Result<(), NotifyError> {
-        secret_reminder::Entity::insert(key.row(state::SKIPPED, None))
-            .on_conflict(
-                on_key()
-                    .update_columns([
-                        secret_reminder::Column::State,
-                        secret_reminder::Column::LeaseUntil,
-                        secret_reminder::Column::SentAt,
-                    ])
-                    .action_and_where(
-                        existing(secret_reminder::Column::State)
-                            .eq(state::QUEUED)
-                            .or(lapsed(now)),
-                    )
-                    .to_owned(),
-            )
-            .exec_without_returning(&self.notifier.db)
-            .await?;
+    /// Records a reminder that will not be sent, unless it is settled or being sent.
+    async fn skip(&self, key: Key<'_>, now: DateTime<Utc>) -> Result<(), DbErr> {
+        take(&self.notifier.db, key, state::SKIPPED, None, open(now)).await?;
         Ok(())
     }
 
@@ -434,23 +420,7 @@ impl Reminders {
                 secret_version: row.secret_version,
                 threshold: wider,
             };
-            secret_reminder::Entity::insert(key.row(state::SKIPPED, None))
-                .on_conflict(
-                    on_key()
-                        .update_columns([
-                            secret_reminder::Column::State,
-                            secret_reminder::Column::LeaseUntil,
-                            secret_reminder::Column::SentAt,
-                        ])
-                        .action_and_where(
-                            existing(secret_reminder::Column::State)
-                                .eq(state::QUEUED)
-                                .or(lapsed(now)),
-                        )
-                        .to_owned(),
-                )
-                .exec_without_returning(&self.notifier.db)
-                .await?;
+            self.skip(key, now).await?;
         }
         Ok(())
     }
@@ -484,27 +454,10 @@ impl Reminders {
         expires_at: DateTime<Utc>,
         job: &RemindOwner,
     ) -> Result<(), NotifyError> {
-        let db = &self.notifier.db;
-        let client = client::Entity::find_by_id(row.client_id)
-            .one(db)
-            .await?
-            .ok_or_else(|| {
-                NotifyError::Permanent(format!("client {} no longer exists", row.client_id))
-            })?;
-        let owner = user::Entity::find_by_id(client.user_id)
-            .one(db)
-            .await?
-            .ok_or_else(|| {
-                NotifyError::Permanent(format!(
-                    "owner {} of client {} not found",
-                    client.user_id, client.id
-                ))
-            })?;
-        let consumer_name = client::Entity::find_by_id(row.consumer_id)
-            .one(db)
-            .await?
-            .map(|c| c.name)
-            .unwrap_or_else(|| row.consumer_id.to_string());
+        let (client, owner, consumer_name) = self
+            .notifier
+            .parties(row.client_id, row.consumer_id)
+            .await?;
         let fields = ReminderFields {
             client_name: client.name,
             consumer_name,
@@ -693,22 +646,8 @@ impl Ticker {
     /// Marks the reminder queued, unless another ticker did first (or it is settled or
     /// being sent); true when this ticker is to push its job.
     async fn take_for_queue(&self, key: Key<'_>, now: DateTime<Utc>) -> Result<bool, DbErr> {
-        let taken = secret_reminder::Entity::insert(
-            key.row(state::QUEUED, Some(lease(now, REQUEUE_AFTER))),
-        )
-        .on_conflict(
-            on_key()
-                .update_columns([
-                    secret_reminder::Column::State,
-                    secret_reminder::Column::LeaseUntil,
-                    secret_reminder::Column::SentAt,
-                ])
-                .action_and_where(lapsed(now))
-                .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(taken == 1)
+        let until = Some(lease(now, REQUEUE_AFTER));
+        take(&self.db, key, state::QUEUED, until, lapsed(now)).await
     }
 }
 
