@@ -1,5 +1,6 @@
-//! Background work of mithril: owner notices and credential invalidation, shared by
-//! `mithril serve` (in-process) and the `mithril-workers` binary.
+//! Background work of mithril: owner notices, credential invalidation and reminders
+//! before secrets expire, shared by `mithril serve` (in-process) and the
+//! `mithril-workers` binary.
 pub mod credentials;
 pub mod db;
 pub mod jobs;
