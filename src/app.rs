@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
 use workers::credentials::RedisCredentials;
 use workers::queue::Queue;
+use workers::remind::ReminderMetrics;
 use workers::run::{LocalApply, Workers};
 
 use crate::auth::Authorizer;
@@ -101,10 +102,13 @@ impl Application {
             cache.clone(),
             relay.clone(),
             config.actor_idle_timeout,
+            config.secret_lifetime,
         );
 
         // The job workers `serve` runs by default: the same as `mithril-workers`, plus
-        // this process's own cache.
+        // this process's own cache, and this application's recorder for the reminder
+        // metrics (so `/metrics` shows them).
+        let metrics = Metrics::new();
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let job_workers = if config.run_workers {
             let local = cache.clone();
@@ -116,7 +120,8 @@ impl Application {
                 config.smtp_url.as_deref(),
                 &config.mail_from,
                 Some(local),
-            )?;
+            )?
+            .with_reminder_metrics(Arc::new(AppReminderMetrics(metrics.clone())));
             let grace = config.shutdown_timeout;
             Some(tokio::spawn(async move {
                 if let Err(e) = workers::run::run(queue, workers, grace, workers_stopped).await {
@@ -151,7 +156,7 @@ impl Application {
             connections,
             refresh_budget,
             relay,
-            metrics: Metrics::new(),
+            metrics,
             readiness,
         });
         let shared = state.clone();
@@ -293,6 +298,23 @@ async fn maintain(cache: std::sync::Weak<CredentialsCache>) {
             return;
         };
         cache.run_maintenance();
+    }
+}
+
+/// The in-process workers' reminder metrics, recorded in the application's `Metrics`.
+struct AppReminderMetrics(Metrics);
+
+impl ReminderMetrics for AppReminderMetrics {
+    fn secrets_expiring(&self, within: &str, count: u64) {
+        self.0.secrets_expiring(within, count);
+    }
+
+    fn secrets_expired(&self, count: u64) {
+        self.0.secrets_expired(count);
+    }
+
+    fn reminder_sent(&self, threshold: &str) {
+        self.0.reminder_sent(threshold);
     }
 }
 

@@ -14,8 +14,7 @@ use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use workers::credentials::{
-    CachedCredential, ConnectionIdentity, CredentialChange, EvictionMessage, RedisCredentials,
-    retired_ttl,
+    CachedCredential, CredentialChange, EvictionMessage, RedisCredentials, Verdict, retired_ttl,
 };
 
 use crate::secrets::SecretDigest;
@@ -132,31 +131,31 @@ impl CredentialsCache {
         }
     }
 
-    /// The connection that accepts this digest now, if any: from this instance's cache,
-    /// else Redis's, else `load` (which reads the database: `None` when no connection
-    /// has the digest, a retired entry when one had it and no longer accepts it); what is
-    /// read below fills the layers above.
+    /// What verify answers for this digest now (`CachedCredential::verdict`, by the
+    /// clock): from this instance's cache, else Redis's, else `load` (which reads the
+    /// database: `None` when no connection has the digest, a retired entry when one had
+    /// it and no longer accepts it); what is read below fills the layers above.
     pub async fn verify<E, F>(
         &self,
         digest: &SecretDigest,
         load: impl FnOnce() -> F,
-    ) -> Result<(Option<ConnectionIdentity>, Layer), E>
+    ) -> Result<(Verdict, Layer), E>
     where
         F: Future<Output = Result<Option<CachedCredential>, E>>,
     {
         let now = Utc::now();
         if let Some(hit) = self.local.get(digest.as_str()) {
-            return Ok((hit.credential.accepted(now).cloned(), Layer::Local));
+            return Ok((hit.credential.verdict(now), Layer::Local));
         }
         if self.unknown.contains_key(digest.as_str()) {
-            return Ok((None, Layer::Unknown));
+            return Ok((Verdict::Refused, Layer::Unknown));
         }
         let generation = self.generation.load(Ordering::SeqCst);
         if let Some(redis) = &self.redis {
             match budgeted(redis.get(digest.as_str())).await {
                 Ok(Some((entry, remaining))) => {
                     self.put_local(digest.as_str(), &entry, remaining, generation);
-                    return Ok((entry.accepted(Utc::now()).cloned(), Layer::Redis));
+                    return Ok((entry.verdict(Utc::now()), Layer::Redis));
                 }
                 Ok(None) => {}
                 // Redis is a cache here: without it the database still answers.
@@ -165,7 +164,7 @@ impl CredentialsCache {
         }
         let Some(entry) = load().await? else {
             self.unknown.insert(digest.as_str().to_owned(), ());
-            return Ok((None, Layer::Store));
+            return Ok((Verdict::Refused, Layer::Store));
         };
         let ttl = self.ttl_of(&entry);
         self.put_local(digest.as_str(), &entry, ttl, generation);
@@ -174,7 +173,7 @@ impl CredentialsCache {
         {
             tracing::warn!(error = %e, "credentials cache: Redis fill failed");
         }
-        Ok((entry.accepted(Utc::now()).cloned(), Layer::Store))
+        Ok((entry.verdict(Utc::now()), Layer::Store))
     }
 
     /// Right after commit: here at once, then, best effort within the request's Redis

@@ -4,6 +4,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use anyhow::bail;
+use chrono::{DateTime, SubsecRound as _, Utc};
 use ipnet::IpNet;
 use workers::settings::WorkerSettings;
 
@@ -14,6 +15,82 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:4000";
 /// How long a digest that no token or connection has (or a token that was refused) is
 /// answered without asking the database again.
 pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(5);
+/// The longest lifetime a policy may give a secret: a hundred years, far past any
+/// policy, and still clear of date arithmetic's limits.
+pub const MAX_SECRET_LIFETIME: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+
+/// `MITHRIL_SECRET_LIFETIME`: how long a newly issued secret verifies, or `off` (the
+/// default) for secrets that never expire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecretLifetime(Option<Duration>);
+
+impl SecretLifetime {
+    pub const OFF: Self = Self(None);
+
+    pub fn of(lifetime: Duration) -> Self {
+        Self(Some(lifetime))
+    }
+
+    /// `off`, or a duration humantime reads (`180d`, `90days`, `3s`); more than zero and
+    /// at most a hundred years.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Self::OFF);
+        }
+        let lifetime = humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is neither `off` nor a duration such as 180d: {e}"))?;
+        if lifetime.is_zero() {
+            return Err(
+                "a secret lifetime of 0 would issue secrets already expired; use `off` for none"
+                    .to_owned(),
+            );
+        }
+        if lifetime > MAX_SECRET_LIFETIME {
+            return Err(format!(
+                "{text:?} is over a hundred years; use `off` for none"
+            ));
+        }
+        Ok(Self::of(lifetime))
+    }
+
+    pub fn duration(self) -> Option<Duration> {
+        self.0
+    }
+
+    pub fn is_off(self) -> bool {
+        self.0.is_none()
+    }
+
+    /// When a secret issued at `issued_at` expires under this policy: `None` when off.
+    /// Whole microseconds, as PostgreSQL stores them, so the row, every cache entry and
+    /// the response header name the same instant.
+    pub fn expiry(self, issued_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let lifetime = chrono::Duration::from_std(self.0?).ok()?;
+        issued_at
+            .checked_add_signed(lifetime)
+            .map(|at| at.trunc_subsecs(6))
+    }
+}
+
+impl std::fmt::Display for SecretLifetime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            // In the largest whole unit, as operators write it (`180d`, not months).
+            Some(lifetime) => {
+                let secs = lifetime.as_secs();
+                match [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")]
+                    .into_iter()
+                    .find(|(unit, _)| secs > 0 && secs % unit == 0 && lifetime.subsec_nanos() == 0)
+                {
+                    Some((unit, suffix)) => write!(f, "{}{suffix}", secs / unit),
+                    None => write!(f, "{}ms", lifetime.as_millis()),
+                }
+            }
+        }
+    }
+}
 
 /// The longest grace period any deployment may allow: a year. A previous secret valid
 /// for longer is not a grace period but a second secret.
@@ -151,6 +228,9 @@ pub struct Config {
     pub db_max_connections: u32,
     /// How long `/health/ready` waits for each backing service.
     pub readiness_timeout: Duration,
+    /// `MITHRIL_SECRET_LIFETIME`: every secret issued (rotation, creation, seed) expires
+    /// this long after issue; off by default.
+    pub secret_lifetime: SecretLifetime,
 }
 
 impl Config {
@@ -178,6 +258,7 @@ impl Config {
             http_workers: 0,
             db_max_connections: 20,
             readiness_timeout: Duration::from_secs(1),
+            secret_lifetime: SecretLifetime::OFF,
         }
     }
 
@@ -238,5 +319,39 @@ mod tests {
         config.max_grace_period = MAX_GRACE_PERIOD_BOUND + Duration::from_secs(1);
         let refused = config.validate().unwrap_err().to_string();
         assert!(refused.contains("MITHRIL_MAX_GRACE_PERIOD"), "{refused}");
+    }
+
+    #[test]
+    fn a_lifetime_is_off_or_a_positive_duration() {
+        assert_eq!(SecretLifetime::parse("off"), Ok(SecretLifetime::OFF));
+        assert_eq!(SecretLifetime::parse(" OFF "), Ok(SecretLifetime::OFF));
+        assert_eq!(
+            SecretLifetime::parse("180d"),
+            Ok(SecretLifetime::of(Duration::from_secs(180 * 86_400)))
+        );
+        assert_eq!(
+            SecretLifetime::parse("3s").unwrap().duration(),
+            Some(Duration::from_secs(3))
+        );
+        for refused in ["", "0s", "soon", "200years", "-1d"] {
+            assert!(SecretLifetime::parse(refused).is_err(), "{refused:?}");
+        }
+        assert_eq!(SecretLifetime::OFF.to_string(), "off");
+        assert_eq!(SecretLifetime::parse("180d").unwrap().to_string(), "180d");
+        assert_eq!(SecretLifetime::parse("36h").unwrap().to_string(), "36h");
+        assert_eq!(
+            SecretLifetime::parse("1500ms").unwrap().to_string(),
+            "1500ms"
+        );
+    }
+
+    #[test]
+    fn an_expiry_is_issue_plus_lifetime_in_whole_microseconds() {
+        let issued = DateTime::parse_from_rfc3339("2026-11-29T10:00:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(SecretLifetime::OFF.expiry(issued), None);
+        let expiry = SecretLifetime::parse("1d").unwrap().expiry(issued).unwrap();
+        assert_eq!(expiry.to_rfc3339(), "2026-11-30T10:00:00.123456+00:00");
     }
 }

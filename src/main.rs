@@ -1,10 +1,11 @@
-//! The `mithril` command line: serve, migrate, seed.
+//! The `mithril` command line: serve, migrate, seed, secrets apply-policy.
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use mithril::config::{self, Config};
+use mithril::config::{self, Config, SecretLifetime};
+use mithril::connections::policy;
 use mithril::{Application, db, seed};
 use tracing_subscriber::EnvFilter;
 use workers::settings::WorkerSettings;
@@ -77,6 +78,10 @@ struct Settings {
     /// (a queue that lost it: Redis restarted without persistence).
     #[arg(long, global = true, env = "MITHRIL_RECONCILE_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
     reconcile_after: Duration,
+    /// How long a newly issued secret verifies (`180d`, `90days`), or `off`: secrets
+    /// never expire. Set the same everywhere `mithril` runs.
+    #[arg(long, global = true, env = "MITHRIL_SECRET_LIFETIME", default_value = "off", value_parser = SecretLifetime::parse)]
+    secret_lifetime: SecretLifetime,
     #[command(flatten)]
     workers: WorkerSettings,
     /// `json` for one JSON object per log line.
@@ -112,6 +117,23 @@ enum Command {
         /// Where the printed curl points.
         #[arg(long, env = "MITHRIL_BIND", default_value = config::DEFAULT_BIND)]
         bind: String,
+    },
+    /// The lifetime policy of connection secrets.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Give every secret issued before the lifetime policy (MITHRIL_SECRET_LIFETIME) an
+    /// expiry: its last rotation + the lifetime, never sooner than --min-remaining from
+    /// now. Prints how many expire per week. Idempotent.
+    ApplyPolicy {
+        /// No secret is given an expiry sooner than this from now.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        min_remaining: Duration,
     },
 }
 
@@ -149,6 +171,7 @@ impl Settings {
         config.trusted_proxies = self.trusted_proxies.0.clone();
         config.forwarded_header = self.forwarded_header;
         config.reconcile_after = self.reconcile_after;
+        config.secret_lifetime = self.secret_lifetime;
         config.workers = self.workers.clone();
         if let Some(bind) = bind {
             config.bind = bind.to_owned();
@@ -187,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
             let database = db::connect(&config).await?;
             db::migrate(&database).await?;
             if demo {
-                print_demo(&database, &config.bind).await?;
+                print_demo(&database, &config.bind, config.secret_lifetime).await?;
             }
             let app = Application::build_with_db(config, database).await?;
             app.state().metrics.install_global();
@@ -214,13 +237,15 @@ async fn main() -> anyhow::Result<()> {
             let database = db::connect(&config).await?;
             db::migrate(&database).await?;
             if demo {
-                print_demo(&database, &bind).await?;
+                print_demo(&database, &bind, config.secret_lifetime).await?;
             } else if let Some(file) = file {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?;
                 let seed: seed::SeedFile = serde_json::from_str(&text)
                     .with_context(|| format!("parsing {}", file.display()))?;
-                for generated in seed::load(&database, seed).await? {
+                for generated in
+                    seed::load_with_lifetime(&database, seed, config.secret_lifetime).await?
+                {
                     // Shown once: only its digest is stored.
                     println!(
                         "connection {} secret: {}",
@@ -231,12 +256,60 @@ async fn main() -> anyhow::Result<()> {
                 println!("seeded {}", file.display());
             }
         }
+        Command::Secrets {
+            command: SecretsCommand::ApplyPolicy { min_remaining },
+        } => {
+            let config = cli.settings.config(None);
+            let Some(lifetime) = config.secret_lifetime.duration() else {
+                anyhow::bail!(
+                    "MITHRIL_SECRET_LIFETIME is off: set the lifetime (e.g. 180d) here and on \
+                     every `mithril serve` first, then apply it to the secrets issued before"
+                );
+            };
+            let database = db::connect(&config).await?;
+            db::migrate(&database).await?;
+            let now = chrono::Utc::now();
+            let report = policy::apply(&database, lifetime, min_remaining, now)
+                .await
+                .context("applying the lifetime policy")?;
+            print_policy_report(&report, config.secret_lifetime, min_remaining, now);
+        }
     }
     Ok(())
 }
 
-async fn print_demo(database: &sea_orm::DatabaseConnection, bind: &str) -> anyhow::Result<()> {
-    let demo = seed::load_demo(database).await?;
+/// What `secrets apply-policy` did, and when secrets expire from now on.
+fn print_policy_report(
+    report: &policy::PolicyReport,
+    lifetime: SecretLifetime,
+    min_remaining: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    println!(
+        "lifetime {lifetime}; no new expiry sooner than {} (now + {})",
+        (now + chrono::Duration::from_std(min_remaining).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        SecretLifetime::of(min_remaining)
+    );
+    println!(
+        "secrets given an expiry: {} ({} of them at the floor)",
+        report.given, report.floored
+    );
+    println!("secrets without an expiry: {}", report.without_expiry);
+    println!("secrets already expired: {}", report.expired);
+    println!("secrets expiring per ISO week (UTC):");
+    for (week, count) in &report.per_week {
+        let monday = week.monday().map(|d| d.to_string()).unwrap_or_default();
+        println!("  {week} (from {monday}): {count}");
+    }
+}
+
+async fn print_demo(
+    database: &sea_orm::DatabaseConnection,
+    bind: &str,
+    lifetime: SecretLifetime,
+) -> anyhow::Result<()> {
+    let demo = seed::load_demo(database, lifetime).await?;
     println!(
         "Demo data loaded. Bearer token (valid 30 days): {}",
         demo.token.expose()

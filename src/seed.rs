@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::{Uuid, uuid};
 
+use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
 #[derive(Default, Deserialize)]
@@ -114,7 +115,19 @@ async fn republish(db: &DatabaseConnection, before: connection::Model) -> anyhow
     Ok(())
 }
 
+/// Loads `seed` with the lifetime policy off: seeded secrets never expire.
 pub async fn load(db: &DatabaseConnection, seed: SeedFile) -> anyhow::Result<Vec<GeneratedSecret>> {
+    load_with_lifetime(db, seed, SecretLifetime::OFF).await
+}
+
+/// Loads `seed`; each secret it issues (given in the file, or generated) expires
+/// `lifetime` after now, in the same statement that stores it. A re-seeded connection
+/// that keeps its secret keeps its expiry too.
+pub async fn load_with_lifetime(
+    db: &DatabaseConnection,
+    seed: SeedFile,
+    lifetime: SecretLifetime,
+) -> anyhow::Result<Vec<GeneratedSecret>> {
     let now = Utc::now();
     for u in seed.users {
         user::Entity::insert(user::ActiveModel {
@@ -174,11 +187,16 @@ pub async fn load(db: &DatabaseConnection, seed: SeedFile) -> anyhow::Result<Vec
             connection::Column::UpdatedAt,
         ];
         let secret_hash = match (&given, &existing) {
+            // The same secret seeded again is not a new one: it keeps its expiry.
+            (Some(secret), Some(existing)) if secret.digest().matches(&existing.secret_hash) => {
+                existing.secret_hash.clone()
+            }
             (Some(secret), _) => {
                 update_columns.push(connection::Column::SecretHash);
+                update_columns.push(connection::Column::SecretExpiresAt);
                 secret.digest().into_string()
             }
-            // Re-seeding keeps the secret a connection already has.
+            // Re-seeding keeps the secret a connection already has, and its expiry.
             (None, Some(existing)) => existing.secret_hash.clone(),
             (None, None) => {
                 let secret = Plaintext::generate()?;
@@ -200,6 +218,7 @@ pub async fn load(db: &DatabaseConnection, seed: SeedFile) -> anyhow::Result<Vec
             previous_secret_expires_at: Set(None),
             secret_version: Set(0),
             state_version: Set(0),
+            secret_expires_at: Set(lifetime.expiry(now)),
             inserted_at: Set(now),
             updated_at: Set(now),
         })
@@ -286,8 +305,9 @@ pub struct Demo {
 }
 
 /// A clinic (MSP) owned by a demo user, connected to a MIS, and a new token for the
-/// clinic with every connection scope. Re-running keeps the data and adds a token.
-pub async fn load_demo(db: &DatabaseConnection) -> anyhow::Result<Demo> {
+/// clinic with every connection scope. Re-running keeps the data and adds a token. A
+/// secret it generates expires `lifetime` after now.
+pub async fn load_demo(db: &DatabaseConnection, lifetime: SecretLifetime) -> anyhow::Result<Demo> {
     let token = Plaintext::generate()?;
     let seed = SeedFile {
         users: vec![SeedUser {
@@ -328,7 +348,7 @@ pub async fn load_demo(db: &DatabaseConnection) -> anyhow::Result<Demo> {
             expires_at: Utc::now() + chrono::Duration::days(30),
         }],
     };
-    load(db, seed).await?;
+    load_with_lifetime(db, seed, lifetime).await?;
     Ok(Demo {
         token,
         client_id: DEMO_CLINIC_ID,

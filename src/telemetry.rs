@@ -20,6 +20,11 @@ pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const SECRET_REFRESHES: &str = "secret_refreshes_total";
 pub const OUTBOX_PENDING: &str = "mithril_outbox_pending";
 pub const CREDENTIALS_CACHE: &str = "mithril_credentials_cache_total";
+/// The lifetime policy's gauges and counter; `mithril-workers` records the same names
+/// (`workers::remind`).
+pub const SECRETS_EXPIRING: &str = "mithril_secrets_expiring";
+pub const SECRETS_EXPIRED: &str = "mithril_secrets_expired";
+pub const REMINDERS: &str = "mithril_reminders_total";
 
 /// Latency buckets, in seconds, for request histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -99,6 +104,30 @@ impl Metrics {
         self.gauge(OUTBOX_PENDING, &[], rows as f64);
     }
 
+    /// Secrets that expire within `within` (a reminder threshold, `14d`) from now, as
+    /// the reminder ticker last counted.
+    pub fn secrets_expiring(&self, within: &str, count: u64) {
+        self.gauge(
+            SECRETS_EXPIRING,
+            &[Label::new("within", within.to_owned())],
+            count as f64,
+        );
+    }
+
+    /// Secrets past their expiry, as the reminder ticker last counted.
+    pub fn secrets_expired(&self, count: u64) {
+        self.gauge(SECRETS_EXPIRED, &[], count as f64);
+    }
+
+    /// One reminder e-mailed, of `threshold` (`14d`, ..., `expired`).
+    pub fn reminder_sent(&self, threshold: &str) {
+        self.counter(
+            REMINDERS,
+            &[Label::new("threshold", threshold.to_owned())],
+            1,
+        );
+    }
+
     /// Adds `value` to the counter `name` with `labels`.
     pub fn counter(&self, name: &'static str, labels: &[Label], value: u64) {
         self.recorder
@@ -154,6 +183,26 @@ mod tests {
             "{rendered}"
         );
         assert!(!b.render().contains("secret_refreshes_total"));
+    }
+
+    #[test]
+    fn the_workers_record_the_same_names() {
+        use workers::remind;
+        assert_eq!(SECRETS_EXPIRING, remind::SECRETS_EXPIRING);
+        assert_eq!(SECRETS_EXPIRED, remind::SECRETS_EXPIRED);
+        assert_eq!(REMINDERS, remind::REMINDERS);
+        let metrics = Metrics::new();
+        metrics.secrets_expiring("14d", 3);
+        metrics.secrets_expired(1);
+        metrics.reminder_sent("3d");
+        let rendered = metrics.render();
+        for line in [
+            r#"mithril_secrets_expiring{within="14d"} 3"#,
+            "mithril_secrets_expired 1",
+            r#"mithril_reminders_total{threshold="3d"} 1"#,
+        ] {
+            assert!(rendered.contains(line), "{rendered}");
+        }
     }
 
     #[test]

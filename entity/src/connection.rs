@@ -20,6 +20,9 @@ pub struct Model {
     /// Increases with every write that changes what verify answers for this connection's
     /// secrets (rotation, re-point); cache entries carry it so they only move forward.
     pub state_version: i64,
+    /// When the current secret stops verifying under the lifetime policy; `None`: never
+    /// (secrets issued while the policy was off, until `secrets apply-policy`).
+    pub secret_expires_at: Option<DateTimeUtc>,
     pub inserted_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

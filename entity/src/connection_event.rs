@@ -17,6 +17,9 @@ pub struct Model {
     pub secret_version: Option<i64>,
     /// Seconds the previous secret stays valid.
     pub grace_period: Option<i64>,
+    /// The expiry this event gave the connection's secret (rotation, creation, the
+    /// lifetime policy applied); `None` when it gave none.
+    pub secret_expires_at: Option<DateTimeUtc>,
     pub occurred_at: DateTimeUtc,
 }
 

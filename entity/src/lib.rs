@@ -4,6 +4,7 @@ pub mod client_type;
 pub mod connection;
 pub mod connection_event;
 pub mod outbox;
+pub mod secret_reminder;
 pub mod sent_notification;
 pub mod token;
 pub mod user;

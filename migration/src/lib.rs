@@ -13,6 +13,8 @@ mod m20261128_000008_create_sent_notifications;
 mod m20261129_000009_add_connection_state_version;
 mod m20261129_000010_add_notice_claims;
 mod m20261129_000011_add_outbox_settlement;
+mod m20261129_000012_add_secret_expiry;
+mod m20261129_000013_create_secret_reminders;
 
 pub struct Migrator;
 
@@ -31,6 +33,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000009_add_connection_state_version::Migration),
             Box::new(m20261129_000010_add_notice_claims::Migration),
             Box::new(m20261129_000011_add_outbox_settlement::Migration),
+            Box::new(m20261129_000012_add_secret_expiry::Migration),
+            Box::new(m20261129_000013_create_secret_reminders::Migration),
         ]
     }
 }

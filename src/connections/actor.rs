@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::ConnectionError;
 use super::effects::AfterCommit;
 use super::rotation::{Rotate, Rotated, rotate};
+use crate::config::SecretLifetime;
 
 /// Sent by an actor that has had no work for its idle timeout.
 pub struct Idle {
@@ -53,6 +54,8 @@ pub struct ActorSetup {
     pub effects: Arc<AfterCommit>,
     pub gate: RotationGate,
     pub idle_timeout: Duration,
+    /// How long each new secret verifies (`MITHRIL_SECRET_LIFETIME`).
+    pub lifetime: SecretLifetime,
 }
 
 /// Serializes one client's rotations, so a storm on one hot client waits in this mailbox
@@ -118,10 +121,11 @@ impl Handler<Rotate> for ConnectionActor {
             return AtomicResponse::new(Box::pin(fut::ready(Err(ConnectionError::ShuttingDown))));
         }
         let (db, effects) = (self.setup.db.clone(), self.setup.effects.clone());
+        let lifetime = self.setup.lifetime;
         AtomicResponse::new(Box::pin(
             async move {
                 let _running = running;
-                let rotated = rotate(&db, &msg).await?;
+                let rotated = rotate(&db, &msg, lifetime).await?;
                 effects
                     .publish(&rotated.change, rotated.outbox_ids.clone())
                     .await;

@@ -30,6 +30,9 @@ pub struct NewEvent<'a> {
     pub secret_version: Option<i64>,
     /// Seconds the previous secret stays valid (rotations only).
     pub grace_period: Option<i64>,
+    /// The expiry this change gave the secret (rotation and creation under the lifetime
+    /// policy, and the policy applied to an older secret).
+    pub secret_expires_at: Option<DateTime<Utc>>,
     pub occurred_at: DateTime<Utc>,
 }
 
@@ -49,6 +52,7 @@ pub async fn record(conn: &impl ConnectionTrait, event: NewEvent<'_>) -> Result<
         remote_address: Set(event.actor.remote_address.clone()),
         secret_version: Set(event.secret_version),
         grace_period: Set(event.grace_period),
+        secret_expires_at: Set(event.secret_expires_at),
         occurred_at: Set(event.occurred_at),
     })
     .exec_without_returning(conn)

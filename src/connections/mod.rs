@@ -5,6 +5,7 @@ mod actor;
 pub mod audit;
 mod effects;
 mod error;
+pub mod policy;
 mod registry;
 mod rotation;
 mod service;
@@ -25,4 +26,7 @@ pub mod kinds {
     pub const CREATED: &str = "created";
     pub const UPDATED: &str = "updated";
     pub const DELETED: &str = "deleted";
+    /// `mithril secrets apply-policy` gave a secret issued before the lifetime policy
+    /// its expiry.
+    pub const SECRET_EXPIRY_SET: &str = "secret_expiry_set";
 }

@@ -13,6 +13,7 @@ use workers::jobs::{self, InvalidateCredentials, NotifyOwner};
 
 use super::audit::{self, Actor, NewEvent};
 use super::{ConnectionError, kinds, store, validity};
+use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
 /// Rotate the secret of one connection of one client.
@@ -41,8 +42,13 @@ pub struct Rotated {
 }
 
 /// Runs one rotation in one transaction. Safe under any concurrency, on one instance or
-/// many: the row lock orders concurrent rotations of the same connection.
-pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, ConnectionError> {
+/// many: the row lock orders concurrent rotations of the same connection. The new secret
+/// expires `lifetime` after now (never, when the policy is off).
+pub async fn rotate(
+    db: &DatabaseConnection,
+    cmd: &Rotate,
+    lifetime: SecretLifetime,
+) -> Result<Rotated, ConnectionError> {
     let txn = db.begin().await?;
     let current = store::lock(&txn, cmd.client_id, cmd.connection_id)
         .await?
@@ -62,14 +68,17 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Co
         ),
     };
     // CAUTION: only one previous secret is kept. Without a grace period the old secret
-    // retires now; with one it becomes the previous secret until the grace ends, and a
-    // previous secret still inside an earlier grace period is displaced (retired).
+    // retires now; with one it becomes the previous secret until the grace ends (or its
+    // own expiry, if sooner), and a previous secret still inside an earlier grace period
+    // is displaced (retired).
+    let previous_until = validity::previous_valid_until(grace_ends, current.secret_expires_at, now);
     let updated = connection::Model {
         secret_hash: secret.digest().into_string(),
-        previous_secret_hash: grace_ends.map(|_| current.secret_hash.clone()),
-        previous_secret_expires_at: grace_ends,
+        previous_secret_hash: previous_until.map(|_| current.secret_hash.clone()),
+        previous_secret_expires_at: previous_until,
         secret_version: current.secret_version + 1,
         state_version: current.state_version + 1,
+        secret_expires_at: lifetime.expiry(now),
         updated_at: now,
         ..current.clone()
     };
@@ -94,6 +103,10 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Co
             connection::Column::StateVersion,
             Expr::value(updated.state_version),
         )
+        .col_expr(
+            connection::Column::SecretExpiresAt,
+            Expr::value(updated.secret_expires_at),
+        )
         .col_expr(connection::Column::UpdatedAt, Expr::value(now))
         .filter(connection::Column::Id.eq(updated.id))
         .exec(&txn)
@@ -108,6 +121,7 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Co
             actor: &cmd.actor,
             secret_version: Some(updated.secret_version),
             grace_period: Some(cmd.grace_period),
+            secret_expires_at: updated.secret_expires_at,
             occurred_at: now,
         },
     )
@@ -124,6 +138,8 @@ pub async fn rotate(db: &DatabaseConnection, cmd: &Rotate) -> Result<Rotated, Co
         secret_version: updated.secret_version,
         grace_period: cmd.grace_period,
         occurred_at: now,
+        previous_secret_ends_at: Some(previous_until.unwrap_or(now)),
+        secret_expires_at: updated.secret_expires_at,
     };
     let invalidate = InvalidateCredentials {
         event_id,

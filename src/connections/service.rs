@@ -9,7 +9,7 @@ use actix::{Actor as _, Addr};
 use entity::{connection, connection_event};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
-use workers::credentials::{CachedCredential, ConnectionIdentity};
+use workers::credentials::{CachedCredential, Verdict};
 
 use super::actor::{ActorSetup, RotationGate};
 use super::audit::{self, Actor};
@@ -20,6 +20,7 @@ use super::store::{self, ListFilter};
 use super::writes::{self, Changed, Upsert, Upserted};
 use super::{ConnectionError, validity};
 use crate::cache::{CredentialsCache, Layer};
+use crate::config::SecretLifetime;
 use crate::outbox::OutboxRelay;
 use crate::paging::{Page, PageRequest};
 use crate::secrets::SecretDigest;
@@ -31,15 +32,18 @@ pub struct Service {
     cache: Arc<CredentialsCache>,
     effects: Arc<AfterCommit>,
     gate: RotationGate,
+    lifetime: SecretLifetime,
 }
 
 impl Service {
     /// Starts the registry of per-client actors (an actor stops after `idle_timeout`).
+    /// Every secret it issues expires `lifetime` after issue (never, when off).
     pub fn start(
         db: DatabaseConnection,
         cache: Arc<CredentialsCache>,
         relay: OutboxRelay,
         idle_timeout: Duration,
+        lifetime: SecretLifetime,
     ) -> Self {
         let effects = Arc::new(AfterCommit {
             cache: cache.clone(),
@@ -51,6 +55,7 @@ impl Service {
             effects: effects.clone(),
             gate: gate.clone(),
             idle_timeout,
+            lifetime,
         })
         .start();
         Self {
@@ -59,6 +64,7 @@ impl Service {
             cache,
             effects,
             gate,
+            lifetime,
         }
     }
 
@@ -87,9 +93,9 @@ impl Service {
 
     /// Creates the connection of `(client_id, consumer_id)`, or re-points it.
     pub async fn upsert(&self, cmd: Upsert) -> Result<Upserted, ConnectionError> {
-        let (db, effects) = (self.db.clone(), self.effects.clone());
+        let (db, effects, lifetime) = (self.db.clone(), self.effects.clone(), self.lifetime);
         self.detached(async move {
-            let upserted = writes::upsert(&db, cmd).await?;
+            let upserted = writes::upsert(&db, cmd, lifetime).await?;
             if let Upserted::Updated(changed) = &upserted {
                 publish(&effects, changed).await;
             }
@@ -132,12 +138,9 @@ impl Service {
         .await
     }
 
-    /// The connection this secret's digest authenticates now, if any, and the cache
-    /// layer that answered.
-    pub async fn verify(
-        &self,
-        digest: &SecretDigest,
-    ) -> Result<(Option<ConnectionIdentity>, Layer), ConnectionError> {
+    /// What verify answers for this secret's digest now (the connection it
+    /// authenticates, expired, or refused), and the cache layer that answered.
+    pub async fn verify(&self, digest: &SecretDigest) -> Result<(Verdict, Layer), ConnectionError> {
         let db = &self.db;
         self.cache
             .verify(digest, || async move {
@@ -236,7 +239,13 @@ mod tests {
             .unwrap();
         let relay = OutboxRelay::new(db.clone(), queue, Duration::from_secs(600));
         let cache = Arc::new(CredentialsCache::new(Duration::from_secs(60), 100, None));
-        let service = Service::start(db, cache, relay, Duration::from_secs(60));
+        let service = Service::start(
+            db,
+            cache,
+            relay,
+            Duration::from_secs(60),
+            SecretLifetime::OFF,
+        );
         let client_id = Uuid::new_v4();
         let actor_for = || service.registry.send(ActorFor { client_id });
 

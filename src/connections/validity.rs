@@ -18,12 +18,17 @@ pub fn identity(row: &connection::Model) -> ConnectionIdentity {
     }
 }
 
-/// The digests that authenticate `row` at `now`, and until when: the current secret,
-/// and the previous one while its grace period lasts.
+/// The digests that verify answers for at `now`, and until when: the current secret
+/// (refused as expired once its lifetime ends, `secret_expires_at`), and the previous one
+/// while its grace period lasts.
+///
+/// The current secret stays listed after its expiry, so that every cache, and the
+/// database read behind them, answers "expired" for it rather than "unknown".
 pub fn valid_digests(row: &connection::Model, now: DateTime<Utc>) -> Vec<StillValid> {
     let mut valid = vec![StillValid {
         digest: row.secret_hash.clone(),
         valid_until: None,
+        expires_at: row.secret_expires_at,
     }];
     if let (Some(previous), Some(until)) =
         (&row.previous_secret_hash, row.previous_secret_expires_at)
@@ -32,9 +37,28 @@ pub fn valid_digests(row: &connection::Model, now: DateTime<Utc>) -> Vec<StillVa
         valid.push(StillValid {
             digest: previous.clone(),
             valid_until: Some(until),
+            expires_at: None,
         });
     }
     valid
+}
+
+/// Until when the secret a rotation replaces keeps verifying: the end of the grace
+/// period asked for (`None`: none, it retires now), but never past that secret's own
+/// expiry under the lifetime policy. An end already past retires it at once.
+///
+/// CAUTION: a grace period must not lengthen a secret's life: rotating a secret that
+/// expires in an hour with a week's grace keeps it for the hour only.
+pub fn previous_valid_until(
+    grace_ends: Option<DateTime<Utc>>,
+    old_expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let until = match (grace_ends, old_expires_at) {
+        (Some(grace), Some(expiry)) => Some(grace.min(expiry)),
+        (grace, _) => grace,
+    }?;
+    (until > now).then_some(until)
 }
 
 /// What a committed write did to every digest of one connection: `before` is the row
@@ -66,7 +90,8 @@ pub fn change(
 }
 
 /// The cache entry for `digest`, read from the row that holds it: what verify answers
-/// for it at `now`, or `None` when the row no longer accepts it.
+/// for it at `now` (accepted, or expired by the clock), or `None` when the row no longer
+/// lists it.
 pub fn entry_for(
     row: &connection::Model,
     digest: &SecretDigest,
@@ -81,6 +106,7 @@ pub fn entry_for(
             state: CredentialState::Valid {
                 connection: identity(row),
                 valid_until: valid.valid_until,
+                expires_at: valid.expires_at,
             },
         })
 }
@@ -106,6 +132,7 @@ mod tests {
             previous_secret_expires_at: previous.map(|(_, at)| at),
             secret_version: version,
             state_version: version,
+            secret_expires_at: None,
             inserted_at: now,
             updated_at: now,
         }
@@ -171,5 +198,46 @@ mod tests {
         assert!(previous.accepted(until).is_none());
         assert!(entry_for(&row, &SecretDigest::of("old"), until).is_none());
         assert!(entry_for(&row, &SecretDigest::of("other"), now).is_none());
+    }
+
+    #[test]
+    fn a_current_secret_past_its_lifetime_answers_expired_from_the_row() {
+        let now = Utc::now();
+        let mut row = row(SecretDigest::of("new").as_str(), None, 3);
+        row.secret_expires_at = Some(now);
+        let entry = entry_for(&row, &SecretDigest::of("new"), now).unwrap();
+        assert_eq!(
+            entry.verdict(now - chrono::Duration::seconds(1)),
+            workers::credentials::Verdict::Accepted(identity(&row))
+        );
+        assert_eq!(entry.verdict(now), workers::credentials::Verdict::Expired);
+        // A change carries the expiry to every cache it updates.
+        let change = change(&row, Some(&row), now);
+        assert_eq!(change.still_valid[0].expires_at, Some(now));
+    }
+
+    #[test]
+    fn a_grace_period_never_outlives_the_replaced_secrets_lifetime() {
+        let now = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        let week = chrono::Duration::days(7);
+        assert_eq!(previous_valid_until(None, Some(now + hour), now), None);
+        assert_eq!(
+            previous_valid_until(Some(now + week), None, now),
+            Some(now + week)
+        );
+        assert_eq!(
+            previous_valid_until(Some(now + week), Some(now + hour), now),
+            Some(now + hour)
+        );
+        assert_eq!(
+            previous_valid_until(Some(now + hour), Some(now + week), now),
+            Some(now + hour)
+        );
+        assert_eq!(
+            previous_valid_until(Some(now + week), Some(now - hour), now),
+            None,
+            "an already expired secret retires at once"
+        );
     }
 }

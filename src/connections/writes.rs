@@ -14,6 +14,7 @@ use workers::jobs::{self, InvalidateCredentials};
 
 use super::audit::{self, Actor, NewEvent};
 use super::{ConnectionError, kinds, store, validity};
+use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
 /// Create or re-point the connection of `client_id` to `consumer_id`.
@@ -46,12 +47,17 @@ pub enum Upserted {
 /// Upsert on `(client_id, consumer_id)`. Concurrent upserts of the same pair create one
 /// row: the loser of the insert race re-points the winner's row instead.
 ///
-/// The caller has checked that both clients exist.
-pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, ConnectionError> {
+/// The caller has checked that both clients exist. A created connection's secret expires
+/// `lifetime` after now (never, when the policy is off).
+pub async fn upsert(
+    db: &DatabaseConnection,
+    cmd: Upsert,
+    lifetime: SecretLifetime,
+) -> Result<Upserted, ConnectionError> {
     // A delete can remove the row the insert ran into before it is locked; the second
     // attempt then creates the connection. Two such races in a row are not plausible.
     for _ in 0..2 {
-        if let Some(upserted) = try_upsert(db, cmd.clone()).await? {
+        if let Some(upserted) = try_upsert(db, cmd.clone(), lifetime).await? {
             return Ok(upserted);
         }
     }
@@ -65,6 +71,7 @@ pub async fn upsert(db: &DatabaseConnection, cmd: Upsert) -> Result<Upserted, Co
 async fn try_upsert(
     db: &DatabaseConnection,
     cmd: Upsert,
+    lifetime: SecretLifetime,
 ) -> Result<Option<Upserted>, ConnectionError> {
     let now = Utc::now();
     let secret = Plaintext::generate().map_err(ConnectionError::Internal)?;
@@ -78,6 +85,7 @@ async fn try_upsert(
         previous_secret_expires_at: None,
         secret_version: 0,
         state_version: 0,
+        secret_expires_at: lifetime.expiry(now),
         inserted_at: now,
         updated_at: now,
     };
@@ -105,6 +113,7 @@ async fn try_upsert(
                 actor: &cmd.actor,
                 secret_version: Some(created.secret_version),
                 grace_period: None,
+                secret_expires_at: created.secret_expires_at,
                 occurred_at: now,
             },
         )
@@ -170,6 +179,7 @@ pub async fn delete(
             actor,
             secret_version: Some(current.secret_version),
             grace_period: None,
+            secret_expires_at: None,
             occurred_at: now,
         },
     )
@@ -221,6 +231,7 @@ async fn repoint_locked(
             actor,
             secret_version: Some(updated.secret_version),
             grace_period: None,
+            secret_expires_at: None,
             occurred_at: now,
         },
     )

@@ -1,6 +1,8 @@
 //! What handlers put in `data`: request and response shapes, never database models.
 use std::collections::BTreeMap;
 
+use actix_web::HttpResponse;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::{connection, connection_event};
 use serde::Serialize;
@@ -11,6 +13,22 @@ use workers::credentials::ConnectionIdentity;
 /// RFC 3339, UTC, `Z` suffix.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// When the connection's current secret expires under the lifetime policy, RFC 3339 in
+/// UTC; absent when it never expires. A header, since eHealth's response schemas allow
+/// no extra field.
+pub const SECRET_EXPIRES_AT: HeaderName = HeaderName::from_static("x-secret-expires-at");
+
+/// `response` with `x-secret-expires-at` set to `expires_at` (nothing when `None`).
+pub fn with_secret_expiry(
+    mut response: HttpResponse,
+    expires_at: Option<DateTime<Utc>>,
+) -> HttpResponse {
+    if let Some(value) = expires_at.and_then(|at| HeaderValue::from_str(&timestamp(at)).ok()) {
+        response.headers_mut().insert(SECRET_EXPIRES_AT, value);
+    }
+    response
 }
 
 /// eHealth's connection with its new secret: exactly these seven fields.
@@ -93,7 +111,8 @@ impl<'a> From<&'a ConnectionIdentity> for VerifiedView<'a> {
 #[derive(Serialize, ToSchema)]
 pub struct EventView<'a> {
     pub id: Uuid,
-    /// `created`, `updated`, `secret_refreshed` or `deleted`.
+    /// `created`, `updated`, `secret_refreshed`, `deleted`, or `secret_expiry_set`
+    /// (`mithril secrets apply-policy` gave an older secret its expiry).
     pub kind: &'a str,
     pub connection_id: Uuid,
     pub client_id: Uuid,
@@ -104,6 +123,10 @@ pub struct EventView<'a> {
     pub secret_version: Option<i64>,
     /// Seconds the previous secret stayed valid (rotations only).
     pub grace_period: Option<i64>,
+    /// The expiry this event gave the secret under the lifetime policy (rotation,
+    /// creation, `secret_expiry_set`); null when it gave none.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub secret_expires_at: Option<String>,
     #[schema(value_type = String, format = DateTime)]
     pub occurred_at: String,
 }
@@ -121,6 +144,7 @@ impl<'a> From<&'a connection_event::Model> for EventView<'a> {
             remote_address: event.remote_address.as_deref(),
             secret_version: event.secret_version,
             grace_period: event.grace_period,
+            secret_expires_at: event.secret_expires_at.map(timestamp),
             occurred_at: timestamp(event.occurred_at),
         }
     }

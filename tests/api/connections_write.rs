@@ -431,10 +431,15 @@ async fn events_are_newest_first_paged_and_carry_no_secret() {
             "occurred_at",
             "remote_address",
             "request_id",
+            "secret_expires_at",
             "secret_version"
         ]
     );
     assert_eq!(events[1]["grace_period"], 60);
+    assert!(
+        events[1]["secret_expires_at"].is_null(),
+        "no lifetime policy, no expiry"
+    );
     assert_eq!(events[1]["secret_version"], 1);
     assert_eq!(events[1]["actor_client_id"], me.client_id.to_string());
     assert_eq!(events[1]["connection_id"], me.connection_id.to_string());

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access;
+mod apply_policy;
 mod cache;
 mod cli;
 mod concurrency;
@@ -13,11 +14,13 @@ mod edge;
 mod envelope;
 mod leaks;
 mod lifecycle;
+mod lifetime;
 mod measure;
 mod notices;
 mod openapi;
 mod operations;
 mod refresh_secret;
+mod reminders;
 mod rotation_effects;
 mod shutdown;
 mod support;

@@ -1,20 +1,22 @@
-//! A database written by the previous release (schema of migration 8) migrates in place,
+//! A database written by a previous release (schema of migration 8, or 11) migrates in place,
 //! on either backend, and every row keeps its meaning: secrets still verify, tokens still
 //! work, the audit trail and sent notices are intact, and jobs in the outbox still go.
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use entity::{connection, connection_event, outbox, sent_notification};
+use entity::{connection, connection_event, outbox, secret_reminder, sent_notification};
+use mail_parser::MessageParser;
 use migration::{Migrator, MigratorTrait as _};
 use mithril::secrets::SecretDigest;
 use mithril::seed::{self, SeedClient, SeedFile, SeedToken, SeedUser};
 use sea_orm::sea_query::{Alias, Query};
-use sea_orm::{ConnectionTrait as _, EntityTrait as _, Value};
+use sea_orm::{ColumnTrait as _, ConnectionTrait as _, EntityTrait as _, QueryFilter as _, Value};
 use serde_json::json;
 use uuid::Uuid;
+use workers::local_time::ShownTime;
 
-use crate::support::{ALL_SCOPES, TestApp, TestDatabase, eventually};
+use crate::support::{ALL_SCOPES, TestApp, TestDatabase, eventually, optional_test_redis};
 
 /// Inserts one row into `table` as the previous release's schema has it.
 async fn insert(db: &sea_orm::DatabaseConnection, table: &str, row: Vec<(&str, Value)>) {
@@ -27,42 +29,31 @@ async fn insert(db: &sea_orm::DatabaseConnection, table: &str, row: Vec<(&str, V
     db.execute(&statement).await.unwrap();
 }
 
-#[actix_web::test]
-async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
-    let database = Arc::new(TestDatabase::new().await);
-    let db = mithril::db::connect(&mithril::Config::embedded(database.url.clone()))
-        .await
-        .unwrap();
-    // The previous release's schema: migrations 1 to 8.
-    Migrator::up(&db, Some(8)).await.unwrap();
-
+/// An owner reading `locale`, their clinic (MSP) and a MIS, and a token of the clinic
+/// with every scope: `(owner, clinic, mis, token)`. Users, clients and tokens have the
+/// same shape in every release so far: the seed writes them.
+async fn people(db: &sea_orm::DatabaseConnection, locale: &str) -> (Uuid, Uuid, Uuid, String) {
     let (owner, client_id, consumer_id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let token = format!("token-{}", Uuid::new_v4().simple());
-    // Users, clients and tokens have the same shape in both releases: the seed writes them.
+    let client = |id, name: &str, client_type: &str| SeedClient {
+        id,
+        name: name.into(),
+        client_type: client_type.into(),
+        user_id: owner,
+        is_blocked: false,
+    };
     seed::load(
-        &db,
+        db,
         SeedFile {
             users: vec![SeedUser {
                 id: owner,
                 email: "owner@example.org".into(),
-                locale: "en".into(),
+                locale: locale.into(),
                 is_blocked: false,
             }],
             clients: vec![
-                SeedClient {
-                    id: client_id,
-                    name: "Clinic".into(),
-                    client_type: "MSP".into(),
-                    user_id: owner,
-                    is_blocked: false,
-                },
-                SeedClient {
-                    id: consumer_id,
-                    name: "MIS".into(),
-                    client_type: "MIS".into(),
-                    user_id: owner,
-                    is_blocked: false,
-                },
+                client(client_id, "Clinic", "MSP"),
+                client(consumer_id, "MIS", "MIS"),
             ],
             tokens: vec![SeedToken {
                 value: token.clone(),
@@ -76,6 +67,20 @@ async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
     )
     .await
     .unwrap();
+    (owner, client_id, consumer_id, token)
+}
+
+#[actix_web::test]
+async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
+    let database = Arc::new(TestDatabase::new().await);
+    let db = mithril::db::connect(&mithril::Config::embedded(database.url.clone()))
+        .await
+        .unwrap();
+    // The previous release's schema: migrations 1 to 8.
+    Migrator::up(&db, Some(8)).await.unwrap();
+
+    // Users, clients and tokens have the same shape in both releases: the seed writes them.
+    let (owner, client_id, consumer_id, token) = people(&db, "en").await;
 
     // A connection rotated three times, its previous secret in a grace period.
     let (current, previous) = ("current-secret-of-v3", "previous-secret-of-v2");
@@ -264,5 +269,171 @@ async fn instances_starting_together_on_a_new_database_all_migrate_and_serve() {
     for app in apps {
         let app = app.expect("every instance migrates and starts");
         drop(app);
+    }
+}
+
+/// A database of the release before the lifetime policy (schema of migration 11)
+/// migrates in place: its secrets get no expiry and never expire, even once the policy
+/// is on (until `secrets apply-policy`); no reminder goes for them; a rotation notice
+/// that release queued still goes out, with its grace end in Kyiv time and UTC.
+#[actix_web::test]
+async fn secrets_of_the_release_before_lifetimes_keep_verifying_under_the_policy() {
+    let database = Arc::new(TestDatabase::new().await);
+    let db = mithril::db::connect(&mithril::Config::embedded(database.url.clone()))
+        .await
+        .unwrap();
+    Migrator::up(&db, Some(11)).await.unwrap();
+
+    let (owner, client_id, consumer_id, token) = people(&db, "uk").await;
+    let secret = "a-secret-of-the-release-before";
+    let (connection_id, event_id) = (Uuid::new_v4(), Uuid::now_v7());
+    let rotated_at = Utc::now() - chrono::Duration::days(400);
+    insert(
+        &db,
+        "connections",
+        vec![
+            ("id", connection_id.into()),
+            ("client_id", client_id.into()),
+            ("consumer_id", consumer_id.into()),
+            ("redirect_uri", "https://mis.example.org/cb".into()),
+            ("secret_hash", SecretDigest::of(secret).as_str().into()),
+            ("secret_version", 2i64.into()),
+            ("state_version", 3i64.into()),
+            ("inserted_at", rotated_at.into()),
+            ("updated_at", rotated_at.into()),
+        ],
+    )
+    .await;
+    insert(
+        &db,
+        "connection_events",
+        vec![
+            ("id", event_id.into()),
+            ("connection_id", connection_id.into()),
+            ("client_id", client_id.into()),
+            ("kind", "secret_refreshed".into()),
+            ("actor_user_id", owner.into()),
+            ("actor_client_id", client_id.into()),
+            ("request_id", "rotated-before-lifetimes".into()),
+            ("remote_address", Option::<String>::None.into()),
+            ("secret_version", Some(2i64).into()),
+            ("grace_period", Some(3600i64).into()),
+            ("occurred_at", rotated_at.into()),
+        ],
+    )
+    .await;
+    // That release's notice job, not yet pushed: no `previous_secret_ends_at`.
+    let old_notice = json!({
+        "event_id": event_id, "connection_id": connection_id, "client_id": client_id,
+        "consumer_id": consumer_id, "actor_user_id": owner,
+        "request_id": "rotated-before-lifetimes", "secret_version": 2,
+        "grace_period": 3600, "occurred_at": rotated_at,
+    });
+    insert(
+        &db,
+        "outbox",
+        vec![
+            ("id", Uuid::now_v7().into()),
+            ("kind", "notify_owner".into()),
+            ("payload", old_notice.into()),
+            (
+                "created_at",
+                (Utc::now() - chrono::Duration::minutes(1)).into(),
+            ),
+            (
+                "dispatched_at",
+                Option::<chrono::DateTime<Utc>>::None.into(),
+            ),
+            ("attempts", 0i32.into()),
+        ],
+    )
+    .await;
+
+    Migrator::up(&db, None).await.unwrap();
+    let row = connection::Entity::find_by_id(connection_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.secret_expires_at, None, "no expiry: it never expires");
+    assert_eq!((row.secret_version, row.state_version), (2, 3));
+    let event = connection_event::Entity::find_by_id(event_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.secret_expires_at, None);
+    db.close().await.unwrap();
+
+    // The new release, with the policy on and reminders every 100 ms.
+    let redis_url = optional_test_redis().await;
+    let app = TestApp::spawn_on(database, |c| {
+        c.secret_lifetime = mithril::config::SecretLifetime::parse("2s").unwrap();
+        c.workers.reminder_interval = Duration::from_millis(100);
+        c.redis_url = redis_url;
+        c.workers.queue_namespace = crate::support::fresh_namespace();
+    })
+    .await;
+    assert!(app.verifies(secret).await);
+    // A connection created now, under the policy, expires; the old secret does not.
+    let (status, created) = app
+        .upsert(client_id, client_id, "https://self.example.org/cb", &token)
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let fresh = created["data"]["secret"].as_str().unwrap().to_owned();
+    let fresh_id: Uuid = created["data"]["id"].as_str().unwrap().parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.verify(&fresh).await.1["error"]["message"] == "api-key expired"
+        })
+        .await,
+        "the secret issued under the policy expires"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            secret_reminder::Entity::find()
+                .filter(secret_reminder::Column::ConnectionId.eq(fresh_id))
+                .filter(secret_reminder::Column::Threshold.eq("expired"))
+                .filter(secret_reminder::Column::State.eq("sent"))
+                .one(&app.db)
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await,
+        "its owner hears that it expired"
+    );
+    assert!(app.verifies(secret).await, "the older secret never expires");
+    let reminded = secret_reminder::Entity::find()
+        .filter(secret_reminder::Column::ConnectionId.eq(connection_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(reminded.is_empty(), "no reminder for it: {reminded:?}");
+
+    // The queued notice of that release goes out, its times shown both ways.
+    let dir = app.state.config.workers.mail_dir.clone();
+    let grace_end = ShownTime::of(rotated_at + chrono::Duration::hours(1));
+    let notice = || {
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|raw| {
+                let message = MessageParser::default().parse(&raw)?;
+                let text = message.body_text(0)?.into_owned();
+                text.contains("rotated-before-lifetimes").then_some(text)
+            })
+            .next()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || async { notice().is_some() }).await,
+        "the old release's notice is sent"
+    );
+    let text = notice().unwrap();
+    for shown in [&grace_end.kyiv, &grace_end.utc] {
+        assert!(text.contains(shown.as_str()), "{shown} missing:\n{text}");
     }
 }

@@ -39,10 +39,14 @@ pub struct CachedCredential {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum CredentialState {
-    /// Accepted, until `valid_until` when it is a previous secret in its grace period.
+    /// Accepted, until `valid_until` when it is a previous secret in its grace period;
+    /// from `expires_at` on (a current secret past its lifetime) refused as expired.
     Valid {
         connection: ConnectionIdentity,
         valid_until: Option<DateTime<Utc>>,
+        /// Absent in entries written by releases before the lifetime policy: never.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
     },
     /// Refused, for good: digests are unique and never reused.
     Retired,
@@ -60,14 +64,35 @@ impl CachedCredential {
         matches!(self.state, CredentialState::Retired)
     }
 
-    /// CAUTION: a grace period ends by the clock, whatever a cache's own TTL says.
-    pub fn accepted(&self, now: DateTime<Utc>) -> Option<&ConnectionIdentity> {
+    /// What verify answers for this entry at `now`.
+    ///
+    /// CAUTION: a grace period and a lifetime both end by the clock, whatever a cache's
+    /// own TTL says. A grace that ended refuses (the secret was replaced); a lifetime that
+    /// ended answers `Expired`, so gateways can tell an expired secret from a wrong one.
+    pub fn verdict(&self, now: DateTime<Utc>) -> Verdict {
         match &self.state {
             CredentialState::Valid {
                 connection,
                 valid_until,
-            } if valid_until.is_none_or(|until| until > now) => Some(connection),
-            _ => None,
+                expires_at,
+            } => {
+                if valid_until.is_some_and(|until| until <= now) {
+                    Verdict::Refused
+                } else if expires_at.is_some_and(|at| at <= now) {
+                    Verdict::Expired
+                } else {
+                    Verdict::Accepted(connection.clone())
+                }
+            }
+            CredentialState::Retired => Verdict::Refused,
+        }
+    }
+
+    /// The connection this entry authenticates at `now`, if it is accepted.
+    pub fn accepted(&self, now: DateTime<Utc>) -> Option<ConnectionIdentity> {
+        match self.verdict(now) {
+            Verdict::Accepted(connection) => Some(connection),
+            Verdict::Expired | Verdict::Refused => None,
         }
     }
 
@@ -90,11 +115,25 @@ impl CachedCredential {
     }
 }
 
+/// What verify answers for a presented secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It authenticates this connection.
+    Accepted(ConnectionIdentity),
+    /// It is a connection's current secret, past its expiry under the lifetime policy.
+    Expired,
+    /// No connection accepts it: unknown, replaced, or its grace period is over.
+    Refused,
+}
+
 /// A digest that stays accepted after a change, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StillValid {
     pub digest: String,
     pub valid_until: Option<DateTime<Utc>>,
+    /// The lifetime policy's expiry of a current secret (see `CredentialState::Valid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What one committed write (rotation, re-point, delete) makes of every digest of one
@@ -127,6 +166,7 @@ impl CredentialChange {
                     state: CredentialState::Valid {
                         connection: self.connection.clone(),
                         valid_until: still.valid_until,
+                        expires_at: still.expires_at,
                     },
                 },
             )
@@ -329,8 +369,62 @@ mod tests {
             state: CredentialState::Valid {
                 connection: identity(),
                 valid_until,
+                expires_at: None,
             },
         }
+    }
+
+    fn expiring(expires_at: DateTime<Utc>) -> CachedCredential {
+        CachedCredential {
+            version: 1,
+            state: CredentialState::Valid {
+                connection: identity(),
+                valid_until: None,
+                expires_at: Some(expires_at),
+            },
+        }
+    }
+
+    #[test]
+    fn a_lifetime_ends_by_the_clock_as_expired_not_refused() {
+        let now = Utc::now();
+        let second = chrono::Duration::seconds(1);
+        assert_eq!(
+            expiring(now).verdict(now - second),
+            Verdict::Accepted(identity())
+        );
+        assert_eq!(expiring(now).verdict(now), Verdict::Expired);
+        assert_eq!(expiring(now).verdict(now + second), Verdict::Expired);
+        assert!(expiring(now).accepted(now).is_none());
+        // A grace period that ended refuses, whatever the lifetime says.
+        let mut previous = expiring(now + second);
+        if let CredentialState::Valid { valid_until, .. } = &mut previous.state {
+            *valid_until = Some(now);
+        }
+        assert_eq!(previous.verdict(now), Verdict::Refused);
+        assert_eq!(CachedCredential::retired(2).verdict(now), Verdict::Refused);
+    }
+
+    #[test]
+    fn entries_of_the_previous_release_still_decode_and_never_expire() {
+        let old = json_of_previous_release();
+        let entry: CachedCredential = serde_json::from_str(&old).unwrap();
+        assert!(
+            entry
+                .accepted(Utc::now() + chrono::Duration::days(3650))
+                .is_some()
+        );
+        let written = serde_json::to_string(&entry).unwrap();
+        assert!(!written.contains("expires_at"), "{written}");
+        let change: CredentialChange = serde_json::from_str(
+            r#"{"version":2,"connection":{"id":"00000000-0000-0000-0000-000000000000","client_id":"00000000-0000-0000-0000-000000000000","consumer_id":"00000000-0000-0000-0000-000000000000","redirect_uri":"https://x"},"retire":[],"still_valid":[{"digest":"ab","valid_until":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(change.still_valid[0].expires_at, None);
+    }
+
+    fn json_of_previous_release() -> String {
+        r#"{"version":3,"state":"valid","connection":{"id":"00000000-0000-0000-0000-000000000000","client_id":"00000000-0000-0000-0000-000000000000","consumer_id":"00000000-0000-0000-0000-000000000000","redirect_uri":"https://x"},"valid_until":null}"#.to_owned()
     }
 
     #[test]

@@ -9,6 +9,8 @@ use crate::credentials::CredentialChange;
 /// Outbox `kind` of each job type.
 pub const NOTIFY_OWNER: &str = "notify_owner";
 pub const INVALIDATE_CREDENTIALS: &str = "invalidate_credentials";
+/// Pushed by the reminder ticker, not through the outbox (nothing commits with it).
+pub const REMIND_OWNER: &str = "remind_owner";
 
 /// E-mail the client's owner that a connection's secret was rotated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,14 @@ pub struct NotifyOwner {
     pub secret_version: i64,
     pub grace_period: i64,
     pub occurred_at: DateTime<Utc>,
+    /// When the previous secret stops verifying: the end of its grace period, or of its
+    /// own lifetime if sooner; `occurred_at` when it stopped at once. Absent in jobs of
+    /// releases before the lifetime policy (then `occurred_at + grace_period`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_ends_at: Option<DateTime<Utc>>,
+    /// When the new secret expires under the lifetime policy; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Bring every cache up to what a rotation, re-point or delete changed. Idempotent, and
@@ -32,4 +42,18 @@ pub struct InvalidateCredentials {
     pub event_id: Uuid,
     #[serde(rename = "invalidation")]
     pub change: CredentialChange,
+}
+
+/// E-mail the client's owner that a connection's secret expires within `threshold`, or
+/// (`threshold` = `expired`) has expired. One per (connection, secret version,
+/// threshold): claimed in `secret_reminders` before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemindOwner {
+    pub connection_id: Uuid,
+    /// The secret this reminder is about: a rotation since makes it moot.
+    pub secret_version: i64,
+    /// A configured threshold's label (`14d`, `3d`, `1d`, ...) or `expired`.
+    pub threshold: String,
+    /// The expiry the ticker saw, for the logs; the handler reads the row again.
+    pub expires_at: DateTime<Utc>,
 }

@@ -1,4 +1,5 @@
-//! `mithril-workers`: runs only the job workers (owner notices, cache invalidation).
+//! `mithril-workers`: runs only the job workers (owner notices, cache invalidation,
+//! reminders before secrets expire, and their ticker).
 //! Any number may run at once, against the same database and Redis as the API.
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! the database before it is sent so that it goes once.
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, SubsecRound as _, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use entity::sent_notification::{self, state};
 use entity::{client, user};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
@@ -12,6 +12,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::jobs::NotifyOwner;
+use crate::local_time::ShownTime;
 use crate::mail::{DeliveryError, Locale, Mailer, NoticeFields, Templates, compose};
 
 /// How long a worker's claim on a notice lasts by default: longer than any SMTP exchange
@@ -219,12 +220,19 @@ impl Notifier {
         Ok(())
     }
 
-    async fn compose_and_send(&self, job: &NotifyOwner) -> Result<(), NotifyError> {
-        let client = client::Entity::find_by_id(job.client_id)
+    /// Who a message about a connection of `client_id` to `consumer_id` names and goes
+    /// to: the client, its owner, and the consumer's name (its id, once it is gone). No
+    /// client or owner: the message can never go.
+    pub(crate) async fn parties(
+        &self,
+        client_id: Uuid,
+        consumer_id: Uuid,
+    ) -> Result<(client::Model, user::Model, String), NotifyError> {
+        let client = client::Entity::find_by_id(client_id)
             .one(&self.db)
             .await?
             .ok_or_else(|| {
-                NotifyError::Permanent(format!("client {} no longer exists", job.client_id))
+                NotifyError::Permanent(format!("client {client_id} no longer exists"))
             })?;
         let owner = user::Entity::find_by_id(client.user_id)
             .one(&self.db)
@@ -235,31 +243,40 @@ impl Notifier {
                     client.user_id, client.id
                 ))
             })?;
-        let consumer_name = client::Entity::find_by_id(job.consumer_id)
+        let consumer_name = client::Entity::find_by_id(consumer_id)
             .one(&self.db)
             .await?
             .map(|c| c.name)
-            .unwrap_or_else(|| job.consumer_id.to_string());
+            .unwrap_or_else(|| consumer_id.to_string());
+        Ok((client, owner, consumer_name))
+    }
+
+    async fn compose_and_send(&self, job: &NotifyOwner) -> Result<(), NotifyError> {
+        let (client, owner, consumer_name) = self.parties(job.client_id, job.consumer_id).await?;
         let actor = user::Entity::find_by_id(job.actor_user_id)
             .one(&self.db)
             .await?
             .map(|u| u.email)
             .unwrap_or_else(|| job.actor_user_id.to_string());
-        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
-        let grace_ends_at = chrono::Duration::try_seconds(job.grace_period)
-            .and_then(|grace| job.occurred_at.checked_add_signed(grace))
-            .unwrap_or(job.occurred_at);
+        // Jobs of releases before the lifetime policy say only how long the grace was.
+        let previous_ends_at = job.previous_secret_ends_at.unwrap_or_else(|| {
+            chrono::Duration::try_seconds(job.grace_period)
+                .and_then(|grace| job.occurred_at.checked_add_signed(grace))
+                .unwrap_or(job.occurred_at)
+        });
         let fields = NoticeFields {
             client_name: client.name,
             consumer_name,
             connection_id: job.connection_id.to_string(),
             consumer_id: job.consumer_id.to_string(),
-            occurred_at: at(job.occurred_at),
+            occurred_at: ShownTime::of(job.occurred_at),
             actor,
             request_id: job.request_id.clone(),
             secret_version: job.secret_version,
             grace_period: job.grace_period,
-            grace_ends_at: at(grace_ends_at),
+            previous_ends_at: (previous_ends_at > job.occurred_at)
+                .then(|| ShownTime::of(previous_ends_at)),
+            secret_expires_at: job.secret_expires_at.map(ShownTime::of),
         };
         let rendered = self
             .templates

@@ -8,27 +8,44 @@ use apalis_sqlite::SqliteStorage;
 use sea_orm::{DatabaseBackend, DatabaseConnection};
 use serde::de::DeserializeOwned;
 
-use crate::jobs::{self, InvalidateCredentials, NotifyOwner};
+use crate::jobs::{self, InvalidateCredentials, NotifyOwner, RemindOwner};
 
 /// One storage per job type.
 #[derive(Clone)]
-pub struct Storages<N, I> {
+pub struct Storages<N, I, R> {
     pub notify: N,
     pub invalidate: I,
+    pub remind: R,
 }
 
 #[derive(Clone)]
 pub struct RedisQueue {
-    pub storages: Storages<RedisStorage<NotifyOwner>, RedisStorage<InvalidateCredentials>>,
+    pub storages: Storages<
+        RedisStorage<NotifyOwner>,
+        RedisStorage<InvalidateCredentials>,
+        RedisStorage<RemindOwner>,
+    >,
     conn: ConnectionManager,
-    configs: Storages<RedisConfig, RedisConfig>,
+    configs: Storages<RedisConfig, RedisConfig, RedisConfig>,
 }
 
 #[derive(Clone)]
 pub enum Queue {
     Redis(Box<RedisQueue>),
-    Sqlite(Storages<SqliteStorage<NotifyOwner>, SqliteStorage<InvalidateCredentials>>),
-    Postgres(Storages<PostgresStorage<NotifyOwner>, PostgresStorage<InvalidateCredentials>>),
+    Sqlite(
+        Storages<
+            SqliteStorage<NotifyOwner>,
+            SqliteStorage<InvalidateCredentials>,
+            SqliteStorage<RemindOwner>,
+        >,
+    ),
+    Postgres(
+        Storages<
+            PostgresStorage<NotifyOwner>,
+            PostgresStorage<InvalidateCredentials>,
+            PostgresStorage<RemindOwner>,
+        >,
+    ),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,14 +70,17 @@ impl Queue {
     ) -> anyhow::Result<Self> {
         let notify_queue = format!("{namespace}:{}", jobs::NOTIFY_OWNER);
         let invalidate_queue = format!("{namespace}:{}", jobs::INVALIDATE_CREDENTIALS);
+        let remind_queue = format!("{namespace}:{}", jobs::REMIND_OWNER);
         if let Some(conn) = redis {
             let configs = Storages {
                 notify: RedisConfig::default().queue(&notify_queue),
                 invalidate: RedisConfig::default().queue(&invalidate_queue),
+                remind: RedisConfig::default().queue(&remind_queue),
             };
             let storages = Storages {
                 notify: RedisStorage::new(conn.clone()).with_config(configs.notify.clone()),
                 invalidate: RedisStorage::new(conn.clone()).with_config(configs.invalidate.clone()),
+                remind: RedisStorage::new(conn.clone()).with_config(configs.remind.clone()),
             };
             return Ok(Self::Redis(Box::new(RedisQueue {
                 storages,
@@ -81,6 +101,8 @@ impl Queue {
                         .with_config(apalis_postgres::Config::default().queue(&notify_queue)),
                     invalidate: PostgresStorage::new(pool)
                         .with_config(apalis_postgres::Config::default().queue(&invalidate_queue)),
+                    remind: PostgresStorage::new(pool)
+                        .with_config(apalis_postgres::Config::default().queue(&remind_queue)),
                 }))
             }
             _ => {
@@ -96,6 +118,8 @@ impl Queue {
                         .with_config(apalis_sqlite::Config::default().queue(&notify_queue)),
                     invalidate: SqliteStorage::new(pool)
                         .with_config(apalis_sqlite::Config::default().queue(&invalidate_queue)),
+                    remind: SqliteStorage::new(pool)
+                        .with_config(apalis_sqlite::Config::default().queue(&remind_queue)),
                 }))
             }
         }
@@ -126,18 +150,32 @@ impl Queue {
                     Self::Postgres(s) => s.invalidate.clone().push(job).await.map_err(refused),
                 }
             }
+            jobs::REMIND_OWNER => self.push_reminder(decode(payload)?).await,
             other => Err(QueueError::UnknownKind(other.to_owned())),
+        }
+    }
+
+    /// Pushes a reminder job (the ticker's; reminders have no outbox row).
+    pub async fn push_reminder(&self, job: RemindOwner) -> Result<(), QueueError> {
+        match self {
+            Self::Redis(q) => q.storages.remind.clone().push(job).await.map_err(refused),
+            Self::Sqlite(s) => s.remind.clone().push(job).await.map_err(refused),
+            Self::Postgres(s) => s.remind.clone().push(job).await.map_err(refused),
         }
     }
 }
 
 impl RedisQueue {
-    /// Jobs waiting in Redis, both kinds (apalis 1.0's own statistics call fails on
+    /// Jobs waiting in Redis, every kind (apalis 1.0's own statistics call fails on
     /// Redis, so the keys are counted directly).
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         let mut conn = self.conn.clone();
         let mut total = 0;
-        for config in [&self.configs.notify, &self.configs.invalidate] {
+        for config in [
+            &self.configs.notify,
+            &self.configs.invalidate,
+            &self.configs.remind,
+        ] {
             let (active, scheduled): (u64, u64) = redis::pipe()
                 .cmd("LLEN")
                 .arg(config.active_jobs_list())

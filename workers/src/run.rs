@@ -10,11 +10,12 @@ use entity::connection;
 use sea_orm::{DatabaseConnection, EntityTrait as _};
 
 use crate::credentials::{CredentialChange, RedisCredentials};
-use crate::jobs::{self, InvalidateCredentials, NotifyOwner};
+use crate::jobs::{self, InvalidateCredentials, NotifyOwner, RemindOwner};
 use crate::mail::{Mailer, Templates};
 use crate::notify::{Notified, Notifier, NotifyError};
 use crate::poll::EveryPeriod;
 use crate::queue::Queue;
+use crate::remind::{GlobalMetrics, Reminded, ReminderMetrics, Reminders, Ticker};
 use crate::settings::{RetrySettings, WorkerSettings};
 
 /// Applies a change to an in-process cache (only `mithril serve` has one).
@@ -68,6 +69,9 @@ impl Invalidator {
 pub struct Workers {
     pub notifier: Arc<Notifier>,
     pub invalidator: Arc<Invalidator>,
+    pub reminders: Arc<Reminders>,
+    /// Pushes the reminders due, every `reminder_interval`.
+    pub ticker: Arc<Ticker>,
     pub retry: RetrySettings,
     /// How many jobs of each kind one process runs at once.
     pub concurrency: usize,
@@ -86,15 +90,28 @@ impl Workers {
         mail_from: &str,
         local: Option<LocalApply>,
     ) -> anyhow::Result<Self> {
+        let notifier = Arc::new(Notifier {
+            db: db.clone(),
+            mailer: Mailer::new(smtp_url, &settings.mail_dir)?,
+            templates: Templates::load()
+                .map_err(|e| anyhow::anyhow!("loading the notice templates: {e}"))?,
+            mail_from: mail_from.to_owned(),
+            lease: settings.notice_lease(),
+        });
+        let metrics: Arc<dyn ReminderMetrics> = Arc::new(GlobalMetrics);
         Ok(Self {
-            notifier: Arc::new(Notifier {
-                db: db.clone(),
-                mailer: Mailer::new(smtp_url, &settings.mail_dir)?,
-                templates: Templates::load()
-                    .map_err(|e| anyhow::anyhow!("loading the notice templates: {e}"))?,
-                mail_from: mail_from.to_owned(),
-                lease: settings.notice_lease(),
+            reminders: Arc::new(Reminders {
+                notifier: notifier.clone(),
+                thresholds: settings.reminder_thresholds.clone(),
+                metrics: metrics.clone(),
             }),
+            ticker: Arc::new(Ticker {
+                db: db.clone(),
+                thresholds: settings.reminder_thresholds.clone(),
+                interval: settings.reminder_interval(),
+                metrics,
+            }),
+            notifier,
             invalidator: Arc::new(Invalidator {
                 db: db.clone(),
                 redis: redis.map(|r| {
@@ -106,6 +123,25 @@ impl Workers {
             concurrency: settings.concurrency(),
             poll_interval: settings.poll_interval(),
         })
+    }
+}
+
+impl Workers {
+    /// The same workers, recording the reminder metrics through `metrics` (`mithril
+    /// serve` passes its application's recorder, which `/metrics` renders).
+    pub fn with_reminder_metrics(mut self, metrics: Arc<dyn ReminderMetrics>) -> Self {
+        self.reminders = Arc::new(Reminders {
+            notifier: self.reminders.notifier.clone(),
+            thresholds: self.reminders.thresholds.clone(),
+            metrics: metrics.clone(),
+        });
+        self.ticker = Arc::new(Ticker {
+            db: self.ticker.db.clone(),
+            thresholds: self.ticker.thresholds.clone(),
+            interval: self.ticker.interval,
+            metrics,
+        });
+        self
     }
 }
 
@@ -143,6 +179,46 @@ async fn notify_owner(
                 && let Err(e) = notifier.give_up(job.event_id).await
             {
                 tracing::warn!(event_id = %job.event_id, error = %e, "marking the notice dead failed");
+            }
+            result
+        }
+    }
+}
+
+async fn remind_owner(
+    job: RemindOwner,
+    reminders: Data<Arc<Reminders>>,
+    retry: Data<RetrySettings>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    match reminders.remind(&job).await {
+        Ok(Reminded::Sent) => {
+            outcome(jobs::REMIND_OWNER, "ok");
+            Ok(())
+        }
+        Ok(Reminded::AlreadyDone) => {
+            outcome(jobs::REMIND_OWNER, "duplicate");
+            Ok(())
+        }
+        Ok(Reminded::Moot) => {
+            outcome(jobs::REMIND_OWNER, "moot");
+            Ok(())
+        }
+        Err(NotifyError::Permanent(reason)) => {
+            Err(dead_letter(jobs::REMIND_OWNER, &job.connection_id, &reason))
+        }
+        Err(NotifyError::Transient(reason)) => {
+            let result = retry_or_dead_letter(
+                jobs::REMIND_OWNER,
+                &job.connection_id,
+                reason,
+                &attempt,
+                &retry,
+            );
+            if is_final(&result)
+                && let Err(e) = reminders.give_up(&job).await
+            {
+                tracing::warn!(connection_id = %job.connection_id, error = %e, "marking the reminder dead failed");
             }
             result
         }
@@ -273,7 +349,11 @@ macro_rules! spawn_workers {
                 .retry(p.clone())
                 .build(notify_owner)
         });
-        let (w, p, invalidate) = ($workers.clone(), policy, $storages.invalidate.clone());
+        let (w, p, invalidate) = (
+            $workers.clone(),
+            policy.clone(),
+            $storages.invalidate.clone(),
+        );
         let invalidator = supervise!($stop, jobs::INVALIDATE_CREDENTIALS, {
             WorkerBuilder::new(worker_name(jobs::INVALIDATE_CREDENTIALS))
                 .backend(
@@ -287,12 +367,26 @@ macro_rules! spawn_workers {
                 .retry(p.clone())
                 .build(invalidate_credentials)
         });
-        [notifier, invalidator]
+        let (w, p, remind) = ($workers.clone(), policy, $storages.remind.clone());
+        let reminder = supervise!($stop, jobs::REMIND_OWNER, {
+            WorkerBuilder::new(worker_name(jobs::REMIND_OWNER))
+                .backend(
+                    remind
+                        .clone()
+                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
+                )
+                .data(w.reminders.clone())
+                .data(w.retry.clone())
+                .concurrency(w.concurrency)
+                .retry(p.clone())
+                .build(remind_owner)
+        });
+        [notifier, invalidator, reminder]
     }};
 }
 
-/// Runs the workers of every job type until `stop` turns true (or its sender goes),
-/// then lets jobs in flight finish, up to `grace`.
+/// Runs the workers of every job type, and the reminder ticker, until `stop` turns true
+/// (or its sender goes), then lets jobs in flight finish, up to `grace`.
 pub async fn run(
     queue: Queue,
     workers: Workers,
@@ -304,9 +398,10 @@ pub async fn run(
         Queue::Sqlite(storages) => spawn_workers!(storages, workers, stop),
         Queue::Postgres(storages) => spawn_workers!(storages, workers, stop),
     };
+    let ticker = tokio::spawn(workers.ticker.clone().run(queue.clone(), stop.clone()));
     let mut stopped = stop.clone();
     let _ = stopped.wait_for(|s| *s).await;
-    let all = futures_util::future::join_all(handles);
+    let all = futures_util::future::join_all(handles.into_iter().chain([ticker]));
     if tokio::time::timeout(grace, all).await.is_err() {
         tracing::warn!("job workers did not finish within the shutdown timeout");
     }

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::remind::Thresholds;
+
 /// How transient failures are retried: exponential backoff from `min` to `max`, then
 /// the job is dead-lettered.
 #[derive(Clone, Debug)]
@@ -96,6 +98,14 @@ pub struct WorkerSettings {
         default_value_t = 120
     )]
     pub notice_lease: u64,
+    /// How often each worker process looks for secrets due a reminder and refreshes the
+    /// expiry gauges (`1m`, `30s`).
+    #[arg(long, global = true, env = "MITHRIL_REMINDER_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub reminder_interval: Duration,
+    /// How long before a secret expires its owner is reminded, one e-mail per threshold
+    /// (plus one once it has expired); `off` for only that one.
+    #[arg(long, global = true, env = "MITHRIL_REMINDER_THRESHOLDS", default_value = "14d,3d,1d", value_parser = Thresholds::parse)]
+    pub reminder_thresholds: Thresholds,
 }
 
 /// A URL as logs may show it: without its password (or the whole URL, when it does not
@@ -143,6 +153,8 @@ impl Default for WorkerSettings {
             retry_max_ms: 300_000,
             poll_interval_ms: 250,
             notice_lease: 120,
+            reminder_interval: Duration::from_secs(60),
+            reminder_thresholds: Thresholds::default(),
         }
     }
 }
@@ -170,6 +182,10 @@ impl WorkerSettings {
 
     pub fn notice_lease(&self) -> Duration {
         Duration::from_secs(self.notice_lease.max(1))
+    }
+
+    pub fn reminder_interval(&self) -> Duration {
+        self.reminder_interval.max(Duration::from_millis(10))
     }
 }
 

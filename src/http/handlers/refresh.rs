@@ -8,7 +8,7 @@ use crate::connections::Rotate;
 use crate::http::guard::{authorize_connection, existing_connection};
 use crate::http::schemas::{ConnectionWithSecretResponse, ErrorResponse, RefreshRequest};
 use crate::http::state::AppState;
-use crate::http::views::ConnectionWithSecret;
+use crate::http::views::{ConnectionWithSecret, with_secret_expiry};
 use crate::http::{ApiError, RequestMeta, input};
 use crate::ratelimit::{Decision, retry_after_secs};
 
@@ -27,7 +27,8 @@ use crate::ratelimit::{Decision, retry_after_secs};
     ),
     request_body(content = Option<RefreshRequest>, description = "None, or the grace period"),
     responses(
-        (status = 200, description = "The connection and its new secret, shown this once", body = ConnectionWithSecretResponse),
+        (status = 200, description = "The connection and its new secret, shown this once", body = ConnectionWithSecretResponse,
+            headers(("x-secret-expires-at" = String, description = "When the new secret expires under the lifetime policy (RFC 3339, UTC); absent when it never expires"))),
         (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
         (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
         (status = 404, description = "No such connection for this client, or an id is not a UUID", body = ErrorResponse),
@@ -121,8 +122,11 @@ async fn rotate(
         grace_period,
         "secret rotated"
     );
-    Ok(meta.object_with_secret(
-        StatusCode::OK,
-        ConnectionWithSecret::new(&rotated.connection, rotated.secret.expose()),
+    Ok(with_secret_expiry(
+        meta.object_with_secret(
+            StatusCode::OK,
+            ConnectionWithSecret::new(&rotated.connection, rotated.secret.expose()),
+        ),
+        rotated.connection.secret_expires_at,
     ))
 }

@@ -15,7 +15,7 @@ use crate::http::schemas::{
     EventListResponse, RepointRequest, UpsertRequest,
 };
 use crate::http::state::AppState;
-use crate::http::views::{ConnectionView, ConnectionWithSecret, EventView};
+use crate::http::views::{ConnectionView, ConnectionWithSecret, EventView, with_secret_expiry};
 use crate::http::{ApiError, Invalid, Paging, RequestMeta, input};
 
 /// `GET /api/clients/{id}/connections`: the client's connections, paged and filtered.
@@ -34,7 +34,8 @@ use crate::http::{ApiError, Invalid, Paging, RequestMeta, input};
         ("redirect_uri" = Option<String>, Query, description = "Only connections whose redirect_uri contains this text"),
     ),
     responses(
-        (status = 200, description = "One page of connections, oldest first", body = ConnectionListResponse),
+        (status = 200, description = "One page of connections, oldest first", body = ConnectionListResponse,
+            headers(("x-secret-expires-at" = String, description = "Only with the `consumer_id` filter, which selects at most one connection: when its current secret expires under the lifetime policy (RFC 3339, UTC). Absent without the filter (one header cannot describe many secrets), and when the secret never expires"))),
         (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
         (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
         (status = 404, description = "No such client, or the id is not a UUID", body = ErrorResponse),
@@ -57,8 +58,16 @@ pub async fn list(
     let filter = input::list_filter(&params, &mut invalid);
     reject(invalid)?;
     let found = state.connections.list(client_id, &filter, page).await?;
+    // One header describes one secret: only a list filtered to one consumer has it.
+    let expires_at = match (filter.consumer_id, found.entries.as_slice()) {
+        (Some(_), [only]) => only.secret_expires_at,
+        _ => None,
+    };
     let data: Vec<ConnectionView<'_>> = found.entries.iter().map(ConnectionView::from).collect();
-    Ok(meta.list(data, &Paging::of(page, found.total)))
+    Ok(with_secret_expiry(
+        meta.list(data, &Paging::of(page, found.total)),
+        expires_at,
+    ))
 }
 
 /// `GET /api/clients/{id}/connections/{connection_id}`: one connection, without its
@@ -75,7 +84,8 @@ pub async fn list(
         ("connection_id" = Uuid, Path, description = "The connection id"),
     ),
     responses(
-        (status = 200, description = "The connection", body = ConnectionResponse),
+        (status = 200, description = "The connection", body = ConnectionResponse,
+            headers(("x-secret-expires-at" = String, description = "When this connection's current secret expires under the lifetime policy (RFC 3339, UTC); absent when it never expires"))),
         (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
         (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
         (status = 404, description = "No such connection for this client, or an id is not a UUID", body = ErrorResponse),
@@ -92,7 +102,10 @@ pub async fn show(
     let (_, client_id, connection_id) =
         authorize_connection(&state, &req, scope::READ, path).await?;
     let connection = existing_connection(&state, client_id, connection_id).await?;
-    Ok(meta.object(StatusCode::OK, ConnectionView::from(&connection)))
+    Ok(with_secret_expiry(
+        meta.object(StatusCode::OK, ConnectionView::from(&connection)),
+        connection.secret_expires_at,
+    ))
 }
 
 /// `PUT /api/clients/{id}/connections`: create the connection to `consumer_id`, or
@@ -108,8 +121,10 @@ pub async fn show(
     params(("id" = Uuid, Path, description = "The client (legal entity) id")),
     request_body = UpsertRequest,
     responses(
-        (status = 200, description = "The existing connection, re-pointed; no secret", body = ConnectionResponse),
-        (status = 201, description = "A new connection and its secret, shown this once", body = ConnectionWithSecretResponse),
+        (status = 200, description = "The existing connection, re-pointed; no secret", body = ConnectionResponse,
+            headers(("x-secret-expires-at" = String, description = "When this connection's current secret expires under the lifetime policy (RFC 3339, UTC); absent when it never expires"))),
+        (status = 201, description = "A new connection and its secret, shown this once", body = ConnectionWithSecretResponse,
+            headers(("x-secret-expires-at" = String, description = "When the new secret expires under the lifetime policy (RFC 3339, UTC); absent when it never expires"))),
         (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
         (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
         (status = 404, description = "No such client, or the id is not a UUID", body = ErrorResponse),
@@ -161,15 +176,21 @@ pub async fn upsert(
     Ok(match upserted {
         Upserted::Created { connection, secret } => {
             tracing::info!(client_id = %client_id, connection_id = %connection.id, "connection created");
-            meta.object_with_secret(
-                StatusCode::CREATED,
-                ConnectionWithSecret::new(&connection, secret.expose()),
+            with_secret_expiry(
+                meta.object_with_secret(
+                    StatusCode::CREATED,
+                    ConnectionWithSecret::new(&connection, secret.expose()),
+                ),
+                connection.secret_expires_at,
             )
         }
         Upserted::Updated(changed) => {
             let connection = changed.connection;
             tracing::info!(client_id = %client_id, connection_id = %connection.id, "connection re-pointed");
-            meta.object(StatusCode::OK, ConnectionView::from(&connection))
+            with_secret_expiry(
+                meta.object(StatusCode::OK, ConnectionView::from(&connection)),
+                connection.secret_expires_at,
+            )
         }
     })
 }
@@ -188,7 +209,8 @@ pub async fn upsert(
     ),
     request_body = RepointRequest,
     responses(
-        (status = 200, description = "The connection, re-pointed; no secret", body = ConnectionResponse),
+        (status = 200, description = "The connection, re-pointed; no secret", body = ConnectionResponse,
+            headers(("x-secret-expires-at" = String, description = "When this connection's current secret expires under the lifetime policy (RFC 3339, UTC); absent when it never expires"))),
         (status = 401, description = "No, unknown, expired or blocked token", body = ErrorResponse),
         (status = 403, description = "Invalid scopes, or the context rule refuses this client", body = ErrorResponse),
         (status = 404, description = "No such connection for this client, or an id is not a UUID", body = ErrorResponse),
@@ -227,7 +249,10 @@ pub async fn update(
         )
         .await?;
     tracing::info!(client_id = %client_id, connection_id = %connection_id, "connection re-pointed");
-    Ok(meta.object(StatusCode::OK, ConnectionView::from(&updated)))
+    Ok(with_secret_expiry(
+        meta.object(StatusCode::OK, ConnectionView::from(&updated)),
+        updated.secret_expires_at,
+    ))
 }
 
 /// `DELETE /api/clients/{id}/connections/{connection_id}`: 204, no body. Both of its

@@ -1,6 +1,7 @@
 //! Verify a connection secret: the gateways' path.
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use workers::credentials::Verdict;
 
 use crate::http::schemas::{ErrorResponse, VerifiedResponse};
 use crate::http::state::AppState;
@@ -17,7 +18,7 @@ use crate::secrets::SecretDigest;
     tag = "connections",
     responses(
         (status = 200, description = "The connection this secret authenticates; never the secret", body = VerifiedResponse),
-        (status = 401, description = "api-key header not set, or no connection has that secret", body = ErrorResponse),
+        (status = 401, description = "api-key header not set, no connection has that secret (`invalid api-key header`), or the secret is past its expiry under the lifetime policy (`api-key expired`)", body = ErrorResponse),
         (status = 503, description = "The database is unreachable", body = ErrorResponse),
     ),
     security(("api_key" = []))
@@ -31,8 +32,13 @@ pub async fn verify(
         return Err(ApiError::InvalidApiKey("api-key header not set"));
     };
     let digest = SecretDigest::of(presented.to_str().unwrap_or_default());
-    let (connection, layer) = state.connections.verify(&digest).await?;
+    let (verdict, layer) = state.connections.verify(&digest).await?;
     state.metrics.credential_lookup(layer.name());
-    let connection = connection.ok_or(ApiError::InvalidApiKey("invalid api-key header"))?;
-    Ok(meta.object(StatusCode::OK, VerifiedView::from(&connection)))
+    match verdict {
+        Verdict::Accepted(connection) => {
+            Ok(meta.object(StatusCode::OK, VerifiedView::from(&connection)))
+        }
+        Verdict::Expired => Err(ApiError::InvalidApiKey("api-key expired")),
+        Verdict::Refused => Err(ApiError::InvalidApiKey("invalid api-key header")),
+    }
 }

@@ -39,11 +39,23 @@ pub fn start_workers(
     redis_url: &str,
     smtp_url: &str,
 ) -> WorkerProcesses {
+    start_workers_with(count, app, redis_url, smtp_url, &[])
+}
+
+/// `start_workers`, with `env` set in each process too.
+pub fn start_workers_with(
+    count: usize,
+    app: &TestApp,
+    redis_url: &str,
+    smtp_url: &str,
+    env: &[(&str, &str)],
+) -> WorkerProcesses {
     let config = &app.state.config;
     WorkerProcesses(
         (0..count)
             .map(|_| {
                 Command::new(workers_binary())
+                    .envs(env.iter().copied())
                     .env("DATABASE_URL", &config.database_url)
                     .env("REDIS_URL", redis_url)
                     .env("SMTP_URL", smtp_url)
