@@ -36,6 +36,8 @@ pub struct Application {
     job_workers: Option<tokio::task::JoinHandle<()>>,
     stop_sweeper: tokio::sync::watch::Sender<bool>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// Writes sightings and forgets old ones; stops with the sweeper.
+    sightings: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -96,7 +98,7 @@ impl Application {
         .await?;
         let relay = OutboxRelay::new(db.clone(), queue.clone(), config.reconcile_after);
         let (stop_sweeper, sweeper_stopped) = tokio::sync::watch::channel(false);
-        let sweeper = tokio::spawn(relay.clone().run_sweeper(sweeper_stopped));
+        let sweeper = tokio::spawn(relay.clone().run_sweeper(sweeper_stopped.clone()));
         let connections = Service::start(
             db.clone(),
             cache.clone(),
@@ -104,6 +106,12 @@ impl Application {
             config.actor_idle_timeout,
             config.secret_lifetime,
         );
+        let sightings = tokio::spawn(keep_sightings(
+            connections.clone(),
+            config.sighting_flush,
+            config.sighting_window,
+            sweeper_stopped.clone(),
+        ));
 
         // The job workers `serve` runs by default: the same as `mithril-workers`, plus
         // this process's own cache, and this application's recorder for the reminder
@@ -193,6 +201,7 @@ impl Application {
             job_workers,
             stop_sweeper,
             sweeper,
+            sightings,
         })
     }
 
@@ -268,6 +277,15 @@ impl Application {
         // is cut off by the runtime going away.
         let _ = self.stop_sweeper.send(true);
         let _ = self.sweeper.await;
+        let _ = self.sightings.await;
+        // What verify counted since the last flush; a notice of a first sighting goes
+        // to the outbox, so before the outbox flush.
+        if let Err(e) = self.state.connections.flush_sightings().await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "sightings not written at the stop"
+            );
+        }
         let flushed = match self.state.relay.reopened(&self.state.config).await {
             Ok(relay) => relay.flush().await,
             Err(e) => Err(e),
@@ -285,6 +303,41 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Writes the sightings verify counts, every `flush`, and forgets retired digests and
+/// sightings older than `window`, every hour, until `stop` turns true.
+async fn keep_sightings(
+    connections: Service,
+    flush: std::time::Duration,
+    window: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut flushing = tokio::time::interval(flush.max(std::time::Duration::from_millis(10)));
+    let mut pruning = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        // Chosen first, done after: the stop's watch guard must not live across awaits.
+        let prune = tokio::select! {
+            _ = flushing.tick() => false,
+            _ = pruning.tick() => true,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        if prune {
+            match connections.forget_older_than(window).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    rows = n,
+                    "forgot retired digests and sightings past the window"
+                ),
+                Err(e) => tracing::warn!(error = %e, "forgetting old sightings failed; will retry"),
+            }
+        } else if let Err(e) = connections.flush_sightings().await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "writing sightings failed; kept for the next flush"
+            );
+        }
     }
 }
 

@@ -148,7 +148,7 @@ impl CredentialsCache {
             return Ok((hit.credential.verdict(now), Layer::Local));
         }
         if self.unknown.contains_key(digest.as_str()) {
-            return Ok((Verdict::Refused, Layer::Unknown));
+            return Ok((Verdict::Unknown, Layer::Unknown));
         }
         let generation = self.generation.load(Ordering::SeqCst);
         if let Some(redis) = &self.redis {
@@ -164,7 +164,7 @@ impl CredentialsCache {
         }
         let Some(entry) = load().await? else {
             self.unknown.insert(digest.as_str().to_owned(), ());
-            return Ok((Verdict::Refused, Layer::Store));
+            return Ok((Verdict::Unknown, Layer::Store));
         };
         let ttl = self.ttl_of(&entry);
         self.put_local(digest.as_str(), &entry, ttl, generation);

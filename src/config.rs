@@ -218,6 +218,10 @@ pub struct Config {
     pub run_workers: bool,
     /// A notice neither sent nor dead this long after its job was pushed is pushed again.
     pub reconcile_after: Duration,
+    /// How long retired digests (and the sightings of them) are remembered.
+    pub sighting_window: Duration,
+    /// How often the sightings counted in memory are written.
+    pub sighting_flush: Duration,
     /// On SIGTERM: how long `/health/ready` answers 503 while requests are still served,
     /// so the balancer stops sending before the listener closes.
     pub drain_delay: Duration,
@@ -253,6 +257,8 @@ impl Config {
             workers: WorkerSettings::default(),
             run_workers: true,
             reconcile_after: Duration::from_secs(600),
+            sighting_window: Duration::from_secs(30 * 24 * 3600),
+            sighting_flush: Duration::from_secs(2),
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             http_workers: 0,

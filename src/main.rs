@@ -78,6 +78,10 @@ struct Settings {
     /// (a queue that lost it: Redis restarted without persistence).
     #[arg(long, global = true, env = "MITHRIL_RECONCILE_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
     reconcile_after: Duration,
+    /// How long a retired secret's digest is remembered, so a system still presenting it
+    /// is told apart from a wrong guess (and its owner told).
+    #[arg(long, global = true, env = "MITHRIL_SIGHTING_WINDOW", default_value = "30d", value_parser = humantime::parse_duration)]
+    sighting_window: Duration,
     /// How long a newly issued secret verifies (`180d`, `90days`), or `off`: secrets
     /// never expire. Set the same everywhere `mithril` runs.
     #[arg(long, global = true, env = "MITHRIL_SECRET_LIFETIME", default_value = "off", value_parser = SecretLifetime::parse)]
@@ -171,6 +175,7 @@ impl Settings {
         config.trusted_proxies = self.trusted_proxies.0.clone();
         config.forwarded_header = self.forwarded_header;
         config.reconcile_after = self.reconcile_after;
+        config.sighting_window = self.sighting_window;
         config.secret_lifetime = self.secret_lifetime;
         config.workers = self.workers.clone();
         if let Some(bind) = bind {

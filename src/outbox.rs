@@ -244,7 +244,7 @@ impl OutboxRelay {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(self.reconcile_after).unwrap_or_default();
         let select = outbox::Entity::find()
-            .filter(outbox::Column::Kind.eq(jobs::NOTIFY_OWNER))
+            .filter(outbox::Column::Kind.is_in([jobs::NOTIFY_OWNER, jobs::NOTIFY_STALE_SECRET]))
             .filter(outbox::Column::SettledAt.is_null())
             .filter(outbox::Column::DeadAt.is_null())
             .filter(outbox::Column::DispatchedAt.lt(cutoff))

@@ -20,6 +20,7 @@ pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const SECRET_REFRESHES: &str = "secret_refreshes_total";
 pub const OUTBOX_PENDING: &str = "mithril_outbox_pending";
 pub const CREDENTIALS_CACHE: &str = "mithril_credentials_cache_total";
+pub const VERIFY: &str = "mithril_verify_total";
 /// The lifetime policy's gauges and counter; `mithril-workers` records the same names
 /// (`workers::remind`).
 pub const SECRETS_EXPIRING: &str = "mithril_secrets_expiring";
@@ -96,6 +97,11 @@ impl Metrics {
             &[Label::from_static_parts("layer", layer)],
             1,
         );
+    }
+
+    /// One verify's outcome: `ok`, `retired`, `expired` or `unknown`.
+    pub fn verified(&self, outcome: &'static str) {
+        self.counter(VERIFY, &[Label::from_static_parts("outcome", outcome)], 1);
     }
 
     /// Outbox rows written but not yet pushed to the job queue.

@@ -15,6 +15,8 @@ mod m20261129_000010_add_notice_claims;
 mod m20261129_000011_add_outbox_settlement;
 mod m20261129_000012_add_secret_expiry;
 mod m20261129_000013_create_secret_reminders;
+mod m20261130_000014_create_retired_digests;
+mod m20261130_000015_create_secret_sightings;
 
 pub struct Migrator;
 
@@ -35,6 +37,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000011_add_outbox_settlement::Migration),
             Box::new(m20261129_000012_add_secret_expiry::Migration),
             Box::new(m20261129_000013_create_secret_reminders::Migration),
+            Box::new(m20261130_000014_create_retired_digests::Migration),
+            Box::new(m20261130_000015_create_secret_sightings::Migration),
         ]
     }
 }

@@ -27,7 +27,7 @@ impl MigrationTrait for Migration {
             .get_connection()
             .execute_unprepared(
                 "CREATE INDEX IF NOT EXISTS outbox_notices_unsettled ON outbox (dispatched_at) \
-                 WHERE kind = 'notify_owner' AND settled_at IS NULL",
+                 WHERE kind IN ('notify_owner', 'notify_stale_secret') AND settled_at IS NULL",
             )
             .await
             .map(drop)

@@ -1,7 +1,7 @@
 //! The audit trail: one `connection_events` row per write to a connection, written inside
 //! the write's own transaction, and read back newest first.
 use chrono::{DateTime, Utc};
-use entity::connection_event;
+use entity::{connection_event, secret_sighting};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbErr, EntityTrait as _,
     PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
@@ -60,26 +60,66 @@ pub async fn record(conn: &impl ConnectionTrait, event: NewEvent<'_>) -> Result<
     Ok(id)
 }
 
-/// One page of a connection's events, newest first.
+/// One entry of a connection's trail: an audit event, or one day's sightings of a
+/// retired or expired secret still presented (`stale_secret_presented`).
+#[derive(Clone, Debug)]
+pub enum Entry {
+    Event(connection_event::Model),
+    Sighting(secret_sighting::Model),
+}
+
+impl Entry {
+    /// When it happened: a sighting by its last presentation.
+    fn at(&self) -> (DateTime<Utc>, Uuid) {
+        match self {
+            Self::Event(event) => (event.occurred_at, event.id),
+            Self::Sighting(sighting) => (sighting.last_seen_at, sighting.id),
+        }
+    }
+}
+
+/// One page of a connection's trail, newest first: its audit events and its days of
+/// stale-secret sightings, merged.
 pub async fn events(
     conn: &impl ConnectionTrait,
     client_id: Uuid,
     connection_id: Uuid,
     page: PageRequest,
-) -> Result<Page<connection_event::Model>, DbErr> {
-    let query = connection_event::Entity::find()
+) -> Result<Page<Entry>, DbErr> {
+    let events = connection_event::Entity::find()
         .filter(connection_event::Column::ConnectionId.eq(connection_id))
         .filter(connection_event::Column::ClientId.eq(client_id));
-    let total = query.clone().count(conn).await?;
+    let sightings = secret_sighting::Entity::find()
+        .filter(secret_sighting::Column::ConnectionId.eq(connection_id))
+        .filter(secret_sighting::Column::ClientId.eq(client_id));
+    let total = events.clone().count(conn).await? + sightings.clone().count(conn).await?;
     let Some(offset) = page.offset_within(total) else {
         return Ok(Page::empty(total));
     };
-    let entries = query
+    // The page's entries are among the first `offset + page_size` of each kind.
+    let reach = offset.saturating_add(page.page_size);
+    let events = events
         .order_by_desc(connection_event::Column::OccurredAt)
         .order_by_desc(connection_event::Column::Id)
-        .offset(offset)
-        .limit(page.page_size)
+        .limit(reach)
         .all(conn)
         .await?;
+    let sightings = sightings
+        .order_by_desc(secret_sighting::Column::LastSeenAt)
+        .order_by_desc(secret_sighting::Column::Id)
+        .limit(reach)
+        .all(conn)
+        .await?;
+    let mut entries: Vec<Entry> = events
+        .into_iter()
+        .map(Entry::Event)
+        .chain(sightings.into_iter().map(Entry::Sighting))
+        .collect();
+    entries.sort_by_key(|entry| std::cmp::Reverse(entry.at()));
+    let entries = entries
+        .into_iter()
+        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(page.page_size).unwrap_or(usize::MAX))
+        .collect();
     Ok(Page { entries, total })
 }

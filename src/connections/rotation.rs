@@ -12,7 +12,7 @@ use workers::credentials::CredentialChange;
 use workers::jobs::{self, InvalidateCredentials, NotifyOwner};
 
 use super::audit::{self, Actor, NewEvent};
-use super::{ConnectionError, kinds, store, validity};
+use super::{ConnectionError, kinds, retired, store, validity};
 use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
@@ -151,6 +151,7 @@ pub async fn rotate(
     outbox::Entity::insert_many([notify, invalidate])
         .exec_without_returning(&txn)
         .await?;
+    retired::record(&txn, &change, retired::Cause::Rotation, now).await?;
 
     txn.commit().await?;
     Ok(Rotated {

@@ -6,19 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor as _, Addr};
-use entity::{connection, connection_event};
+use entity::connection;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
-use workers::credentials::{CachedCredential, Verdict};
+use workers::credentials::{CachedCredential, RetiredFrom, Verdict};
 
 use super::actor::{ActorSetup, RotationGate};
 use super::audit::{self, Actor};
 use super::effects::AfterCommit;
 use super::registry::{ActiveActors, ActorFor, ConnectionRegistry};
 use super::rotation::{Rotate, Rotated};
+use super::sightings::{self, Reason, Sightings};
 use super::store::{self, ListFilter};
 use super::writes::{self, Changed, Upsert, Upserted};
-use super::{ConnectionError, validity};
+use super::{ConnectionError, retired, validity};
 use crate::cache::{CredentialsCache, Layer};
 use crate::config::SecretLifetime;
 use crate::outbox::OutboxRelay;
@@ -33,6 +34,7 @@ pub struct Service {
     effects: Arc<AfterCommit>,
     gate: RotationGate,
     lifetime: SecretLifetime,
+    sightings: Arc<Sightings>,
 }
 
 impl Service {
@@ -45,6 +47,7 @@ impl Service {
         idle_timeout: Duration,
         lifetime: SecretLifetime,
     ) -> Self {
+        let sightings = Arc::new(Sightings::new(db.clone(), relay.clone()));
         let effects = Arc::new(AfterCommit {
             cache: cache.clone(),
             relay,
@@ -65,6 +68,7 @@ impl Service {
             effects,
             gate,
             lifetime,
+            sightings,
         }
     }
 
@@ -139,18 +143,46 @@ impl Service {
     }
 
     /// What verify answers for this secret's digest now (the connection it
-    /// authenticates, expired, or refused), and the cache layer that answered.
-    pub async fn verify(&self, digest: &SecretDigest) -> Result<(Verdict, Layer), ConnectionError> {
+    /// authenticates; expired; retired, and whose it was; or unknown), and the cache
+    /// layer that answered. A retired or expired secret presented from `address` is
+    /// counted as a sighting of its connection (in memory: see `Sightings`).
+    pub async fn verify(
+        &self,
+        digest: &SecretDigest,
+        address: Option<&str>,
+    ) -> Result<(Verdict, Layer), ConnectionError> {
+        let (verdict, layer) = self.classify(digest).await?;
+        let now = chrono::Utc::now();
+        match &verdict {
+            Verdict::Retired(Some(of)) => {
+                self.sightings.record(*of, Reason::Retired, now, address);
+            }
+            Verdict::Expired(connection) => {
+                let of = RetiredFrom::from(connection);
+                self.sightings.record(of, Reason::Expired, now, address);
+            }
+            Verdict::Accepted(_) | Verdict::Retired(None) | Verdict::Unknown => {}
+        }
+        Ok((verdict, layer))
+    }
+
+    async fn classify(&self, digest: &SecretDigest) -> Result<(Verdict, Layer), ConnectionError> {
         let db = &self.db;
         self.cache
             .verify(digest, || async move {
-                let row = store::holding(db, digest).await?;
-                Ok::<_, ConnectionError>(row.map(|row| {
+                let now = chrono::Utc::now();
+                if let Some(row) = store::holding(db, digest).await? {
                     // Held but no longer accepted (a grace period that ended): retired,
                     // for good.
-                    validity::entry_for(&row, digest, chrono::Utc::now())
-                        .unwrap_or(CachedCredential::retired(row.state_version))
-                }))
+                    let of = RetiredFrom::from(&validity::identity(&row));
+                    return Ok(Some(validity::entry_for(&row, digest, now).unwrap_or(
+                        CachedCredential::retired(row.state_version, Some(of)),
+                    )));
+                }
+                // Gone from every connection: retired within the sighting window, or
+                // never a secret of this service's.
+                let retired = retired::find(db, digest, now).await?;
+                Ok::<_, ConnectionError>(retired.map(|of| CachedCredential::retired(0, Some(of))))
             })
             .await
     }
@@ -184,8 +216,21 @@ impl Service {
         client_id: Uuid,
         connection_id: Uuid,
         page: PageRequest,
-    ) -> Result<Page<connection_event::Model>, ConnectionError> {
+    ) -> Result<Page<audit::Entry>, ConnectionError> {
         Ok(audit::events(&self.db, client_id, connection_id, page).await?)
+    }
+
+    /// Writes the sightings counted since the last flush (every few seconds, and at
+    /// shutdown).
+    pub async fn flush_sightings(&self) -> anyhow::Result<usize> {
+        self.sightings.flush().await
+    }
+
+    /// Forgets retired digests and sightings older than `window`.
+    pub async fn forget_older_than(&self, window: Duration) -> Result<u64, ConnectionError> {
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        Ok(retired::prune(&self.db, before).await? + sightings::prune(&self.db, before).await?)
     }
 
     /// At shutdown, once no request is left to answer: refuses rotations still queued

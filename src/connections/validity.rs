@@ -210,7 +210,10 @@ mod tests {
             entry.verdict(now - chrono::Duration::seconds(1)),
             workers::credentials::Verdict::Accepted(identity(&row))
         );
-        assert_eq!(entry.verdict(now), workers::credentials::Verdict::Expired);
+        assert_eq!(
+            entry.verdict(now),
+            workers::credentials::Verdict::Expired(identity(&row))
+        );
         // A change carries the expiry to every cache it updates.
         let change = change(&row, Some(&row), now);
         assert_eq!(change.still_valid[0].expires_at, Some(now));

@@ -13,7 +13,7 @@ use workers::credentials::CredentialChange;
 use workers::jobs::{self, InvalidateCredentials};
 
 use super::audit::{self, Actor, NewEvent};
-use super::{ConnectionError, kinds, store, validity};
+use super::{ConnectionError, kinds, retired, store, validity};
 use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
@@ -186,6 +186,7 @@ pub async fn delete(
     .await?;
     let change = validity::change(&current, None, now);
     let outbox_id = write_change_job(&txn, event_id, &change, now).await?;
+    retired::record(&txn, &change, retired::Cause::Delete, now).await?;
     txn.commit().await?;
     Ok(Changed {
         connection: current,
@@ -238,6 +239,7 @@ async fn repoint_locked(
     .await?;
     let change = validity::change(&current, Some(&updated), now);
     let outbox_id = write_change_job(txn, event_id, &change, now).await?;
+    retired::record(txn, &change, retired::Cause::Rotation, now).await?;
     Ok(Changed {
         connection: updated,
         change,

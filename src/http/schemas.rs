@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::views::{ConnectionView, ConnectionWithSecret, EventView, HealthView, VerifiedView};
+use super::views::{ConnectionView, ConnectionWithSecret, HealthView, TrailEntry, VerifiedView};
 use super::{Invalid, Paging};
 
 /// `meta` of every envelope.
@@ -73,7 +73,7 @@ pub struct ConnectionListResponse {
 #[derive(Serialize, ToSchema)]
 pub struct EventListResponse {
     pub meta: Meta,
-    pub data: Vec<EventView<'static>>,
+    pub data: Vec<TrailEntry<'static>>,
     pub paging: Paging,
 }
 

@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 use actix_web::HttpResponse;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
-use entity::{connection, connection_event};
+use entity::{connection, connection_event, secret_sighting};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 use workers::credentials::ConnectionIdentity;
+
+use crate::connections::audit;
 
 /// RFC 3339, UTC, `Z` suffix.
 pub fn timestamp(at: DateTime<Utc>) -> String {
@@ -146,6 +148,69 @@ impl<'a> From<&'a connection_event::Model> for EventView<'a> {
             grace_period: event.grace_period,
             secret_expires_at: event.secret_expires_at.map(timestamp),
             occurred_at: timestamp(event.occurred_at),
+        }
+    }
+}
+
+/// One day of a connection's trail where some system still presented a retired or
+/// expired secret of it (`stale_secret_presented`). Never the secret.
+#[derive(Serialize, ToSchema)]
+pub struct SightingView<'a> {
+    pub id: Uuid,
+    /// Always `stale_secret_presented`.
+    #[schema(value_type = String)]
+    pub kind: &'static str,
+    pub connection_id: Uuid,
+    pub client_id: Uuid,
+    /// The UTC day of the presentations, `YYYY-MM-DD`.
+    #[schema(value_type = String, format = Date)]
+    pub day: String,
+    /// `retired` (replaced, its grace period over, or its connection deleted) or
+    /// `expired` (past its expiry under the lifetime policy).
+    pub reason: &'a str,
+    /// Presentations that day.
+    pub count: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub first_seen_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub last_seen_at: String,
+    /// The caller's address of the last presentation.
+    pub last_address: Option<&'a str>,
+}
+
+/// The kind of a sighting entry in a connection's trail.
+pub const STALE_SECRET_PRESENTED: &str = "stale_secret_presented";
+
+impl<'a> From<&'a secret_sighting::Model> for SightingView<'a> {
+    fn from(sighting: &'a secret_sighting::Model) -> Self {
+        Self {
+            id: sighting.id,
+            kind: STALE_SECRET_PRESENTED,
+            connection_id: sighting.connection_id,
+            client_id: sighting.client_id,
+            day: sighting.day.to_string(),
+            reason: &sighting.reason,
+            count: sighting.count,
+            first_seen_at: timestamp(sighting.first_seen_at),
+            last_seen_at: timestamp(sighting.last_seen_at),
+            last_address: sighting.last_address.as_deref(),
+        }
+    }
+}
+
+/// One entry of a connection's trail: an audit event, or a day of sightings.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TrailEntry<'a> {
+    Event(EventView<'a>),
+    Sighting(SightingView<'a>),
+}
+
+impl<'a> From<&'a audit::Entry> for TrailEntry<'a> {
+    fn from(entry: &'a audit::Entry) -> Self {
+        match entry {
+            audit::Entry::Event(event) => Self::Event(EventView::from(event)),
+            audit::Entry::Sighting(sighting) => Self::Sighting(SightingView::from(sighting)),
         }
     }
 }

@@ -23,6 +23,7 @@ mod refresh_secret;
 mod reminders;
 mod rotation_effects;
 mod shutdown;
+mod sightings;
 mod support;
 mod upgrade;
 mod verify;

@@ -49,19 +49,43 @@ pub enum CredentialState {
         expires_at: Option<DateTime<Utc>>,
     },
     /// Refused, for good: digests are unique and never reused.
-    Retired,
+    Retired {
+        /// The connection it belonged to, where known (absent in entries of releases
+        /// before stale-secret sightings): so a system still presenting it is told apart
+        /// from a wrong guess.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        of: Option<RetiredFrom>,
+    },
+}
+
+/// The connection a retired digest belonged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredFrom {
+    pub connection_id: Uuid,
+    pub client_id: Uuid,
+    pub consumer_id: Uuid,
+}
+
+impl From<&ConnectionIdentity> for RetiredFrom {
+    fn from(connection: &ConnectionIdentity) -> Self {
+        Self {
+            connection_id: connection.id,
+            client_id: connection.client_id,
+            consumer_id: connection.consumer_id,
+        }
+    }
 }
 
 impl CachedCredential {
-    pub fn retired(version: i64) -> Self {
+    pub fn retired(version: i64, of: Option<RetiredFrom>) -> Self {
         Self {
             version,
-            state: CredentialState::Retired,
+            state: CredentialState::Retired { of },
         }
     }
 
     pub fn is_retired(&self) -> bool {
-        matches!(self.state, CredentialState::Retired)
+        matches!(self.state, CredentialState::Retired { .. })
     }
 
     /// What verify answers for this entry at `now`.
@@ -77,14 +101,14 @@ impl CachedCredential {
                 expires_at,
             } => {
                 if valid_until.is_some_and(|until| until <= now) {
-                    Verdict::Refused
+                    Verdict::Retired(Some(RetiredFrom::from(connection)))
                 } else if expires_at.is_some_and(|at| at <= now) {
-                    Verdict::Expired
+                    Verdict::Expired(connection.clone())
                 } else {
                     Verdict::Accepted(connection.clone())
                 }
             }
-            CredentialState::Retired => Verdict::Refused,
+            CredentialState::Retired { of } => Verdict::Retired(*of),
         }
     }
 
@@ -92,7 +116,7 @@ impl CachedCredential {
     pub fn accepted(&self, now: DateTime<Utc>) -> Option<ConnectionIdentity> {
         match self.verdict(now) {
             Verdict::Accepted(connection) => Some(connection),
-            Verdict::Expired | Verdict::Refused => None,
+            Verdict::Expired(_) | Verdict::Retired(_) | Verdict::Unknown => None,
         }
     }
 
@@ -120,10 +144,26 @@ impl CachedCredential {
 pub enum Verdict {
     /// It authenticates this connection.
     Accepted(ConnectionIdentity),
-    /// It is a connection's current secret, past its expiry under the lifetime policy.
-    Expired,
-    /// No connection accepts it: unknown, replaced, or its grace period is over.
-    Refused,
+    /// It is this connection's current secret, past its expiry under the lifetime
+    /// policy.
+    Expired(ConnectionIdentity),
+    /// It was a connection's secret: replaced, its grace period over, or the connection
+    /// deleted (the connection, where known).
+    Retired(Option<RetiredFrom>),
+    /// No connection has had it (within the sighting window).
+    Unknown,
+}
+
+impl Verdict {
+    /// The metric label of this outcome.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Accepted(_) => "ok",
+            Self::Expired(_) => "expired",
+            Self::Retired(_) => "retired",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// A digest that stays accepted after a change, and until when.
@@ -154,10 +194,11 @@ pub struct CredentialChange {
 impl CredentialChange {
     /// Every digest the change names, with its new cache entry.
     pub fn entries(&self) -> impl Iterator<Item = (&str, CachedCredential)> + '_ {
+        let of = Some(RetiredFrom::from(&self.connection));
         let retired = self
             .retire
             .iter()
-            .map(|digest| (digest.as_str(), CachedCredential::retired(self.version)));
+            .map(move |digest| (digest.as_str(), CachedCredential::retired(self.version, of)));
         let valid = self.still_valid.iter().map(|still| {
             (
                 still.digest.as_str(),
@@ -393,16 +434,25 @@ mod tests {
             expiring(now).verdict(now - second),
             Verdict::Accepted(identity())
         );
-        assert_eq!(expiring(now).verdict(now), Verdict::Expired);
-        assert_eq!(expiring(now).verdict(now + second), Verdict::Expired);
+        assert_eq!(expiring(now).verdict(now), Verdict::Expired(identity()));
+        assert_eq!(
+            expiring(now).verdict(now + second),
+            Verdict::Expired(identity())
+        );
         assert!(expiring(now).accepted(now).is_none());
         // A grace period that ended refuses, whatever the lifetime says.
         let mut previous = expiring(now + second);
         if let CredentialState::Valid { valid_until, .. } = &mut previous.state {
             *valid_until = Some(now);
         }
-        assert_eq!(previous.verdict(now), Verdict::Refused);
-        assert_eq!(CachedCredential::retired(2).verdict(now), Verdict::Refused);
+        assert_eq!(
+            previous.verdict(now),
+            Verdict::Retired(Some(RetiredFrom::from(&identity())))
+        );
+        assert_eq!(
+            CachedCredential::retired(2, None).verdict(now),
+            Verdict::Retired(None)
+        );
     }
 
     #[test]
@@ -437,12 +487,12 @@ mod tests {
                 .accepted(now - chrono::Duration::seconds(1))
                 .is_some()
         );
-        assert!(CachedCredential::retired(1).accepted(now).is_none());
+        assert!(CachedCredential::retired(1, None).accepted(now).is_none());
     }
 
     #[test]
     fn entries_only_move_forward_and_retirement_is_final() {
-        let retired = CachedCredential::retired(3);
+        let retired = CachedCredential::retired(3, None);
         assert!(valid(1, None).may_replace(None));
         assert!(valid(2, None).may_replace(Some(&valid(1, None))));
         assert!(!valid(1, None).may_replace(Some(&valid(2, None))));
@@ -451,7 +501,7 @@ mod tests {
         for later in [
             valid(4, None),
             valid(99, None),
-            CachedCredential::retired(4),
+            CachedCredential::retired(4, None),
         ] {
             assert!(!later.may_replace(Some(&retired)), "{later:?}");
         }
@@ -459,7 +509,7 @@ mod tests {
 
     #[test]
     fn entries_encode_as_the_script_reads_them() {
-        let json = serde_json::to_value(CachedCredential::retired(7)).unwrap();
+        let json = serde_json::to_value(CachedCredential::retired(7, None)).unwrap();
         assert_eq!(json, serde_json::json!({"version": 7, "state": "retired"}));
         let json = serde_json::to_value(valid(2, None)).unwrap();
         assert_eq!(json["state"], "valid");

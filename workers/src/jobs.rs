@@ -11,6 +11,28 @@ pub const NOTIFY_OWNER: &str = "notify_owner";
 pub const INVALIDATE_CREDENTIALS: &str = "invalidate_credentials";
 /// Pushed by the reminder ticker, not through the outbox (nothing commits with it).
 pub const REMIND_OWNER: &str = "remind_owner";
+pub const NOTIFY_STALE_SECRET: &str = "notify_stale_secret";
+
+/// E-mail the client's owner that some system still presents a retired secret of one of
+/// its connections: at most once a connection a day (the sightings' flush writes it
+/// with the day's first sighting).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyStaleSecret {
+    /// The notice's claim key and `Message-ID`: one per connection and day.
+    pub event_id: Uuid,
+    pub connection_id: Uuid,
+    pub client_id: Uuid,
+    pub consumer_id: Uuid,
+    /// The UTC day of the sightings it tells of.
+    pub day: chrono::NaiveDate,
+}
+
+impl NotifyStaleSecret {
+    /// The one notice of a connection's stale-secret sightings on `day`.
+    pub fn event_id(connection_id: Uuid, day: chrono::NaiveDate) -> Uuid {
+        Uuid::new_v5(&connection_id, format!("stale-secret:{day}").as_bytes())
+    }
+}
 
 /// E-mail the client's owner that a connection's secret was rotated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

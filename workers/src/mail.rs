@@ -48,6 +48,23 @@ pub struct ReminderFields {
     pub rotate_path: String,
 }
 
+/// Everything a stale-secret notice says: which connection's retired secret some system
+/// still presents, how often, since when and from where. There is deliberately no field
+/// for a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleFields {
+    pub client_name: String,
+    pub consumer_name: String,
+    pub connection_id: String,
+    pub consumer_id: String,
+    /// Presentations counted so far that day.
+    pub count: i64,
+    pub first_seen_at: ShownTime,
+    pub last_seen_at: ShownTime,
+    /// The address it came from last, as the service saw it.
+    pub last_address: Option<String>,
+}
+
 /// The languages notices are written in; anything else falls back to Ukrainian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Locale {
@@ -142,6 +159,24 @@ impl Templates {
                 "reminder.en.html",
                 include_str!("../templates/reminder.en.html.j2"),
             ),
+            (
+                "stale.uk.subject",
+                include_str!("../templates/stale.uk.subject.j2"),
+            ),
+            ("stale.uk.txt", include_str!("../templates/stale.uk.txt.j2")),
+            (
+                "stale.uk.html",
+                include_str!("../templates/stale.uk.html.j2"),
+            ),
+            (
+                "stale.en.subject",
+                include_str!("../templates/stale.en.subject.j2"),
+            ),
+            ("stale.en.txt", include_str!("../templates/stale.en.txt.j2")),
+            (
+                "stale.en.html",
+                include_str!("../templates/stale.en.html.j2"),
+            ),
         ] {
             env.add_template(name, source)?;
         }
@@ -164,6 +199,15 @@ impl Templates {
         fields: &ReminderFields,
     ) -> Result<RenderedNotice, minijinja::Error> {
         self.render_named("reminder", locale, fields)
+    }
+
+    /// The owner's notice that a retired secret is still presented.
+    pub fn render_stale(
+        &self,
+        locale: Locale,
+        fields: &StaleFields,
+    ) -> Result<RenderedNotice, minijinja::Error> {
+        self.render_named("stale", locale, fields)
     }
 
     fn render_named(

@@ -4,16 +4,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use entity::sent_notification::{self, state};
-use entity::{client, user};
+use entity::{client, secret_sighting, user};
+use lettre::Message;
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
 };
 use uuid::Uuid;
 
-use crate::jobs::NotifyOwner;
+use crate::jobs::{NotifyOwner, NotifyStaleSecret};
 use crate::local_time::ShownTime;
-use crate::mail::{DeliveryError, Locale, Mailer, NoticeFields, Templates, compose};
+use crate::mail::{DeliveryError, Locale, Mailer, NoticeFields, StaleFields, Templates, compose};
 
 /// How long a worker's claim on a notice lasts by default: longer than any SMTP exchange
 /// (the transport gives up after 10 s), short enough that a notice whose worker died
@@ -79,7 +80,25 @@ impl Notifier {
     /// notice being lost.
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, connection_id = %job.connection_id))]
     pub async fn notify(&self, job: &NotifyOwner) -> Result<Notified, NotifyError> {
-        let lease = match self.claim(job.event_id).await? {
+        self.send_once(job.event_id, self.compose_rotation(job))
+            .await
+    }
+
+    /// Sends the owner's notice that a retired secret of a connection is still
+    /// presented: once, through the same claim as a rotation notice.
+    #[tracing::instrument(skip_all, fields(event_id = %job.event_id, connection_id = %job.connection_id))]
+    pub async fn notify_stale(&self, job: &NotifyStaleSecret) -> Result<Notified, NotifyError> {
+        self.send_once(job.event_id, self.compose_stale(job)).await
+    }
+
+    /// Claims the notice `event_id`, then sends what `message` composes (composed only
+    /// once the claim is this worker's), then records the outcome.
+    async fn send_once(
+        &self,
+        event_id: Uuid,
+        message: impl Future<Output = Result<Message, NotifyError>>,
+    ) -> Result<Notified, NotifyError> {
+        let lease = match self.claim(event_id).await? {
             Claim::Ours(lease) => lease,
             Claim::Done => return Ok(Notified::AlreadyDone),
             Claim::Held => {
@@ -88,18 +107,22 @@ impl Notifier {
                 ));
             }
         };
-        match self.compose_and_send(job).await {
+        let sent = match message.await {
+            Ok(message) => self.mailer.send(message).await.map_err(permanence),
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(()) => {
-                self.settle(job.event_id, lease, state::SENT).await?;
+                self.settle(event_id, lease, state::SENT).await?;
                 Ok(Notified::Sent)
             }
             Err(NotifyError::Permanent(reason)) => {
-                self.settle(job.event_id, lease, state::DEAD).await?;
+                self.settle(event_id, lease, state::DEAD).await?;
                 Err(NotifyError::Permanent(reason))
             }
             Err(NotifyError::Transient(reason)) => {
                 // The retry, here or on another worker, may claim it again at once.
-                self.release(job.event_id, lease).await?;
+                self.release(event_id, lease).await?;
                 Err(NotifyError::Transient(reason))
             }
         }
@@ -251,7 +274,7 @@ impl Notifier {
         Ok((client, owner, consumer_name))
     }
 
-    async fn compose_and_send(&self, job: &NotifyOwner) -> Result<(), NotifyError> {
+    async fn compose_rotation(&self, job: &NotifyOwner) -> Result<Message, NotifyError> {
         let (client, owner, consumer_name) = self.parties(job.client_id, job.consumer_id).await?;
         let actor = user::Entity::find_by_id(job.actor_user_id)
             .one(&self.db)
@@ -282,14 +305,51 @@ impl Notifier {
             .templates
             .render(Locale::parse(&owner.locale), &fields)
             .map_err(|e| NotifyError::Permanent(format!("rendering the notice: {e}")))?;
-        let message = compose(
+        compose(
             &self.mail_from,
             &owner.email,
             &Self::message_id(job),
             rendered,
         )
-        .map_err(permanence)?;
-        self.mailer.send(message).await.map_err(permanence)
+        .map_err(permanence)
+    }
+
+    /// The stale-secret notice, with the day's sightings as they stand when it goes.
+    async fn compose_stale(&self, job: &NotifyStaleSecret) -> Result<Message, NotifyError> {
+        let sighting = secret_sighting::Entity::find()
+            .filter(secret_sighting::Column::ConnectionId.eq(job.connection_id))
+            .filter(secret_sighting::Column::Day.eq(job.day))
+            .filter(secret_sighting::Column::Reason.eq("retired"))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| {
+                NotifyError::Permanent(format!(
+                    "no sighting of connection {} on {}",
+                    job.connection_id, job.day
+                ))
+            })?;
+        let (client, owner, consumer_name) = self.parties(job.client_id, job.consumer_id).await?;
+        let fields = StaleFields {
+            client_name: client.name,
+            consumer_name,
+            connection_id: job.connection_id.to_string(),
+            consumer_id: job.consumer_id.to_string(),
+            count: sighting.count,
+            first_seen_at: ShownTime::of(sighting.first_seen_at),
+            last_seen_at: ShownTime::of(sighting.last_seen_at),
+            last_address: sighting.last_address,
+        };
+        let rendered = self
+            .templates
+            .render_stale(Locale::parse(&owner.locale), &fields)
+            .map_err(|e| NotifyError::Permanent(format!("rendering the notice: {e}")))?;
+        compose(
+            &self.mail_from,
+            &owner.email,
+            &format!("<{}@mithril>", job.event_id),
+            rendered,
+        )
+        .map_err(permanence)
     }
 }
 

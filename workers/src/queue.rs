@@ -8,14 +8,15 @@ use apalis_sqlite::SqliteStorage;
 use sea_orm::{DatabaseBackend, DatabaseConnection};
 use serde::de::DeserializeOwned;
 
-use crate::jobs::{self, InvalidateCredentials, NotifyOwner, RemindOwner};
+use crate::jobs::{self, InvalidateCredentials, NotifyOwner, NotifyStaleSecret, RemindOwner};
 
 /// One storage per job type.
 #[derive(Clone)]
-pub struct Storages<N, I, R> {
+pub struct Storages<N, I, R, S> {
     pub notify: N,
     pub invalidate: I,
     pub remind: R,
+    pub stale: S,
 }
 
 #[derive(Clone)]
@@ -24,9 +25,10 @@ pub struct RedisQueue {
         RedisStorage<NotifyOwner>,
         RedisStorage<InvalidateCredentials>,
         RedisStorage<RemindOwner>,
+        RedisStorage<NotifyStaleSecret>,
     >,
     conn: ConnectionManager,
-    configs: Storages<RedisConfig, RedisConfig, RedisConfig>,
+    configs: Storages<RedisConfig, RedisConfig, RedisConfig, RedisConfig>,
 }
 
 #[derive(Clone)]
@@ -37,6 +39,7 @@ pub enum Queue {
             SqliteStorage<NotifyOwner>,
             SqliteStorage<InvalidateCredentials>,
             SqliteStorage<RemindOwner>,
+            SqliteStorage<NotifyStaleSecret>,
         >,
     ),
     Postgres(
@@ -44,6 +47,7 @@ pub enum Queue {
             PostgresStorage<NotifyOwner>,
             PostgresStorage<InvalidateCredentials>,
             PostgresStorage<RemindOwner>,
+            PostgresStorage<NotifyStaleSecret>,
         >,
     ),
 }
@@ -60,7 +64,11 @@ pub enum QueueError {
 
 impl Queue {
     /// The outbox kinds this release pushes.
-    pub const KINDS: [&'static str; 2] = [jobs::NOTIFY_OWNER, jobs::INVALIDATE_CREDENTIALS];
+    pub const KINDS: [&'static str; 3] = [
+        jobs::NOTIFY_OWNER,
+        jobs::INVALIDATE_CREDENTIALS,
+        jobs::NOTIFY_STALE_SECRET,
+    ];
 
     /// `namespace` prefixes the queue names, so deployments (or tests) can share a Redis.
     pub async fn connect(
@@ -71,16 +79,19 @@ impl Queue {
         let notify_queue = format!("{namespace}:{}", jobs::NOTIFY_OWNER);
         let invalidate_queue = format!("{namespace}:{}", jobs::INVALIDATE_CREDENTIALS);
         let remind_queue = format!("{namespace}:{}", jobs::REMIND_OWNER);
+        let stale_queue = format!("{namespace}:{}", jobs::NOTIFY_STALE_SECRET);
         if let Some(conn) = redis {
             let configs = Storages {
                 notify: RedisConfig::default().queue(&notify_queue),
                 invalidate: RedisConfig::default().queue(&invalidate_queue),
                 remind: RedisConfig::default().queue(&remind_queue),
+                stale: RedisConfig::default().queue(&stale_queue),
             };
             let storages = Storages {
                 notify: RedisStorage::new(conn.clone()).with_config(configs.notify.clone()),
                 invalidate: RedisStorage::new(conn.clone()).with_config(configs.invalidate.clone()),
                 remind: RedisStorage::new(conn.clone()).with_config(configs.remind.clone()),
+                stale: RedisStorage::new(conn.clone()).with_config(configs.stale.clone()),
             };
             return Ok(Self::Redis(Box::new(RedisQueue {
                 storages,
@@ -103,6 +114,8 @@ impl Queue {
                         .with_config(apalis_postgres::Config::default().queue(&invalidate_queue)),
                     remind: PostgresStorage::new(pool)
                         .with_config(apalis_postgres::Config::default().queue(&remind_queue)),
+                    stale: PostgresStorage::new(pool)
+                        .with_config(apalis_postgres::Config::default().queue(&stale_queue)),
                 }))
             }
             _ => {
@@ -120,6 +133,8 @@ impl Queue {
                         .with_config(apalis_sqlite::Config::default().queue(&invalidate_queue)),
                     remind: SqliteStorage::new(pool)
                         .with_config(apalis_sqlite::Config::default().queue(&remind_queue)),
+                    stale: SqliteStorage::new(pool)
+                        .with_config(apalis_sqlite::Config::default().queue(&stale_queue)),
                 }))
             }
         }
@@ -151,6 +166,14 @@ impl Queue {
                 }
             }
             jobs::REMIND_OWNER => self.push_reminder(decode(payload)?).await,
+            jobs::NOTIFY_STALE_SECRET => {
+                let job: NotifyStaleSecret = decode(payload)?;
+                match self {
+                    Self::Redis(q) => q.storages.stale.clone().push(job).await.map_err(refused),
+                    Self::Sqlite(s) => s.stale.clone().push(job).await.map_err(refused),
+                    Self::Postgres(s) => s.stale.clone().push(job).await.map_err(refused),
+                }
+            }
             other => Err(QueueError::UnknownKind(other.to_owned())),
         }
     }
@@ -175,6 +198,7 @@ impl RedisQueue {
             &self.configs.notify,
             &self.configs.invalidate,
             &self.configs.remind,
+            &self.configs.stale,
         ] {
             let (active, scheduled): (u64, u64) = redis::pipe()
                 .cmd("LLEN")

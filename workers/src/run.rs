@@ -10,7 +10,7 @@ use entity::connection;
 use sea_orm::{DatabaseConnection, EntityTrait as _};
 
 use crate::credentials::{CredentialChange, RedisCredentials};
-use crate::jobs::{self, InvalidateCredentials, NotifyOwner, RemindOwner};
+use crate::jobs::{self, InvalidateCredentials, NotifyOwner, NotifyStaleSecret, RemindOwner};
 use crate::mail::{Mailer, Templates};
 use crate::notify::{Notified, Notifier, NotifyError};
 use crate::poll::EveryPeriod;
@@ -160,25 +160,55 @@ async fn notify_owner(
     retry: Data<RetrySettings>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    match notifier.notify(&job).await {
+    let sent = notifier.notify(&job).await;
+    notice_outcome(
+        jobs::NOTIFY_OWNER,
+        job.event_id,
+        sent,
+        &notifier,
+        &attempt,
+        &retry,
+    )
+    .await
+}
+
+async fn notify_stale_secret(
+    job: NotifyStaleSecret,
+    notifier: Data<Arc<Notifier>>,
+    retry: Data<RetrySettings>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    let sent = notifier.notify_stale(&job).await;
+    let kind = jobs::NOTIFY_STALE_SECRET;
+    notice_outcome(kind, job.event_id, sent, &notifier, &attempt, &retry).await
+}
+
+/// What a notice job's attempt comes to: done, retried, or dead-lettered (and then the
+/// notice marked dead, so the reconciler leaves it alone).
+async fn notice_outcome(
+    job: &'static str,
+    event_id: uuid::Uuid,
+    sent: Result<Notified, NotifyError>,
+    notifier: &Notifier,
+    attempt: &Attempt,
+    retry: &RetrySettings,
+) -> Result<(), BoxDynError> {
+    match sent {
         Ok(Notified::Sent) => {
-            outcome(jobs::NOTIFY_OWNER, "ok");
+            outcome(job, "ok");
             Ok(())
         }
         Ok(Notified::AlreadyDone) => {
-            outcome(jobs::NOTIFY_OWNER, "duplicate");
+            outcome(job, "duplicate");
             Ok(())
         }
-        Err(NotifyError::Permanent(reason)) => {
-            Err(dead_letter(jobs::NOTIFY_OWNER, &job.event_id, &reason))
-        }
+        Err(NotifyError::Permanent(reason)) => Err(dead_letter(job, &event_id, &reason)),
         Err(NotifyError::Transient(reason)) => {
-            let result =
-                retry_or_dead_letter(jobs::NOTIFY_OWNER, &job.event_id, reason, &attempt, &retry);
+            let result = retry_or_dead_letter(job, &event_id, reason, attempt, retry);
             if is_final(&result)
-                && let Err(e) = notifier.give_up(job.event_id).await
+                && let Err(e) = notifier.give_up(event_id).await
             {
-                tracing::warn!(event_id = %job.event_id, error = %e, "marking the notice dead failed");
+                tracing::warn!(%event_id, error = %e, "marking the notice dead failed");
             }
             result
         }
@@ -367,6 +397,20 @@ macro_rules! spawn_workers {
                 .retry(p.clone())
                 .build(invalidate_credentials)
         });
+        let (w, p, stale) = ($workers.clone(), policy.clone(), $storages.stale.clone());
+        let stale_notifier = supervise!($stop, jobs::NOTIFY_STALE_SECRET, {
+            WorkerBuilder::new(worker_name(jobs::NOTIFY_STALE_SECRET))
+                .backend(
+                    stale
+                        .clone()
+                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
+                )
+                .data(w.notifier.clone())
+                .data(w.retry.clone())
+                .concurrency(w.concurrency)
+                .retry(p.clone())
+                .build(notify_stale_secret)
+        });
         let (w, p, remind) = ($workers.clone(), policy, $storages.remind.clone());
         let reminder = supervise!($stop, jobs::REMIND_OWNER, {
             WorkerBuilder::new(worker_name(jobs::REMIND_OWNER))
@@ -381,7 +425,7 @@ macro_rules! spawn_workers {
                 .retry(p.clone())
                 .build(remind_owner)
         });
-        [notifier, invalidator, reminder]
+        [notifier, invalidator, stale_notifier, reminder]
     }};
 }
 

@@ -15,7 +15,7 @@ use crate::http::schemas::{
     EventListResponse, RepointRequest, UpsertRequest,
 };
 use crate::http::state::AppState;
-use crate::http::views::{ConnectionView, ConnectionWithSecret, EventView, with_secret_expiry};
+use crate::http::views::{ConnectionView, ConnectionWithSecret, TrailEntry, with_secret_expiry};
 use crate::http::{ApiError, Invalid, Paging, RequestMeta, input};
 
 /// `GET /api/clients/{id}/connections`: the client's connections, paged and filtered.
@@ -342,7 +342,7 @@ pub async fn events(
         .connections
         .events(client_id, connection_id, page)
         .await?;
-    let data: Vec<EventView<'_>> = found.entries.iter().map(EventView::from).collect();
+    let data: Vec<TrailEntry<'_>> = found.entries.iter().map(TrailEntry::from).collect();
     Ok(meta.list(data, &Paging::of(page, found.total)))
 }
 

@@ -32,13 +32,21 @@ pub async fn verify(
         return Err(ApiError::InvalidApiKey("api-key header not set"));
     };
     let digest = SecretDigest::of(presented.to_str().unwrap_or_default());
-    let (verdict, layer) = state.connections.verify(&digest).await?;
+    let (verdict, layer) = state
+        .connections
+        .verify(&digest, meta.remote_address.as_deref())
+        .await?;
     state.metrics.credential_lookup(layer.name());
+    state.metrics.verified(verdict.outcome());
+    // CAUTION: a retired secret and a wrong guess get the same answer: a caller learns
+    // nothing from it; the owner learns of the retired one (a sighting).
     match verdict {
         Verdict::Accepted(connection) => {
             Ok(meta.object(StatusCode::OK, VerifiedView::from(&connection)))
         }
-        Verdict::Expired => Err(ApiError::InvalidApiKey("api-key expired")),
-        Verdict::Refused => Err(ApiError::InvalidApiKey("invalid api-key header")),
+        Verdict::Expired(_) => Err(ApiError::InvalidApiKey("api-key expired")),
+        Verdict::Retired(_) | Verdict::Unknown => {
+            Err(ApiError::InvalidApiKey("invalid api-key header"))
+        }
     }
 }

@@ -100,6 +100,7 @@ pub fn test_config(database: &TestDatabase) -> Config {
     config.drain_delay = Duration::ZERO;
     // Storms of refreshes are the point of many tests; the budget has tests of its own.
     config.refresh_limit = None;
+    config.sighting_flush = Duration::from_millis(200);
     config
 }
 
