@@ -38,6 +38,8 @@ pub struct Application {
     sweeper: tokio::task::JoinHandle<()>,
     /// Writes sightings and forgets old ones; stops with the sweeper.
     sightings: tokio::task::JoinHandle<()>,
+    /// Pushes committed outbox rows in batches; stops with the sweeper.
+    dispatcher: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -96,9 +98,15 @@ impl Application {
             &config.workers.queue_namespace,
         )
         .await?;
-        let relay = OutboxRelay::new(db.clone(), queue.clone(), config.reconcile_after);
+        let (relay, committed) =
+            OutboxRelay::new(db.clone(), queue.clone(), config.reconcile_after).with_dispatcher();
         let (stop_sweeper, sweeper_stopped) = tokio::sync::watch::channel(false);
         let sweeper = tokio::spawn(relay.clone().run_sweeper(sweeper_stopped.clone()));
+        let dispatcher = tokio::spawn(
+            relay
+                .clone()
+                .run_dispatcher(committed, sweeper_stopped.clone()),
+        );
         let connections = Service::start(
             db.clone(),
             cache.clone(),
@@ -202,6 +210,7 @@ impl Application {
             stop_sweeper,
             sweeper,
             sightings,
+            dispatcher,
         })
     }
 
@@ -278,6 +287,7 @@ impl Application {
         let _ = self.stop_sweeper.send(true);
         let _ = self.sweeper.await;
         let _ = self.sightings.await;
+        let _ = self.dispatcher.await;
         // What verify counted since the last flush; a notice of a first sighting goes
         // to the outbox, so before the outbox flush.
         if let Err(e) = self.state.connections.flush_sightings().await {
