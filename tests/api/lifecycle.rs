@@ -568,3 +568,64 @@ async fn a_notice_that_is_only_slow_is_not_pushed_again() {
     );
     smtp.stop().await;
 }
+
+/// A worker whose queue goes away while it waits on the mail server (Redis restarting)
+/// still records the notice it sent: the notice is not sent again once its claim lapses.
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn a_notice_sent_while_the_queue_goes_away_is_sent_once() {
+    use std::sync::atomic::Ordering;
+    test_redis().await;
+    let mut redis = crate::support::OwnRedis::start(crate::support::free_port());
+    redis.wait_ready().await;
+    let smtp_state = SmtpState::default();
+    smtp_state.answer_delay_ms.store(1500, Ordering::SeqCst);
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| {
+        c.redis_url = Some(redis.url());
+        c.workers.queue_namespace = fresh_namespace();
+        c.smtp_url = Some(smtp.url());
+        c.workers.notice_lease = 2;
+        c.reconcile_after = Duration::from_secs(1);
+    })
+    .await;
+    let me = app.owned("MSP").await;
+    secret_of(&app, &me, 0).await;
+    // The message is in; its sender waits for the answer when the queue goes away.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            smtp_state.count() == 1
+        })
+        .await
+    );
+    redis.stop();
+    let port = redis.port;
+    drop(redis);
+    let redis = crate::support::OwnRedis::start(port);
+    redis.wait_ready().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            crate::notices::sent_count(&app).await == 1
+        })
+        .await,
+        "the notice is recorded as sent"
+    );
+    smtp_state.answer_delay_ms.store(0, Ordering::SeqCst);
+    // Past the lease and several reconcile windows: nothing goes twice.
+    let lapsed = chrono::Utc::now() + chrono::Duration::seconds(4);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            chrono::Utc::now() > lapsed
+                && app
+                    .query_i64(
+                        "SELECT COUNT(*) FROM outbox WHERE kind = 'notify_owner' AND settled_at IS NOT NULL",
+                    )
+                    .await
+                    == 1
+        })
+        .await,
+        "the reconciler settles the notice"
+    );
+    assert_eq!(smtp_state.count(), 1, "sent once");
+    smtp.stop().await;
+}

@@ -160,10 +160,14 @@ async fn notify_owner(
     retry: Data<RetrySettings>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    let sent = notifier.notify(&job).await;
+    let event_id = job.event_id;
+    let sent = unbroken(notifier.clone(), move |notifier| async move {
+        notifier.notify(&job).await
+    })
+    .await;
     notice_outcome(
         jobs::NOTIFY_OWNER,
-        job.event_id,
+        event_id,
         sent,
         &notifier,
         &attempt,
@@ -178,9 +182,31 @@ async fn notify_stale_secret(
     retry: Data<RetrySettings>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    let sent = notifier.notify_stale(&job).await;
+    let event_id = job.event_id;
+    let sent = unbroken(notifier.clone(), move |notifier| async move {
+        notifier.notify_stale(&job).await
+    })
+    .await;
     let kind = jobs::NOTIFY_STALE_SECRET;
-    notice_outcome(kind, job.event_id, sent, &notifier, &attempt, &retry).await
+    notice_outcome(kind, event_id, sent, &notifier, &attempt, &retry).await
+}
+
+/// Runs a notice's claim, send and settle on a task of its own and waits for it.
+///
+/// CAUTION: apalis drops a job's future when its worker stops mid-job (its queue went
+/// away: Redis restarting). A notice dropped between the mail server's acceptance and
+/// `sent` would keep its claim until the lease ends and then go out twice (seen in the
+/// redis-restart drill). On a task of its own it finishes whatever the worker does.
+async fn unbroken<S, F, Fut, T>(means: S, send: F) -> Result<T, NotifyError>
+where
+    S: Send + 'static,
+    F: FnOnce(S) -> Fut,
+    Fut: Future<Output = Result<T, NotifyError>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(send(means))
+        .await
+        .map_err(|e| NotifyError::Transient(format!("the notice's task failed: {e}")))?
 }
 
 /// What a notice job's attempt comes to: done, retried, or dead-lettered (and then the
@@ -221,7 +247,12 @@ async fn remind_owner(
     retry: Data<RetrySettings>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    match reminders.remind(&job).await {
+    let reminded = unbroken(reminders.clone(), {
+        let job = job.clone();
+        move |reminders| async move { reminders.remind(&job).await }
+    })
+    .await;
+    match reminded {
         Ok(Reminded::Sent) => {
             outcome(jobs::REMIND_OWNER, "ok");
             Ok(())

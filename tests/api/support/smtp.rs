@@ -30,6 +30,9 @@ pub struct SmtpState {
     pub reject_rcpt: Arc<Mutex<Vec<String>>>,
     /// `MAIL FROM` commands seen, accepted or not.
     pub attempts: Arc<AtomicUsize>,
+    /// Milliseconds to wait before answering the end of a message (which is already
+    /// recorded as received): a slow server, so a test can act while a client waits.
+    pub answer_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SmtpState {
@@ -110,7 +113,7 @@ impl SmtpServer {
                 let state = state.clone();
                 sessions.spawn(async move {
                     let handler = Session {
-                        state,
+                        state: state.clone(),
                         from: String::new(),
                         to: vec![],
                         data: vec![],
@@ -125,6 +128,10 @@ impl SmtpServer {
                             break;
                         }
                         let reply = session.process(&line);
+                        let delay = state.answer_delay_ms.load(Ordering::SeqCst);
+                        if line == b".\r\n" && delay > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
                         match reply.action {
                             Action::NoReply => {}
                             Action::Reply => stream.write_all(&reply.buffer()?).await?,
