@@ -175,6 +175,7 @@ impl Application {
             metrics,
             readiness,
         });
+        tokio::spawn(summarize_verifies(state.metrics.clone()));
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -347,6 +348,20 @@ async fn keep_sightings(
                 error = format!("{e:#}"),
                 "writing sightings failed; kept for the next flush"
             );
+        }
+    }
+}
+
+/// Logs, once a minute, how many verifies there were by outcome (their successes are
+/// not logged one by one at info).
+async fn summarize_verifies(metrics: Metrics) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let [ok, retired, expired, unknown] = metrics.take_verify_summary();
+        if ok + retired + expired + unknown > 0 {
+            tracing::info!(ok, retired, expired, unknown, "verifies in the last minute");
         }
     }
 }

@@ -86,6 +86,16 @@ struct Settings {
     /// never expire. Set the same everywhere `mithril` runs.
     #[arg(long, global = true, env = "MITHRIL_SECRET_LIFETIME", default_value = "off", value_parser = SecretLifetime::parse)]
     secret_lifetime: SecretLifetime,
+    /// Database connections of the API's pool: at least as many as rotations and reads
+    /// that run at once (each client's rotations run one at a time, clients' side by
+    /// side).
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_DB_MAX_CONNECTIONS",
+        default_value_t = 20
+    )]
+    db_max_connections: u32,
     #[command(flatten)]
     workers: WorkerSettings,
     /// `json` for one JSON object per log line.
@@ -178,6 +188,7 @@ impl Settings {
         config.sighting_window = self.sighting_window;
         config.secret_lifetime = self.secret_lifetime;
         config.workers = self.workers.clone();
+        config.db_max_connections = self.db_max_connections.max(1);
         if let Some(bind) = bind {
             config.bind = bind.to_owned();
         }

@@ -38,7 +38,12 @@ static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, 
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// Verifies since the last summary, by outcome (the log's per-minute line).
+    verifies: Arc<[std::sync::atomic::AtomicU64; 4]>,
 }
+
+/// The outcomes of a verify, in the order of `Metrics::take_verify_summary`.
+pub const VERIFY_OUTCOMES: [&str; 4] = ["ok", "retired", "expired", "unknown"];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -52,6 +57,7 @@ impl Metrics {
         Self {
             recorder: Arc::new(recorder),
             handle,
+            verifies: Arc::new(Default::default()),
         }
     }
 
@@ -102,6 +108,14 @@ impl Metrics {
     /// One verify's outcome: `ok`, `retired`, `expired` or `unknown`.
     pub fn verified(&self, outcome: &'static str) {
         self.counter(VERIFY, &[Label::from_static_parts("outcome", outcome)], 1);
+        if let Some(i) = VERIFY_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.verifies[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Verifies since the last call, by outcome (`VERIFY_OUTCOMES`'s order).
+    pub fn take_verify_summary(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.verifies[i].swap(0, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Outbox rows written but not yet pushed to the job queue.

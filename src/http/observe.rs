@@ -8,6 +8,9 @@ use actix_web::web;
 use uuid::Uuid;
 
 use super::REQUEST_ID;
+
+/// The verify route, whose successes are logged at debug.
+const VERIFY_ROUTE: &str = "/api/connections/actions/verify";
 use super::state::AppState;
 
 /// Logs each request once it is answered (request id, method, route pattern, status,
@@ -42,14 +45,19 @@ pub async fn observe(
     if let Some(state) = &state {
         state.metrics.http_request(&method, route, status, latency);
     }
-    tracing::info!(
-        request_id,
-        method,
-        route,
-        status,
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        client_id = client_id.as_ref().map(tracing::field::display),
-        "request"
-    );
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    let client_id = client_id.as_ref().map(tracing::field::display);
+    if route == VERIFY_ROUTE && status == 200 {
+        // Gateways verify on every call they pass: their successes are counted in the
+        // metrics and a summary line a minute (see `app::summarize_verifies`), and
+        // logged one by one at debug only, so the log is not their traffic.
+        tracing::debug!(
+            request_id, method, route, status, latency_ms, client_id, "request"
+        );
+    } else {
+        tracing::info!(
+            request_id, method, route, status, latency_ms, client_id, "request"
+        );
+    }
     Ok(res)
 }
