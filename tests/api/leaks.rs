@@ -83,7 +83,9 @@ async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
         let mail_dir = database.dir.path().join("data/mail");
         assert!(
             eventually(Duration::from_secs(30), || async {
-                mail_files(&mail_dir).len() == 2
+                // One per rotation; the retired secrets verified above may add a
+                // stale-secret notice, scanned too.
+                mail_files(&mail_dir).len() >= 2
             })
             .await,
             "one notice per rotation"
