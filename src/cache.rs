@@ -14,10 +14,13 @@ use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use workers::credentials::{
-    CachedCredential, CredentialChange, EvictionMessage, RedisCredentials, Verdict, retired_ttl,
+    CachedCredential, CredentialChange, EvictionMessage, RedisCredentials, Verdict,
 };
 
 use crate::secrets::SecretDigest;
+
+/// How long this instance remembers a retirement (see `CredentialsCache::new`).
+const LOCAL_RETIRED_TTL: Duration = Duration::from_secs(30);
 
 /// How long a request waits on Redis before carrying on without it.
 pub const REDIS_BUDGET: Duration = Duration::from_millis(250);
@@ -126,7 +129,13 @@ impl CredentialsCache {
                 .build(),
             redis,
             ttl,
-            retired_ttl: retired_ttl(ttl),
+            // CAUTION: here a retirement needs to outlive only the reads in flight when it
+            // came (a fill from a read that began before it); later writes of an older
+            // state do not insert (a change only updates what is cached, a stale job
+            // only retires). Redis keeps its own for `retired_ttl`, against other
+            // processes' late writes. Short here, so a burst of rotations does not hold
+            // a retired entry per rotation in every instance for ten minutes.
+            retired_ttl: ttl.min(LOCAL_RETIRED_TTL),
             generation: AtomicU64::new(0),
         }
     }

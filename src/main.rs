@@ -10,11 +10,6 @@ use mithril::{Application, db, seed};
 use tracing_subscriber::EnvFilter;
 use workers::settings::WorkerSettings;
 
-/// mimalloc returns freed pages to the system soon after a burst, where the system
-/// allocator kept them (measured in BENCHMARKS.md, P4).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "mithril",

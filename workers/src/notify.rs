@@ -251,21 +251,20 @@ impl Notifier {
         client_id: Uuid,
         consumer_id: Uuid,
     ) -> Result<(client::Model, user::Model, String), NotifyError> {
-        let client = client::Entity::find_by_id(client_id)
+        // The client and its owner in one round trip.
+        let (client, owner) = client::Entity::find_by_id(client_id)
+            .find_also_related(user::Entity)
             .one(&self.db)
             .await?
             .ok_or_else(|| {
                 NotifyError::Permanent(format!("client {client_id} no longer exists"))
             })?;
-        let owner = user::Entity::find_by_id(client.user_id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| {
-                NotifyError::Permanent(format!(
-                    "owner {} of client {} not found",
-                    client.user_id, client.id
-                ))
-            })?;
+        let owner = owner.ok_or_else(|| {
+            NotifyError::Permanent(format!(
+                "owner {} of client {} not found",
+                client.user_id, client.id
+            ))
+        })?;
         let consumer_name = client::Entity::find_by_id(consumer_id)
             .one(&self.db)
             .await?

@@ -86,7 +86,7 @@ pub struct WorkerSettings {
         alias = "poll-interval-ms",
         global = true,
         env = "MITHRIL_WORKER_POLL_MS",
-        default_value_t = 250
+        default_value_t = 100
     )]
     pub poll_interval_ms: u64,
     /// Seconds a worker's claim on a notice lasts; a notice whose worker died mid-send
@@ -151,7 +151,7 @@ impl Default for WorkerSettings {
             retries: 30,
             retry_min_ms: 500,
             retry_max_ms: 300_000,
-            poll_interval_ms: 250,
+            poll_interval_ms: 100,
             notice_lease: 120,
             reminder_interval: Duration::from_secs(60),
             reminder_thresholds: Thresholds::default(),
