@@ -393,70 +393,69 @@ macro_rules! supervise {
     }};
 }
 
+/// One supervised worker of one job kind: its storage, the means its handler takes,
+/// and the handler.
+macro_rules! job_worker {
+    ($stop:expr, $workers:expr, $policy:expr, $kind:expr, $storage:expr, $means:ident, $handler:expr) => {{
+        let (w, p, storage) = ($workers.clone(), $policy.clone(), $storage.clone());
+        supervise!($stop, $kind, {
+            WorkerBuilder::new(worker_name($kind))
+                .backend(
+                    storage
+                        .clone()
+                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
+                )
+                .data(w.$means.clone())
+                .data(w.retry.clone())
+                .concurrency(w.concurrency)
+                .retry(p.clone())
+                .build($handler)
+        })
+    }};
+}
+
 macro_rules! spawn_workers {
     ($storages:expr, $workers:expr, $stop:expr) => {{
         let policy = retry_policy(&$workers.retry)?;
-        let (w, p, notify) = ($workers.clone(), policy.clone(), $storages.notify.clone());
-        let notifier = supervise!($stop, jobs::NOTIFY_OWNER, {
-            WorkerBuilder::new(worker_name(jobs::NOTIFY_OWNER))
-                .backend(
-                    notify
-                        .clone()
-                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
-                )
-                .data(w.notifier.clone())
-                .data(w.retry.clone())
-                .concurrency(w.concurrency)
-                .retry(p.clone())
-                .build(notify_owner)
-        });
-        let (w, p, invalidate) = (
-            $workers.clone(),
-            policy.clone(),
-            $storages.invalidate.clone(),
-        );
-        let invalidator = supervise!($stop, jobs::INVALIDATE_CREDENTIALS, {
-            WorkerBuilder::new(worker_name(jobs::INVALIDATE_CREDENTIALS))
-                .backend(
-                    invalidate
-                        .clone()
-                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
-                )
-                .data(w.invalidator.clone())
-                .data(w.retry.clone())
-                .concurrency(w.concurrency)
-                .retry(p.clone())
-                .build(invalidate_credentials)
-        });
-        let (w, p, stale) = ($workers.clone(), policy.clone(), $storages.stale.clone());
-        let stale_notifier = supervise!($stop, jobs::NOTIFY_STALE_SECRET, {
-            WorkerBuilder::new(worker_name(jobs::NOTIFY_STALE_SECRET))
-                .backend(
-                    stale
-                        .clone()
-                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
-                )
-                .data(w.notifier.clone())
-                .data(w.retry.clone())
-                .concurrency(w.concurrency)
-                .retry(p.clone())
-                .build(notify_stale_secret)
-        });
-        let (w, p, remind) = ($workers.clone(), policy, $storages.remind.clone());
-        let reminder = supervise!($stop, jobs::REMIND_OWNER, {
-            WorkerBuilder::new(worker_name(jobs::REMIND_OWNER))
-                .backend(
-                    remind
-                        .clone()
-                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
-                )
-                .data(w.reminders.clone())
-                .data(w.retry.clone())
-                .concurrency(w.concurrency)
-                .retry(p.clone())
-                .build(remind_owner)
-        });
-        [notifier, invalidator, stale_notifier, reminder]
+        let (w, p, s) = (&$workers, &policy, &$storages);
+        [
+            job_worker!(
+                $stop,
+                w,
+                p,
+                jobs::NOTIFY_OWNER,
+                s.notify,
+                notifier,
+                notify_owner
+            ),
+            job_worker!(
+                $stop,
+                w,
+                p,
+                jobs::INVALIDATE_CREDENTIALS,
+                s.invalidate,
+                invalidator,
+                invalidate_credentials
+            ),
+            job_worker!(
+                $stop,
+                w,
+                p,
+                jobs::NOTIFY_STALE_SECRET,
+                s.stale,
+                notifier,
+                notify_stale_secret
+            ),
+            job_worker!(
+                $stop,
+                w,
+                p,
+                jobs::REMIND_OWNER,
+                s.remind,
+                reminders,
+                remind_owner
+            ),
+        ]
     }};
 }
 
