@@ -7,16 +7,8 @@ use sea_orm::EntityTrait as _;
 
 use crate::support::{
     Owned, TestApp, assert_refused_from, eventually, optional_test_redis, test_redis,
+    two_instances_on_redis, warm,
 };
-
-/// Verifies `secret` twice on each instance, so every cache layer holds it.
-async fn warm(apps: &[&TestApp], secret: &str) {
-    for app in apps {
-        for _ in 0..2 {
-            assert!(app.verifies(secret).await);
-        }
-    }
-}
 
 async fn refused_everywhere(apps: &[&TestApp], secret: &str) -> bool {
     for app in apps {
@@ -25,15 +17,6 @@ async fn refused_everywhere(apps: &[&TestApp], secret: &str) -> bool {
         }
     }
     true
-}
-
-async fn two_instances_on_redis(redis_url: &str) -> (TestApp, TestApp) {
-    let first = TestApp::spawn_with(|c| c.redis_url = Some(redis_url.to_owned())).await;
-    let second = TestApp::spawn_on(first.database.clone(), |c| {
-        c.redis_url = Some(redis_url.to_owned())
-    })
-    .await;
-    (first, second)
 }
 
 #[actix_web::test]

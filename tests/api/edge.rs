@@ -13,15 +13,9 @@ use uuid::Uuid;
 
 use crate::support::serve::ServeProcess;
 use crate::support::{
-    ALL_SCOPES, Owned, TestApp, TestDatabase, assert_error, eventually, into_parts, test_redis,
+    ALL_SCOPES, TestApp, TestDatabase, assert_error, eventually, into_parts, refresh_path,
+    test_redis,
 };
-
-fn refresh_path(me: &Owned) -> String {
-    format!(
-        "/api/clients/{}/connections/{}/actions/refresh_secret",
-        me.client_id, me.connection_id
-    )
-}
 
 async fn version(app: &TestApp, connection_id: Uuid) -> i64 {
     connection::Entity::find_by_id(connection_id)
@@ -46,7 +40,7 @@ async fn an_anonymous_caller_never_has_its_body_read() {
     );
     let all = format!("/api/clients/{}/connections", me.client_id);
     for (method, path) in [
-        (Method::PATCH, refresh_path(&me)),
+        (Method::PATCH, refresh_path(me.client_id, me.connection_id)),
         (Method::PUT, all),
         (Method::PATCH, one),
     ] {
@@ -69,7 +63,7 @@ async fn a_body_over_the_limit_is_413_after_the_checks_before_it() {
     let got = app
         .call(
             Method::PATCH,
-            &refresh_path(&me),
+            &refresh_path(me.client_id, me.connection_id),
             Some(&me.token),
             Some(&big),
         )
@@ -108,7 +102,11 @@ async fn answers_holding_a_secret_are_not_to_be_stored() {
     let consumer = app.client("MIS").await;
     let refreshed = app
         .http
-        .patch(format!("{}{}", app.address, refresh_path(&me)))
+        .patch(format!(
+            "{}{}",
+            app.address,
+            refresh_path(me.client_id, me.connection_id)
+        ))
         .bearer_auth(&me.token)
         .send()
         .await
@@ -148,12 +146,7 @@ async fn invented_methods_and_paths_leave_a_bounded_set_of_metrics() {
             .await
             .unwrap();
     }
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await;
-    let metrics = metrics.unwrap().text().await.unwrap();
+    let (_, metrics) = app.get_text("/metrics").await;
     assert!(!metrics.contains("XQ"), "an invented method became a label");
     assert!(
         !metrics.contains("/no/such/path"),
@@ -185,7 +178,11 @@ async fn a_client_that_spent_its_refresh_budget_gets_429_and_nothing_happens() {
     }
     let refused = app
         .http
-        .patch(format!("{}{}", app.address, refresh_path(&me)))
+        .patch(format!(
+            "{}{}",
+            app.address,
+            refresh_path(me.client_id, me.connection_id)
+        ))
         .bearer_auth(&me.token)
         .send()
         .await
@@ -347,7 +344,11 @@ async fn the_audited_address_comes_from_forwarding_headers_of_trusted_proxies_on
         let request_id = format!("proxy-{n}");
         let response = app
             .http
-            .patch(format!("{}{}", app.address, refresh_path(&me)))
+            .patch(format!(
+                "{}{}",
+                app.address,
+                refresh_path(me.client_id, me.connection_id)
+            ))
             .bearer_auth(&me.token)
             .header("x-forwarded-for", forwarded)
             .header("x-request-id", &request_id)

@@ -15,22 +15,9 @@ use workers::credentials::RedisCredentials;
 use workers::jobs::InvalidateCredentials;
 
 use crate::support::smtp::{SmtpServer, SmtpState};
-use crate::support::{Owned, TestApp, eventually, fresh_namespace, test_redis};
-
-async fn two_instances_on_redis(redis_url: &str) -> (TestApp, TestApp) {
-    let namespace = fresh_namespace();
-    let first = TestApp::spawn_with(|c| {
-        c.redis_url = Some(redis_url.to_owned());
-        c.workers.queue_namespace = namespace.clone();
-    })
-    .await;
-    let second = TestApp::spawn_on(first.database.clone(), |c| {
-        c.redis_url = Some(redis_url.to_owned());
-        c.workers.queue_namespace = namespace.clone();
-    })
-    .await;
-    (first, second)
-}
+use crate::support::{
+    Owned, TestApp, eventually, fresh_namespace, test_redis, two_instances_on_redis,
+};
 
 async fn secret_of(app: &TestApp, me: &Owned, grace: u64) -> String {
     let (status, body) = app
@@ -127,15 +114,9 @@ async fn a_late_re_point_rewrite_does_not_revive_a_secret_a_rotation_retired() {
     // The re-point's change (its rewrite of the cached view, which names the secret it
     // saw as current), landing after the rotation's: straight into Redis and, through
     // its channel, every local cache.
-    let repoint: InvalidateCredentials = outbox::Entity::find()
-        .filter(outbox::Column::Kind.eq("invalidate_credentials"))
-        .order_by_asc(outbox::Column::CreatedAt)
-        .order_by_asc(outbox::Column::Id)
-        .one(&first.db)
-        .await
-        .unwrap()
-        .map(|row| serde_json::from_value(row.payload).unwrap())
-        .unwrap();
+    let repoint: InvalidateCredentials =
+        serde_json::from_value(invalidation_jobs(&first, me.connection_id).await[0].clone())
+            .unwrap();
     assert!(
         repoint
             .change

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::support::{
     ALL_SCOPES, Owned, TestApp, assert_error, assert_schema, into_parts, optional_test_redis,
+    refresh_path, warm,
 };
 
 const EXPIRES_HEADER: &str = "x-secret-expires-at";
@@ -46,10 +47,6 @@ async fn call_with_expiry(
     (status, expires, body)
 }
 
-fn refresh_path(client_id: Uuid, connection_id: Uuid) -> String {
-    format!("/api/clients/{client_id}/connections/{connection_id}/actions/refresh_secret")
-}
-
 /// Rotates `me`'s secret (with `grace` seconds); returns the new secret and the expiry
 /// its answer announced.
 async fn rotate(app: &TestApp, me: &Owned, grace: u64) -> (String, Option<DateTime<Utc>>) {
@@ -72,15 +69,6 @@ async fn row(app: &TestApp, id: Uuid) -> connection::Model {
         .await
         .unwrap()
         .unwrap()
-}
-
-/// Verifies `secret` twice on each instance, so every cache layer holds it.
-async fn warm(apps: &[&TestApp], secret: &str) {
-    for app in apps {
-        for _ in 0..2 {
-            assert!(app.verifies(secret).await);
-        }
-    }
 }
 
 /// Verifies `secret` on every instance, round after round, until well past `at`: every

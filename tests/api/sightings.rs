@@ -130,6 +130,14 @@ async fn a_retired_secret_still_presented_is_counted_shown_and_mailed_once() {
         })
         .await
     );
+    // The second burst's flush is in, so a second notice would be queued by now (in the
+    // flush's own transaction), whether or not a worker has mailed it yet.
+    let queued = entity::outbox::Entity::find()
+        .filter(entity::outbox::Column::Kind.eq("notify_stale_secret"))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "at most one notice queued a connection a day");
     let stale: Vec<_> = smtp_state
         .messages()
         .into_iter()

@@ -29,6 +29,67 @@ async fn insert(db: &sea_orm::DatabaseConnection, table: &str, row: Vec<(&str, V
     db.execute(&statement).await.unwrap();
 }
 
+/// A `secret_refreshed` audit event as the previous releases wrote it.
+struct OldRefresh {
+    event_id: Uuid,
+    connection_id: Uuid,
+    client_id: Uuid,
+    owner: Uuid,
+    request_id: &'static str,
+    secret_version: i64,
+    grace_period: i64,
+    occurred_at: chrono::DateTime<Utc>,
+}
+
+async fn insert_refreshed(db: &sea_orm::DatabaseConnection, event: OldRefresh) {
+    insert(
+        db,
+        "connection_events",
+        vec![
+            ("id", event.event_id.into()),
+            ("connection_id", event.connection_id.into()),
+            ("client_id", event.client_id.into()),
+            ("kind", "secret_refreshed".into()),
+            ("actor_user_id", event.owner.into()),
+            ("actor_client_id", event.client_id.into()),
+            ("request_id", event.request_id.into()),
+            ("remote_address", Option::<String>::None.into()),
+            ("secret_version", Some(event.secret_version).into()),
+            ("grace_period", Some(event.grace_period).into()),
+            ("occurred_at", event.occurred_at.into()),
+        ],
+    )
+    .await;
+}
+
+/// An outbox row of a previous release, written a minute ago and not yet pushed.
+async fn insert_pending_job(
+    db: &sea_orm::DatabaseConnection,
+    id: Uuid,
+    kind: &str,
+    payload: serde_json::Value,
+) {
+    insert(
+        db,
+        "outbox",
+        vec![
+            ("id", id.into()),
+            ("kind", kind.into()),
+            ("payload", payload.into()),
+            (
+                "created_at",
+                (Utc::now() - chrono::Duration::minutes(1)).into(),
+            ),
+            (
+                "dispatched_at",
+                Option::<chrono::DateTime<Utc>>::None.into(),
+            ),
+            ("attempts", 0i32.into()),
+        ],
+    )
+    .await;
+}
+
 /// An owner reading `locale`, their clinic (MSP) and a MIS, and a token of the clinic
 /// with every scope: `(owner, clinic, mis, token)`. Users, clients and tokens have the
 /// same shape in every release so far: the seed writes them.
@@ -108,22 +169,18 @@ async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
     )
     .await;
     let event_id = Uuid::now_v7();
-    insert(
+    insert_refreshed(
         &db,
-        "connection_events",
-        vec![
-            ("id", event_id.into()),
-            ("connection_id", connection_id.into()),
-            ("client_id", client_id.into()),
-            ("kind", "secret_refreshed".into()),
-            ("actor_user_id", owner.into()),
-            ("actor_client_id", client_id.into()),
-            ("request_id", "before-the-upgrade".into()),
-            ("remote_address", Option::<String>::None.into()),
-            ("secret_version", Some(3i64).into()),
-            ("grace_period", Some(7200i64).into()),
-            ("occurred_at", now.into()),
-        ],
+        OldRefresh {
+            event_id,
+            connection_id,
+            client_id,
+            owner,
+            request_id: "before-the-upgrade",
+            secret_version: 3,
+            grace_period: 7200,
+            occurred_at: now,
+        },
     )
     .await;
     insert(
@@ -142,22 +199,7 @@ async fn a_database_of_the_previous_release_migrates_and_keeps_its_meaning() {
         }
     });
     let old_row = Uuid::now_v7();
-    insert(
-        &db,
-        "outbox",
-        vec![
-            ("id", old_row.into()),
-            ("kind", "invalidate_credentials".into()),
-            ("payload", old_job.clone().into()),
-            ("created_at", (now - chrono::Duration::minutes(1)).into()),
-            (
-                "dispatched_at",
-                Option::<chrono::DateTime<Utc>>::None.into(),
-            ),
-            ("attempts", 0i32.into()),
-        ],
-    )
-    .await;
+    insert_pending_job(&db, old_row, "invalidate_credentials", old_job.clone()).await;
 
     // The upgrade, in place.
     Migrator::up(&db, None).await.unwrap();
@@ -275,9 +317,16 @@ async fn instances_starting_together_on_a_new_database_all_migrate_and_serve() {
         }
     }))
     .await;
+    let http = reqwest::Client::new();
     for app in apps {
         let app = app.expect("every instance migrates and starts");
-        drop(app);
+        let ready = format!("http://127.0.0.1:{}/health/ready", app.port());
+        let server = app.handle();
+        let running = actix_web::rt::spawn(app.run_until_stopped());
+        let status = http.get(&ready).send().await.unwrap().status();
+        assert_eq!(status, 200, "every instance serves");
+        server.stop(true).await;
+        running.await.unwrap().unwrap();
     }
 }
 
@@ -313,22 +362,18 @@ async fn secrets_of_the_release_before_lifetimes_keep_verifying_under_the_policy
         ],
     )
     .await;
-    insert(
+    insert_refreshed(
         &db,
-        "connection_events",
-        vec![
-            ("id", event_id.into()),
-            ("connection_id", connection_id.into()),
-            ("client_id", client_id.into()),
-            ("kind", "secret_refreshed".into()),
-            ("actor_user_id", owner.into()),
-            ("actor_client_id", client_id.into()),
-            ("request_id", "rotated-before-lifetimes".into()),
-            ("remote_address", Option::<String>::None.into()),
-            ("secret_version", Some(2i64).into()),
-            ("grace_period", Some(3600i64).into()),
-            ("occurred_at", rotated_at.into()),
-        ],
+        OldRefresh {
+            event_id,
+            connection_id,
+            client_id,
+            owner,
+            request_id: "rotated-before-lifetimes",
+            secret_version: 2,
+            grace_period: 3600,
+            occurred_at: rotated_at,
+        },
     )
     .await;
     // That release's notice job, not yet pushed: no `previous_secret_ends_at`.
@@ -338,25 +383,7 @@ async fn secrets_of_the_release_before_lifetimes_keep_verifying_under_the_policy
         "request_id": "rotated-before-lifetimes", "secret_version": 2,
         "grace_period": 3600, "occurred_at": rotated_at,
     });
-    insert(
-        &db,
-        "outbox",
-        vec![
-            ("id", Uuid::now_v7().into()),
-            ("kind", "notify_owner".into()),
-            ("payload", old_notice.into()),
-            (
-                "created_at",
-                (Utc::now() - chrono::Duration::minutes(1)).into(),
-            ),
-            (
-                "dispatched_at",
-                Option::<chrono::DateTime<Utc>>::None.into(),
-            ),
-            ("attempts", 0i32.into()),
-        ],
-    )
-    .await;
+    insert_pending_job(&db, Uuid::now_v7(), "notify_owner", old_notice).await;
 
     Migrator::up(&db, None).await.unwrap();
     let row = connection::Entity::find_by_id(connection_id)

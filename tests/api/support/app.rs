@@ -389,7 +389,11 @@ fn user(id: Uuid, is_blocked: bool) -> SeedUser {
     }
 }
 
-fn refresh_path(client_id: &str, connection_id: &str) -> String {
+/// The refresh_secret path of one connection.
+pub fn refresh_path(
+    client_id: impl std::fmt::Display,
+    connection_id: impl std::fmt::Display,
+) -> String {
     format!("/api/clients/{client_id}/connections/{connection_id}/actions/refresh_secret")
 }
 
@@ -399,6 +403,32 @@ pub struct Owned {
     pub connection_id: Uuid,
     pub secret: String,
     pub token: String,
+}
+
+/// Two instances on one database, sharing `redis_url` under a queue namespace of their
+/// own (so no other test's workers take their jobs).
+pub async fn two_instances_on_redis(redis_url: &str) -> (TestApp, TestApp) {
+    let namespace = crate::support::fresh_namespace();
+    let first = TestApp::spawn_with(|c| {
+        c.redis_url = Some(redis_url.to_owned());
+        c.workers.queue_namespace = namespace.clone();
+    })
+    .await;
+    let second = TestApp::spawn_on(first.database.clone(), |c| {
+        c.redis_url = Some(redis_url.to_owned());
+        c.workers.queue_namespace = namespace.clone();
+    })
+    .await;
+    (first, second)
+}
+
+/// Verifies `secret` twice on each instance, so every cache layer holds it.
+pub async fn warm(apps: &[&TestApp], secret: &str) {
+    for app in apps {
+        for _ in 0..2 {
+            assert!(app.verifies(secret).await);
+        }
+    }
 }
 
 impl TestApp {

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::eventually;
 
+/// Killed when dropped, so a failed assertion leaves no `mithril serve` behind.
 pub struct ServeProcess {
-    child: Child,
+    child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
     pub address: String,
@@ -43,18 +44,23 @@ impl ServeProcess {
             collect(stderr, lines.clone()),
         ];
         let port = || lines.lock().unwrap().iter().find_map(|l| listening_port(l));
-        assert!(
-            eventually(Duration::from_secs(60), || async { port().is_some() }).await,
-            "mithril serve did not start: {:?}",
-            lines.lock().unwrap()
-        );
-        let address = format!("http://127.0.0.1:{}", port().unwrap());
-        Self {
-            child,
-            lines,
+        // A process that exits (a bad configuration) fails at once, not at the deadline.
+        let started = eventually(Duration::from_secs(60), || {
+            let settled = port().is_some() || matches!(child.try_wait(), Ok(Some(_)));
+            async move { settled }
+        })
+        .await;
+        let mut serve = Self {
+            child: Some(child),
+            lines: lines.clone(),
             readers,
-            address,
-        }
+            address: String::new(),
+        };
+        let Some(port) = port().filter(|_| started) else {
+            panic!("mithril serve did not start: {:?}", serve.lines());
+        };
+        serve.address = format!("http://127.0.0.1:{port}");
+        serve
     }
 
     /// Every line written so far.
@@ -64,17 +70,27 @@ impl ServeProcess {
 
     /// SIGTERM, then waits for the exit; returns the exit status and every line.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut child = self.child.take().unwrap();
         let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(killed.success());
-        let status = self.child.wait().unwrap();
+        let status = child.wait().unwrap();
         for reader in self.readers.drain(..) {
             reader.join().unwrap();
         }
         let lines = self.lines.lock().unwrap().clone();
         (status, lines)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
