@@ -356,7 +356,7 @@ cl_up() {
   cl_write_env
 
   cl_log "creating database $DB"
-  psql -q "$PG/postgres" -c "CREATE DATABASE \"$DB\"" || cl_die "cannot create database $DB on $PG"
+  psql -q "$PG/postgres" -c "CREATE DATABASE \"$DB\"" || cl_die "cannot create database $DB on $(cl_redacted "$PG")"
   echo "$DB" >"$RUN/proc/database"
   cl_log "seeding it (migrations first) from $RUN/seed.json"
   env DATABASE_URL="$DBURL" RUST_LOG=warn "$BIN" seed "$RUN/seed.json" >"$RUN/logs/seed.log" 2>&1 ||
@@ -379,6 +379,9 @@ cl_up() {
   CL_UP_SECONDS=$(cl_since "$t0")
 }
 
+# A URL with its password, if any, masked: the banner and errors reach terminals and logs.
+cl_redacted() { sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#' <<<"$1"; }
+
 cl_print_banner() {
   cat <<TEXT
 
@@ -386,8 +389,8 @@ mithril cluster up in ${CL_UP_SECONDS}s: $API_COUNT API instances, $WORKER_COUNT
   balancer          $BASE   (round-robin over 127.0.0.1:$(cat "$RUN"/proc/api-*.port | paste -sd, -))
   HAProxy stats     $STATS_URL
   HAProxy config    $HAPROXY_CFG
-  database          $DBURL
-  queue namespace   $NS  (Redis $REDIS)
+  database          $(cl_redacted "$DBURL")
+  queue namespace   $NS  (Redis $(cl_redacted "$REDIS"))
   SMTP sink         smtp://127.0.0.1:$SMTP_PORT -> $MAILDIR/  (index.log: one line a notice)
   run directory     $RUN  (logs/, proc/; cluster.env has every value below)
   bearer token      $TOKEN

@@ -833,6 +833,14 @@ async def drill_same_connection(cl, rep):
     rep.data.update(notices=notes, at_once=at_once.__len__())
 
 
+async def until(ready, deadline, failure):
+    """Polls `ready` every 20 ms; RuntimeError(`failure`) once `deadline` (epoch s) passes."""
+    while not ready():
+        if time.time() > deadline:
+            raise RuntimeError(failure)
+        await asyncio.sleep(0.02)
+
+
 async def restart_redis(cl):
     """SHUTDOWN NOSAVE of the drill's own Redis, then the same server again on its port:
     empty, as a Redis without persistence comes back."""
@@ -842,8 +850,7 @@ async def restart_redis(cl):
         raise RuntimeError(f"refusing to restart {cl.redis}: not the drill's own Redis")
     t0 = time.time()
     cl.redis_cli("shutdown", "nosave")
-    while cl.alive("redis"):
-        await asyncio.sleep(0.02)
+    await until(lambda: not cl.alive("redis"), t0 + 15, "the drill's Redis did not shut down")
     down = time.time()
     # As long as a restart takes (a service manager, a container): DRILL_REDIS_DOWN seconds.
     await asyncio.sleep(max(0.0, t0 + float(ENV.get("DRILL_REDIS_DOWN") or 2) - time.time()))
@@ -851,9 +858,9 @@ async def restart_redis(cl):
         "bash", "-c", f'source "{cl.lib}/cluster.bash"; source "{cl.lib}/drill.bash"; drill_start_redis {port}',
         env={**ENV, "RUN": cl.run},
     )
-    await proc.wait()
-    while cl.redis_cli("ping") != "PONG":
-        await asyncio.sleep(0.02)
+    if await proc.wait() != 0:
+        raise RuntimeError(f"restarting the drill's Redis failed (exit {proc.returncode})")
+    await until(lambda: cl.redis_cli("ping") == "PONG", time.time() + 15, "the drill's Redis does not answer")
     up = time.time()
     return t0, down, up, cl.redis_cli("dbsize")
 
