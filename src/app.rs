@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
 use workers::credentials::RedisCredentials;
 use workers::queue::Queue;
-use workers::remind::ReminderMetrics;
 use workers::run::{LocalApply, Workers};
 
 use crate::auth::Authorizer;
@@ -136,8 +135,8 @@ impl Application {
                 config.smtp_url.as_deref(),
                 &config.mail_from,
                 Some(local),
-            )?
-            .with_reminder_metrics(Arc::new(AppReminderMetrics(metrics.clone())));
+                Arc::new(metrics.clone()),
+            )?;
             let grace = config.shutdown_timeout;
             Some(tokio::spawn(async move {
                 if let Err(e) = workers::run::run(queue, workers, grace, workers_stopped).await {
@@ -159,13 +158,9 @@ impl Application {
         readiness.extend(checks);
         let http_workers = config.http_workers;
         let shutdown_timeout = config.shutdown_timeout.as_secs();
-        let refresh_budget = config.refresh_limit.map(|limit| {
-            RefreshBudget::new(
-                limit,
-                redis.as_ref().map(|r| r.manager.clone()),
-                crate::cache::REDIS_BUDGET,
-            )
-        });
+        let refresh_budget = config
+            .refresh_limit
+            .map(|limit| RefreshBudget::new(limit, redis.as_ref().map(|r| r.manager.clone())));
         let state = web::Data::new(AppState {
             config,
             authorizer,
@@ -376,23 +371,6 @@ async fn maintain(cache: std::sync::Weak<CredentialsCache>) {
             return;
         };
         cache.run_maintenance();
-    }
-}
-
-/// The in-process workers' reminder metrics, recorded in the application's `Metrics`.
-struct AppReminderMetrics(Metrics);
-
-impl ReminderMetrics for AppReminderMetrics {
-    fn secrets_expiring(&self, within: &str, count: u64) {
-        self.0.secrets_expiring(within, count);
-    }
-
-    fn secrets_expired(&self, count: u64) {
-        self.0.secrets_expired(count);
-    }
-
-    fn reminder_sent(&self, threshold: &str) {
-        self.0.reminder_sent(threshold);
     }
 }
 

@@ -30,7 +30,9 @@ fn timed_out() -> redis::RedisError {
 }
 
 /// Runs a Redis call within `REDIS_BUDGET`.
-async fn budgeted<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+pub(crate) async fn budgeted<T>(
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
     tokio::time::timeout(REDIS_BUDGET, call)
         .await
         .unwrap_or_else(|_| Err(timed_out()))

@@ -58,10 +58,6 @@ impl SecretLifetime {
         self.0
     }
 
-    pub fn is_off(self) -> bool {
-        self.0.is_none()
-    }
-
     /// When a secret issued at `issued_at` expires under this policy: `None` when off.
     /// Whole microseconds, as PostgreSQL stores them, so the row, every cache entry and
     /// the response header name the same instant.

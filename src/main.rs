@@ -7,7 +7,6 @@ use clap::{Args, Parser, Subcommand};
 use mithril::config::{self, Config, SecretLifetime};
 use mithril::connections::policy;
 use mithril::{Application, db, seed};
-use tracing_subscriber::EnvFilter;
 use workers::settings::WorkerSettings;
 
 #[derive(Parser)]
@@ -191,24 +190,10 @@ impl Settings {
     }
 }
 
-fn init_tracing(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or collector gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.settings.log_format);
+    workers::logs::init(&cli.settings.log_format);
     match cli.command {
         Command::Serve {
             bind,

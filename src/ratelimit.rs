@@ -9,6 +9,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
+use crate::cache::budgeted;
 use crate::config::RateLimit;
 
 /// What the budget says of one more refresh.
@@ -45,14 +46,14 @@ pub struct RefreshBudget {
     limit: RateLimit,
     local: DefaultKeyedRateLimiter<Uuid>,
     redis: Option<(ConnectionManager, redis::Script)>,
-    /// How long a decision may wait on Redis before the local budget decides.
-    redis_budget: Duration,
     /// Decisions so far: every so often, keys of clients that are idle again are dropped.
     taken: AtomicU64,
 }
 
 impl RefreshBudget {
-    pub fn new(limit: RateLimit, redis: Option<ConnectionManager>, redis_budget: Duration) -> Self {
+    /// A decision waits on Redis at most `cache::REDIS_BUDGET` before the local budget
+    /// decides.
+    pub fn new(limit: RateLimit, redis: Option<ConnectionManager>) -> Self {
         let quota = Quota::with_period(limit.interval())
             .unwrap_or_else(|| Quota::per_second(limit.count))
             .allow_burst(limit.burst);
@@ -60,7 +61,6 @@ impl RefreshBudget {
             limit,
             local: RateLimiter::keyed(quota),
             redis: redis.map(|conn| (conn, redis::Script::new(GCRA_SCRIPT))),
-            redis_budget,
             taken: AtomicU64::new(0),
         }
     }
@@ -81,24 +81,16 @@ impl RefreshBudget {
                 .max(1);
             let mut invocation = script.key(format!("mithril:refresh-budget:{client_id}"));
             invocation.arg(interval_ms).arg(self.limit.burst.get());
-            match tokio::time::timeout(
-                self.redis_budget,
-                invocation.invoke_async::<(i64, i64)>(&mut conn),
-            )
-            .await
-            {
-                Ok(Ok((1, _))) => return Decision::Allowed,
-                Ok(Ok((_, retry_ms))) => {
+            match budgeted(invocation.invoke_async::<(i64, i64)>(&mut conn)).await {
+                Ok((1, _)) => return Decision::Allowed,
+                Ok((_, retry_ms)) => {
                     return Decision::Limited {
                         retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0)),
                     };
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "refresh budget: Redis failed; this instance's budget decides")
+                Err(e) => {
+                    tracing::warn!(error = %e, "refresh budget: Redis failed or was slow; this instance's budget decides")
                 }
-                Err(_) => tracing::warn!(
-                    "refresh budget: Redis did not answer in time; this instance's budget decides"
-                ),
             }
         }
         match self.local.check_key(&client_id) {
@@ -130,7 +122,7 @@ mod tests {
     #[tokio::test]
     async fn the_local_budget_allows_a_burst_then_refuses() {
         let limit = RateLimit::parse("3/min").unwrap().unwrap();
-        let budget = RefreshBudget::new(limit, None, Duration::from_millis(250));
+        let budget = RefreshBudget::new(limit, None);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         for _ in 0..3 {
             assert_eq!(budget.take(a).await, Decision::Allowed);

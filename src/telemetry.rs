@@ -14,6 +14,7 @@ use metrics::{Key, Label, Level, Metadata, Recorder as _};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use workers::remind::ReminderMetrics;
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -21,11 +22,8 @@ pub const SECRET_REFRESHES: &str = "secret_refreshes_total";
 pub const OUTBOX_PENDING: &str = "mithril_outbox_pending";
 pub const CREDENTIALS_CACHE: &str = "mithril_credentials_cache_total";
 pub const VERIFY: &str = "mithril_verify_total";
-/// The lifetime policy's gauges and counter; `mithril-workers` records the same names
-/// (`workers::remind`).
-pub const SECRETS_EXPIRING: &str = "mithril_secrets_expiring";
-pub const SECRETS_EXPIRED: &str = "mithril_secrets_expired";
-pub const REMINDERS: &str = "mithril_reminders_total";
+/// The lifetime policy's gauges and counter, named where `mithril-workers` records them.
+pub use workers::remind::{REMINDERS, SECRETS_EXPIRED, SECRETS_EXPIRING};
 
 /// Latency buckets, in seconds, for request histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -124,30 +122,6 @@ impl Metrics {
         self.gauge(OUTBOX_PENDING, &[], rows as f64);
     }
 
-    /// Secrets that expire within `within` (a reminder threshold, `14d`) from now, as
-    /// the reminder ticker last counted.
-    pub fn secrets_expiring(&self, within: &str, count: u64) {
-        self.gauge(
-            SECRETS_EXPIRING,
-            &[Label::new("within", within.to_owned())],
-            count as f64,
-        );
-    }
-
-    /// Secrets past their expiry, as the reminder ticker last counted.
-    pub fn secrets_expired(&self, count: u64) {
-        self.gauge(SECRETS_EXPIRED, &[], count as f64);
-    }
-
-    /// One reminder e-mailed, of `threshold` (`14d`, ..., `expired`).
-    pub fn reminder_sent(&self, threshold: &str) {
-        self.counter(
-            REMINDERS,
-            &[Label::new("threshold", threshold.to_owned())],
-            1,
-        );
-    }
-
     /// Adds `value` to the counter `name` with `labels`.
     pub fn counter(&self, name: &'static str, labels: &[Label], value: u64) {
         self.recorder
@@ -183,6 +157,33 @@ impl Default for Metrics {
     }
 }
 
+/// The in-process workers' reminder metrics, recorded here so `/metrics` shows them.
+impl ReminderMetrics for Metrics {
+    /// Secrets that expire within `within` (a reminder threshold, `14d`) from now, as
+    /// the reminder ticker last counted.
+    fn secrets_expiring(&self, within: &str, count: u64) {
+        self.gauge(
+            SECRETS_EXPIRING,
+            &[Label::new("within", within.to_owned())],
+            count as f64,
+        );
+    }
+
+    /// Secrets past their expiry, as the reminder ticker last counted.
+    fn secrets_expired(&self, count: u64) {
+        self.gauge(SECRETS_EXPIRED, &[], count as f64);
+    }
+
+    /// One reminder e-mailed, of `threshold` (`14d`, ..., `expired`).
+    fn reminder_sent(&self, threshold: &str) {
+        self.counter(
+            REMINDERS,
+            &[Label::new("threshold", threshold.to_owned())],
+            1,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,11 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn the_workers_record_the_same_names() {
-        use workers::remind;
-        assert_eq!(SECRETS_EXPIRING, remind::SECRETS_EXPIRING);
-        assert_eq!(SECRETS_EXPIRED, remind::SECRETS_EXPIRED);
-        assert_eq!(REMINDERS, remind::REMINDERS);
+    fn the_in_process_workers_reminder_metrics_are_rendered() {
         let metrics = Metrics::new();
         metrics.secrets_expiring("14d", 3);
         metrics.secrets_expired(1);

@@ -88,6 +88,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A body that is not readable at all (cut short, or refused by actix's extractor).
+    pub fn unreadable_body() -> Self {
+        Self::Validation(vec![Invalid::json_property(
+            "$",
+            "invalid",
+            "the request body could not be read",
+            vec![],
+        )])
+    }
+
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::AccessDenied | Self::InvalidApiKey(_) => "access_denied",
@@ -136,12 +146,7 @@ impl ApiError {
             404 => Self::NotFound,
             405 => Self::MethodNotAllowed,
             413 => Self::PayloadTooLarge,
-            415 | 400 | 422 => Self::Validation(vec![Invalid::json_property(
-                "$",
-                "invalid",
-                "the request body could not be read",
-                vec![],
-            )]),
+            415 | 400 | 422 => Self::unreadable_body(),
             503 => Self::Unavailable(anyhow::anyhow!("upstream answered 503")),
             _ => Self::Internal(anyhow::anyhow!("unmapped status {status}")),
         }
@@ -163,8 +168,8 @@ impl ResponseError for ApiError {
         }
     }
 
-    /// The body without `meta`; the envelope middleware adds `meta`, which needs the
-    /// request.
+    /// Status and headers only: the envelope middleware, which wraps every route, writes
+    /// the body (`error` and `meta`, which needs the request) once.
     fn error_response(&self) -> HttpResponse {
         match self {
             Self::Internal(cause) | Self::Unavailable(cause) => {
@@ -181,7 +186,14 @@ impl ResponseError for ApiError {
         if let Self::TooManyRequests { retry_after_secs } = self {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
         }
-        response.json(json!({"error": self.body()}))
+        response.finish()
+    }
+}
+
+/// A request's broken rules, every one of them: 422.
+impl From<Vec<Invalid>> for ApiError {
+    fn from(invalid: Vec<Invalid>) -> Self {
+        Self::Validation(invalid)
     }
 }
 

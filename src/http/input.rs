@@ -43,12 +43,7 @@ pub async fn body(req: &actix_web::HttpRequest, payload: web::Payload) -> Result
     }
     match payload.to_bytes_limited(BODY_LIMIT).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::Validation(vec![Invalid::json_property(
-            "$",
-            "invalid",
-            "the request body could not be read",
-            vec![],
-        )])),
+        Ok(Err(_)) => Err(ApiError::unreadable_body()),
         Err(_) => Err(ApiError::PayloadTooLarge),
     }
 }

@@ -11,7 +11,7 @@ pub mod schemas;
 mod state;
 mod views;
 
-pub use envelope::{Paging, REQUEST_ID, RequestId, RequestMeta, envelope};
+pub use envelope::{Paging, REQUEST_ID, RequestMeta, envelope};
 pub use error::{ApiError, Invalid, InvalidRule};
 pub use observe::observe;
 pub use state::AppState;

@@ -8,10 +8,10 @@ use actix_web::web;
 use uuid::Uuid;
 
 use super::REQUEST_ID;
-
-/// The verify route, whose successes are logged at debug.
-const VERIFY_ROUTE: &str = "/api/connections/actions/verify";
 use super::state::AppState;
+
+/// The verify route (as `http::routes` names it), whose successes are logged at debug.
+const VERIFY_ROUTE: &str = "/api/connections/actions/verify";
 
 /// Logs each request once it is answered (request id, method, route pattern, status,
 /// latency, the path's client id) and counts it in the metrics. Runs outside the

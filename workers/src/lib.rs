@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod db;
 pub mod jobs;
 pub mod local_time;
+pub mod logs;
 pub mod mail;
 pub mod notify;
 pub mod poll;

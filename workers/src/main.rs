@@ -1,11 +1,12 @@
 //! `mithril-workers`: runs only the job workers (owner notices, cache invalidation,
 //! reminders before secrets expire, and their ticker).
 //! Any number may run at once, against the same database and Redis as the API.
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use workers::queue::Queue;
+use workers::remind::GlobalMetrics;
 use workers::run::{Workers, run};
 use workers::settings::WorkerSettings;
 
@@ -45,17 +46,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or collector gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if cli.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    workers::logs::init(&cli.log_format);
 
     let redis_url = cli.redis_url.filter(|u| !u.is_empty());
     let smtp_url = cli.smtp_url.filter(|u| !u.is_empty());
@@ -77,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         smtp_url.as_deref(),
         &cli.mail_from,
         None,
+        Arc::new(GlobalMetrics),
     )?;
     tracing::info!(
         database = workers::settings::redacted(&cli.database_url),

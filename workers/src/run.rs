@@ -15,7 +15,7 @@ use crate::mail::{Mailer, Templates};
 use crate::notify::{Notified, Notifier, NotifyError};
 use crate::poll::EveryPeriod;
 use crate::queue::Queue;
-use crate::remind::{GlobalMetrics, Reminded, ReminderMetrics, Reminders, Ticker};
+use crate::remind::{Reminded, ReminderMetrics, Reminders, Ticker};
 use crate::settings::{RetrySettings, WorkerSettings};
 
 /// Applies a change to an in-process cache (only `mithril serve` has one).
@@ -81,7 +81,9 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// The workers of `settings`, the same in `mithril serve` and `mithril-workers`.
+    /// The workers of `settings`, the same in `mithril serve` and `mithril-workers`;
+    /// reminder metrics go to `metrics` (`mithril serve` passes its application's
+    /// recorder, which its `/metrics` renders).
     pub fn build(
         settings: &WorkerSettings,
         db: &DatabaseConnection,
@@ -89,6 +91,7 @@ impl Workers {
         smtp_url: Option<&str>,
         mail_from: &str,
         local: Option<LocalApply>,
+        metrics: Arc<dyn ReminderMetrics>,
     ) -> anyhow::Result<Self> {
         let notifier = Arc::new(Notifier {
             db: db.clone(),
@@ -98,7 +101,6 @@ impl Workers {
             mail_from: mail_from.to_owned(),
             lease: settings.notice_lease(),
         });
-        let metrics: Arc<dyn ReminderMetrics> = Arc::new(GlobalMetrics);
         Ok(Self {
             reminders: Arc::new(Reminders {
                 notifier: notifier.clone(),
@@ -123,25 +125,6 @@ impl Workers {
             concurrency: settings.concurrency(),
             poll_interval: settings.poll_interval(),
         })
-    }
-}
-
-impl Workers {
-    /// The same workers, recording the reminder metrics through `metrics` (`mithril
-    /// serve` passes its application's recorder, which `/metrics` renders).
-    pub fn with_reminder_metrics(mut self, metrics: Arc<dyn ReminderMetrics>) -> Self {
-        self.reminders = Arc::new(Reminders {
-            notifier: self.reminders.notifier.clone(),
-            thresholds: self.reminders.thresholds.clone(),
-            metrics: metrics.clone(),
-        });
-        self.ticker = Arc::new(Ticker {
-            db: self.ticker.db.clone(),
-            thresholds: self.ticker.thresholds.clone(),
-            interval: self.ticker.interval,
-            metrics,
-        });
-        self
     }
 }
 

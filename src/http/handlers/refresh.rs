@@ -90,18 +90,20 @@ async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id, connection_id) =
         authorize_connection(state, req, scope::REFRESH_SECRET, path).await?;
-    let grace_period = if input::has_body(req) {
+    let checked = input::has_body(req);
+    let grace_period = if checked {
         existing_connection(state, client_id, connection_id).await?;
         let body = input::body(req, payload).await?;
-        input::grace_period(&body, state.config.max_grace_period.as_secs())
-            .map_err(ApiError::Validation)?
+        input::grace_period(&body, state.config.max_grace_period.as_secs())?
     } else {
         0
     };
     if let Some(budget) = &state.refresh_budget
         && let Decision::Limited { retry_after } = budget.take(client_id).await
     {
-        existing_connection(state, client_id, connection_id).await?;
+        if !checked {
+            existing_connection(state, client_id, connection_id).await?;
+        }
         return Err(ApiError::TooManyRequests {
             retry_after_secs: retry_after_secs(retry_after),
         });

@@ -53,7 +53,7 @@ pub async fn list(
     let (_, client_id) = authorize_client(&state, &req, scope::READ, &path).await?;
     existing_client(&state, client_id).await?;
     let mut invalid = Vec::new();
-    let params = input::params(req.query_string()).map_err(ApiError::Validation)?;
+    let params = input::params(req.query_string())?;
     let page = input::page_request(&params, &mut invalid);
     let filter = input::list_filter(&params, &mut invalid);
     reject(invalid)?;
@@ -144,7 +144,7 @@ pub async fn upsert(
     let (principal, client_id) = authorize_client(&state, &req, scope::WRITE, &path).await?;
     existing_client(&state, client_id).await?;
     let body = input::body(&req, payload).await?;
-    let fields = input::json_object(&body).map_err(ApiError::Validation)?;
+    let fields = input::json_object(&body)?;
     let mut invalid = Vec::new();
     let consumer_id = input::consumer_id(&fields, &mut invalid);
     let redirect_uri = input::redirect_uri(&fields, &mut invalid);
@@ -232,7 +232,7 @@ pub async fn update(
     // Existence answers before the body is read (API.md's order).
     existing_connection(&state, client_id, connection_id).await?;
     let body = input::body(&req, payload).await?;
-    let fields = input::json_object(&body).map_err(ApiError::Validation)?;
+    let fields = input::json_object(&body)?;
     let mut invalid = Vec::new();
     let redirect_uri = input::redirect_uri(&fields, &mut invalid);
     let (Some(redirect_uri), true) = (redirect_uri, invalid.is_empty()) else {
@@ -335,7 +335,7 @@ pub async fn events(
         authorize_connection(&state, &req, scope::READ, path).await?;
     existing_connection(&state, client_id, connection_id).await?;
     let mut invalid = Vec::new();
-    let params = input::params(req.query_string()).map_err(ApiError::Validation)?;
+    let params = input::params(req.query_string())?;
     let page = input::page_request(&params, &mut invalid);
     reject(invalid)?;
     let found = state
