@@ -73,7 +73,8 @@ impl Expiry<String, Arc<Local>> for OwnDeadline {
 /// Where a write to the local cache comes from.
 #[derive(Clone, Copy)]
 enum Write {
-    /// What a read found, under the generation it began in.
+    /// What a read found, under the generation it began in: dropped if this instance's
+    /// cache was cleared since.
     Fill { read_at: u64 },
     /// What a committed write made of a digest.
     Change,
@@ -165,7 +166,13 @@ impl CredentialsCache {
         if let Some(redis) = &self.redis {
             match budgeted(redis.get(digest.as_str())).await {
                 Ok(Some((entry, remaining))) => {
-                    self.put_local(digest.as_str(), &entry, remaining, generation);
+                    // Redis's remaining time, never more than this instance keeps such
+                    // an entry (a retirement: `retired_ttl`, not Redis's ten minutes).
+                    let ttl = remaining.min(self.ttl_of(&entry));
+                    let fill = Write::Fill {
+                        read_at: generation,
+                    };
+                    self.put(digest.as_str(), &entry, ttl, fill);
                     return Ok((entry.verdict(Utc::now()), Layer::Redis));
                 }
                 Ok(None) => {}
@@ -178,7 +185,10 @@ impl CredentialsCache {
             return Ok((Verdict::Unknown, Layer::Store));
         };
         let ttl = self.ttl_of(&entry);
-        self.put_local(digest.as_str(), &entry, ttl, generation);
+        let fill = Write::Fill {
+            read_at: generation,
+        };
+        self.put(digest.as_str(), &entry, ttl, fill);
         if let Some(redis) = &self.redis
             && let Err(e) = budgeted(redis.fill(digest.as_str(), &entry)).await
         {
@@ -228,12 +238,6 @@ impl CredentialsCache {
         } else {
             self.ttl
         }
-    }
-
-    /// A fill from a read, unless the local cache was cleared since `read_at` (the
-    /// generation the caller read under).
-    fn put_local(&self, digest: &str, entry: &CachedCredential, ttl: Duration, read_at: u64) {
-        self.put(digest, entry, ttl, Write::Fill { read_at });
     }
 
     /// Writes under the forward-only rule.

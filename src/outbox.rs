@@ -52,7 +52,7 @@ pub struct OutboxRelay {
     /// Rows just committed, gathered by `run_dispatcher` into batches; `None` until it
     /// runs (each dispatch then goes on a task of its own).
     dispatcher: Option<tokio::sync::mpsc::UnboundedSender<Vec<Uuid>>>,
-    /// A `notify_owner` row whose notice is neither sent nor dead this long after its
+    /// A notice row (`notify_owner`, `notify_stale_secret`) whose notice is neither sent nor dead this long after its
     /// dispatch is pushed again.
     reconcile_after: Duration,
 }
@@ -62,8 +62,9 @@ pub struct OutboxRelay {
 enum Work {
     /// Push undispatched rows and mark them dispatched.
     Relay,
-    /// Settle rows whose notice is done; push again those whose notice is lost.
-    Reconcile,
+    /// Settle rows whose notice is done; push again those whose notice is lost (not
+    /// claimed since `cutoff`).
+    Reconcile { cutoff: DateTime<Utc> },
 }
 
 /// The outcome of pushing one row.
@@ -143,27 +144,7 @@ impl OutboxRelay {
             .all(&self.db)
             .await
             .context("outbox: select")?;
-        let mut pushed = Vec::with_capacity(rows.len());
-        let mut failure = None;
-        for row in &rows {
-            match self.push(row, &self.db).await {
-                Ok(Pushed::Yes) => pushed.push(row.id),
-                Ok(Pushed::Dead) => {}
-                Err(e) => {
-                    failure = Some((row.id, e));
-                    break;
-                }
-            }
-        }
-        if !pushed.is_empty() {
-            mark_dispatched(&self.db, outbox::Column::Id.is_in(pushed.iter().copied())).await?;
-        }
-        if let Some((id, e)) = failure {
-            // The queue is down: count the attempt and leave the rest to the sweeper.
-            count_attempt(&self.db, id).await?;
-            return Err(e);
-        }
-        Ok(pushed.len())
+        self.push_rows(&rows, &self.db).await
     }
 
     /// `dispatch` on a task of its own; if the push fails, the sweeper pushes the
@@ -291,14 +272,19 @@ impl OutboxRelay {
         (self.reconcile_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
     }
 
-    /// Re-pushes `notify_owner` rows dispatched more than `reconcile_after` ago whose
+    /// Re-pushes notice rows (`notify_owner`, `notify_stale_secret`) dispatched more than `reconcile_after` ago whose
     /// notice is neither sent nor dead: the queue lost the job (Redis restarted without
     /// persistence, say). A row whose notice is done is settled and not looked at again.
     /// Safe on many instances: on PostgreSQL each row goes to one of them; elsewhere a
     /// row pushed twice costs a duplicate job, which the notice's claim makes harmless.
     pub async fn reconcile(&self) -> anyhow::Result<usize> {
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(self.reconcile_after).unwrap_or_default();
+        // A window past chrono's range (hundreds of millions of years) finds nothing.
+        let Some(cutoff) = chrono::Duration::from_std(self.reconcile_after)
+            .ok()
+            .and_then(|window| Utc::now().checked_sub_signed(window))
+        else {
+            return Ok(0);
+        };
         let select = outbox::Entity::find()
             .filter(outbox::Column::Kind.is_in([jobs::NOTIFY_OWNER, jobs::NOTIFY_STALE_SECRET]))
             .filter(outbox::Column::SettledAt.is_null())
@@ -306,12 +292,13 @@ impl OutboxRelay {
             .filter(outbox::Column::DispatchedAt.lt(cutoff))
             .order_by_asc(outbox::Column::DispatchedAt)
             .limit(SWEEP_BATCH);
-        self.claimed(select, Work::Reconcile).await
+        self.claimed(select, Work::Reconcile { cutoff }).await
     }
 
     async fn reconcile_rows(
         &self,
         rows: &[outbox::Model],
+        cutoff: DateTime<Utc>,
         db: &impl ConnectionTrait,
     ) -> anyhow::Result<usize> {
         let events: Vec<Uuid> = rows.iter().filter_map(event_id).collect();
@@ -324,8 +311,6 @@ impl OutboxRelay {
                 .into_iter()
                 .map(|n| (n.event_id, n))
                 .collect();
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(self.reconcile_after).unwrap_or_default();
         let mut settled = Vec::new();
         let mut lost = Vec::new();
         for row in rows {
@@ -412,32 +397,39 @@ impl OutboxRelay {
         db: &impl ConnectionTrait,
     ) -> anyhow::Result<usize> {
         match work {
-            Work::Relay => self.push_and_mark(rows, db).await,
-            Work::Reconcile => self.reconcile_rows(rows, db).await,
+            Work::Relay => self.push_rows(rows, db).await,
+            Work::Reconcile { cutoff } => self.reconcile_rows(rows, cutoff, db).await,
         }
     }
 
-    async fn push_and_mark(
+    /// Pushes `rows` in order and marks the pushed ones dispatched in one update. At the
+    /// first refusal the queue is taken to be down: that row's attempt is counted and the
+    /// rest are left to the next sweep.
+    async fn push_rows(
         &self,
         rows: &[outbox::Model],
         db: &impl ConnectionTrait,
     ) -> anyhow::Result<usize> {
-        let mut pushed = 0;
+        let mut pushed = Vec::with_capacity(rows.len());
+        let mut failure = None;
         for row in rows {
             match self.push(row, db).await {
-                Ok(Pushed::Yes) => {
-                    mark_dispatched(db, outbox::Column::Id.eq(row.id)).await?;
-                    pushed += 1;
-                }
+                Ok(Pushed::Yes) => pushed.push(row.id),
                 Ok(Pushed::Dead) => {}
                 Err(e) => {
-                    // The queue is down: stop here and leave the rest to the next sweep.
-                    count_attempt(db, row.id).await?;
-                    return Err(e);
+                    failure = Some((row.id, e));
+                    break;
                 }
             }
         }
-        Ok(pushed)
+        if !pushed.is_empty() {
+            mark_dispatched(db, outbox::Column::Id.is_in(pushed.iter().copied())).await?;
+        }
+        if let Some((id, e)) = failure {
+            count_attempt(db, id).await?;
+            return Err(e);
+        }
+        Ok(pushed.len())
     }
 
     /// Pushes one row. A row that can never be pushed (its payload does not decode as
@@ -465,7 +457,7 @@ impl OutboxRelay {
     }
 }
 
-/// The event a `notify_owner` row's notice is for.
+/// The event a notice row's notice is for.
 fn event_id(row: &outbox::Model) -> Option<Uuid> {
     row.payload
         .get("event_id")

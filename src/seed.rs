@@ -94,11 +94,6 @@ async fn republish(db: &DatabaseConnection, before: connection::Model) -> anyhow
     };
     let now = Utc::now();
     let change = crate::connections::validity::change(&before, Some(&after), now);
-    let job = workers::jobs::InvalidateCredentials {
-        event_id: Uuid::now_v7(),
-        change,
-    };
-    let (_, row) = crate::outbox::row(workers::jobs::INVALIDATE_CREDENTIALS, &job, now)?;
     let txn = db.begin().await?;
     connection::Entity::update_many()
         .col_expr(
@@ -108,9 +103,7 @@ async fn republish(db: &DatabaseConnection, before: connection::Model) -> anyhow
         .filter(connection::Column::Id.eq(after.id))
         .exec(&txn)
         .await?;
-    entity::outbox::Entity::insert(row)
-        .exec_without_returning(&txn)
-        .await?;
+    crate::connections::writes::write_change_job(&txn, Uuid::now_v7(), &change, now).await?;
     txn.commit().await?;
     Ok(())
 }

@@ -13,7 +13,7 @@ mod service;
 mod sightings;
 pub mod store;
 pub mod validity;
-mod writes;
+pub(crate) mod writes;
 
 pub use audit::Actor;
 pub use error::ConnectionError;

@@ -13,35 +13,31 @@ pub struct ConnectionRegistry {
     // CAUTION: the registry holds the only lasting strong address of each actor, so
     // dropping the entry is what lets an idle actor stop.
     actors: HashMap<Uuid, Addr<ConnectionActor>>,
-    /// The threads the per-client actors run on, one per core. Each actor runs its
-    /// rotations there (SQL building, the database protocol, TLS), so rotations of
-    /// different clients use every core instead of queueing on the one thread the
-    /// registry lives on (profiled: that thread capped refreshes far below what the
-    /// database sustains).
-    arbiters: Vec<ArbiterHandle>,
-    /// Owns the arbiters' threads; stopped with the registry.
-    owned: Vec<Arbiter>,
+    /// The threads the per-client actors run on, one per core (at least one), stopped
+    /// with the registry. Each actor runs its rotations there (SQL building, the
+    /// database protocol, TLS), so rotations of different clients use every core
+    /// instead of queueing on the one thread the registry lives on (profiled: that
+    /// thread capped refreshes far below what the database sustains).
+    arbiters: Vec<Arbiter>,
     placement: RandomState,
 }
 
 impl ConnectionRegistry {
     pub fn new(setup: ActorSetup) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let owned: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         Self {
             setup,
             actors: HashMap::new(),
-            arbiters: owned.iter().map(Arbiter::handle).collect(),
-            owned,
+            arbiters: (0..threads).map(|_| Arbiter::new()).collect(),
             placement: RandomState::new(),
         }
     }
 
     /// The arbiter of a client: fixed per client id, so one client's actor is always in
     /// one place, and spread evenly over clients.
-    fn arbiter_for(&self, client_id: Uuid) -> &ArbiterHandle {
-        let index = self.placement.hash_one(client_id) as usize % self.arbiters.len().max(1);
-        &self.arbiters[index]
+    fn arbiter_for(&self, client_id: Uuid) -> ArbiterHandle {
+        let index = self.placement.hash_one(client_id) as usize % self.arbiters.len();
+        self.arbiters[index].handle()
     }
 }
 
@@ -49,7 +45,7 @@ impl Actor for ConnectionRegistry {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        for arbiter in &self.owned {
+        for arbiter in &self.arbiters {
             arbiter.stop();
         }
     }
@@ -81,7 +77,7 @@ impl Handler<ActorFor> for ConnectionRegistry {
         let actor =
             ConnectionActor::new(msg.client_id, self.setup.clone(), ctx.address().recipient());
         let addr =
-            ConnectionActor::start_in_arbiter(self.arbiter_for(msg.client_id), move |_| actor);
+            ConnectionActor::start_in_arbiter(&self.arbiter_for(msg.client_id), move |_| actor);
         self.actors.insert(msg.client_id, addr.clone());
         MessageResult(addr)
     }

@@ -9,10 +9,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 use workers::credentials::CredentialChange;
-use workers::jobs::{self, InvalidateCredentials, NotifyOwner};
+use workers::jobs::{self, NotifyOwner};
 
 use super::audit::{self, Actor, NewEvent};
-use super::{ConnectionError, kinds, retired, store, validity};
+use super::{ConnectionError, kinds, retired, store, validity, writes};
 use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
@@ -34,7 +34,6 @@ impl Message for Rotate {
 pub struct Rotated {
     pub connection: connection::Model,
     pub secret: Plaintext,
-    pub event_id: Uuid,
     /// What every cache must learn, applied right after commit and again by the job.
     pub change: CredentialChange,
     /// The outbox rows written with the rotation, for the relay to push after commit.
@@ -141,13 +140,8 @@ pub async fn rotate(
         previous_secret_ends_at: Some(previous_until.unwrap_or(now)),
         secret_expires_at: updated.secret_expires_at,
     };
-    let invalidate = InvalidateCredentials {
-        event_id,
-        change: change.clone(),
-    };
     let (notify_id, notify) = crate::outbox::row(jobs::NOTIFY_OWNER, &notify, now)?;
-    let (invalidate_id, invalidate) =
-        crate::outbox::row(jobs::INVALIDATE_CREDENTIALS, &invalidate, now)?;
+    let (invalidate_id, invalidate) = writes::change_job(event_id, &change, now)?;
     outbox::Entity::insert_many([notify, invalidate])
         .exec_without_returning(&txn)
         .await?;
@@ -157,7 +151,6 @@ pub async fn rotate(
     Ok(Rotated {
         connection: updated,
         secret,
-        event_id,
         change,
         outbox_ids: vec![notify_id, invalidate_id],
     })

@@ -30,7 +30,6 @@ use crate::secrets::SecretDigest;
 pub struct Service {
     db: DatabaseConnection,
     registry: Addr<ConnectionRegistry>,
-    cache: Arc<CredentialsCache>,
     effects: Arc<AfterCommit>,
     gate: RotationGate,
     lifetime: SecretLifetime,
@@ -48,10 +47,7 @@ impl Service {
         lifetime: SecretLifetime,
     ) -> Self {
         let sightings = Arc::new(Sightings::new(db.clone(), relay.clone()));
-        let effects = Arc::new(AfterCommit {
-            cache: cache.clone(),
-            relay,
-        });
+        let effects = Arc::new(AfterCommit { cache, relay });
         let gate = RotationGate::default();
         let registry = ConnectionRegistry::new(ActorSetup {
             db: db.clone(),
@@ -64,7 +60,6 @@ impl Service {
         Self {
             db,
             registry,
-            cache,
             effects,
             gate,
             lifetime,
@@ -168,15 +163,18 @@ impl Service {
 
     async fn classify(&self, digest: &SecretDigest) -> Result<(Verdict, Layer), ConnectionError> {
         let db = &self.db;
-        self.cache
+        self.effects
+            .cache
             .verify(digest, || async move {
                 let now = chrono::Utc::now();
                 if let Some(row) = store::holding(db, digest).await? {
                     // Held but no longer accepted (a grace period that ended): retired,
                     // for good.
-                    let of = RetiredFrom::from(&validity::identity(&row));
-                    return Ok(Some(validity::entry_for(&row, digest, now).unwrap_or(
-                        CachedCredential::retired(row.state_version, Some(of)),
+                    return Ok(Some(validity::entry_for(&row, digest, now).unwrap_or_else(
+                        || {
+                            let of = RetiredFrom::from(&validity::identity(&row));
+                            CachedCredential::retired(row.state_version, Some(of))
+                        },
                     )));
                 }
                 // Gone from every connection: retired within the sighting window, or
@@ -228,8 +226,13 @@ impl Service {
 
     /// Forgets retired digests and sightings older than `window`.
     pub async fn forget_older_than(&self, window: Duration) -> Result<u64, ConnectionError> {
-        let before = chrono::Utc::now()
-            - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        // A window past chrono's range (hundreds of millions of years) forgets nothing.
+        let Some(before) = chrono::Duration::from_std(window)
+            .ok()
+            .and_then(|window| chrono::Utc::now().checked_sub_signed(window))
+        else {
+            return Ok(0);
+        };
         Ok(retired::prune(&self.db, before).await? + sightings::prune(&self.db, before).await?)
     }
 

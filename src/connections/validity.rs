@@ -2,9 +2,7 @@
 //! changes about that: the one place that decides, for every kind of change.
 use chrono::{DateTime, Utc};
 use entity::connection;
-use workers::credentials::{
-    CachedCredential, ConnectionIdentity, CredentialChange, CredentialState, StillValid,
-};
+use workers::credentials::{CachedCredential, ConnectionIdentity, CredentialChange, StillValid};
 
 use crate::secrets::SecretDigest;
 
@@ -101,14 +99,7 @@ pub fn entry_for(
     valid_digests(row, now)
         .into_iter()
         .find(|valid| digest.matches(&valid.digest))
-        .map(|valid| CachedCredential {
-            version: row.state_version,
-            state: CredentialState::Valid {
-                connection: identity(row),
-                valid_until: valid.valid_until,
-                expires_at: valid.expires_at,
-            },
-        })
+        .map(|valid| valid.entry(row.state_version, identity(row)))
 }
 
 #[cfg(test)]

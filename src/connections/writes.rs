@@ -247,17 +247,27 @@ async fn repoint_locked(
     })
 }
 
-async fn write_change_job(
+/// The `invalidate_credentials` outbox row that carries `change` to every cache.
+pub(crate) fn change_job(
+    event_id: Uuid,
+    change: &CredentialChange,
+    now: DateTime<Utc>,
+) -> Result<(Uuid, outbox::ActiveModel), ConnectionError> {
+    let job = InvalidateCredentials {
+        event_id,
+        change: change.clone(),
+    };
+    Ok(crate::outbox::row(jobs::INVALIDATE_CREDENTIALS, &job, now)?)
+}
+
+/// Writes `change_job` in `txn`; returns its row id.
+pub(crate) async fn write_change_job(
     txn: &DatabaseTransaction,
     event_id: Uuid,
     change: &CredentialChange,
     now: DateTime<Utc>,
 ) -> Result<Uuid, ConnectionError> {
-    let job = InvalidateCredentials {
-        event_id,
-        change: change.clone(),
-    };
-    let (id, row) = crate::outbox::row(jobs::INVALIDATE_CREDENTIALS, &job, now)?;
+    let (id, row) = change_job(event_id, change, now)?;
     outbox::Entity::insert(row)
         .exec_without_returning(txn)
         .await?;

@@ -176,6 +176,20 @@ pub struct StillValid {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+impl StillValid {
+    /// This digest's cache entry at state `version`, authenticating `connection`.
+    pub fn entry(&self, version: i64, connection: ConnectionIdentity) -> CachedCredential {
+        CachedCredential {
+            version,
+            state: CredentialState::Valid {
+                connection,
+                valid_until: self.valid_until,
+                expires_at: self.expires_at,
+            },
+        }
+    }
+}
+
 /// What one committed write (rotation, re-point, delete) makes of every digest of one
 /// connection, at the connection's new state version. Digests only, never secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,17 +214,8 @@ impl CredentialChange {
             .iter()
             .map(move |digest| (digest.as_str(), CachedCredential::retired(self.version, of)));
         let valid = self.still_valid.iter().map(|still| {
-            (
-                still.digest.as_str(),
-                CachedCredential {
-                    version: self.version,
-                    state: CredentialState::Valid {
-                        connection: self.connection.clone(),
-                        valid_until: still.valid_until,
-                        expires_at: still.expires_at,
-                    },
-                },
-            )
+            let entry = still.entry(self.version, self.connection.clone());
+            (still.digest.as_str(), entry)
         });
         retired.chain(valid)
     }
@@ -373,7 +378,7 @@ impl RedisCredentials {
 
 /// A retirement outlives a valid entry tenfold (ten minutes by default): a write of an
 /// older state that arrives late meets it and is refused.
-pub fn retired_ttl(ttl: Duration) -> Duration {
+fn retired_ttl(ttl: Duration) -> Duration {
     ttl.saturating_mul(10)
 }
 
