@@ -12,7 +12,7 @@ pub struct Model {
     pub consumer_id: Uuid,
     /// The UTC day of the presentations.
     pub day: Date,
-    /// `retired` or `expired`.
+    /// One of `reason`.
     pub reason: String,
     pub count: i64,
     pub first_seen_at: DateTimeUtc,
@@ -25,3 +25,11 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// Why the presented secret was refused.
+pub mod reason {
+    /// Replaced, its grace period over, or its connection deleted.
+    pub const RETIRED: &str = "retired";
+    /// Past its expiry under the lifetime policy.
+    pub const EXPIRED: &str = "expired";
+}

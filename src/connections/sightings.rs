@@ -31,8 +31,8 @@ pub enum Reason {
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Retired => "retired",
-            Self::Expired => "expired",
+            Self::Retired => secret_sighting::reason::RETIRED,
+            Self::Expired => secret_sighting::reason::EXPIRED,
         }
     }
 }

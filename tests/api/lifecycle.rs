@@ -335,6 +335,61 @@ async fn two_workers_handed_the_same_notice_send_one_e_mail() {
     smtp.stop().await;
 }
 
+/// A worker whose retries ran out marks the notice dead, but not while another worker
+/// holds a live claim on it (a duplicate job that may yet send it): that worker's `sent`
+/// must not land on a dead row.
+#[actix_web::test]
+async fn giving_up_a_notice_spares_another_workers_live_claim() {
+    use entity::sent_notification::{self, state};
+    use sea_orm::{ActiveModelTrait as _, Set};
+
+    let app = TestApp::spawn_with(|c| c.run_workers = false).await;
+    let notifier = workers::notify::Notifier {
+        db: app.db.clone(),
+        mailer: workers::mail::Mailer::new(None, &app.state.config.workers.mail_dir).unwrap(),
+        templates: workers::mail::Templates::load().unwrap(),
+        mail_from: "Mithril <m@example.org>".to_owned(),
+        lease: workers::notify::DEFAULT_LEASE,
+    };
+    let state_of = |event_id| {
+        let db = app.db.clone();
+        async move {
+            sent_notification::Entity::find_by_id(event_id)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+                .state
+        }
+    };
+    let claimed = |event_id, lease_until| sent_notification::ActiveModel {
+        event_id: Set(event_id),
+        sent_at: Set(chrono::Utc::now()),
+        state: Set(state::SENDING.to_owned()),
+        lease_until: Set(Some(lease_until)),
+    };
+
+    let held = Uuid::now_v7();
+    let live = chrono::Utc::now() + chrono::Duration::minutes(2);
+    claimed(held, live).insert(&app.db).await.unwrap();
+    notifier.give_up(held).await.unwrap();
+    assert_eq!(
+        state_of(held).await,
+        state::SENDING,
+        "a live claim is spared"
+    );
+
+    let lapsed = Uuid::now_v7();
+    let gone = chrono::Utc::now() - chrono::Duration::seconds(1);
+    claimed(lapsed, gone).insert(&app.db).await.unwrap();
+    notifier.give_up(lapsed).await.unwrap();
+    assert_eq!(
+        state_of(lapsed).await,
+        state::DEAD,
+        "a lapsed claim is given up"
+    );
+}
+
 #[actix_web::test]
 #[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
 async fn a_queue_that_forgot_its_jobs_still_delivers_within_the_reconcile_window() {

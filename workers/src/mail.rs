@@ -23,7 +23,6 @@ pub struct NoticeFields {
     pub actor: String,
     pub request_id: String,
     pub secret_version: i64,
-    pub grace_period: i64,
     /// Until when the previous secret keeps working; `None`: it stopped at once.
     pub previous_ends_at: Option<ShownTime>,
     /// When the new secret expires under the lifetime policy; `None`: never.
@@ -343,7 +342,6 @@ mod tests {
             actor: "doctor@example.org".into(),
             request_id: "req-1".into(),
             secret_version: 3,
-            grace_period: 0,
             previous_ends_at: None,
             secret_expires_at: None,
         }
@@ -388,7 +386,6 @@ mod tests {
             utc: utc.into(),
         };
         let fields = NoticeFields {
-            grace_period: 3600,
             previous_ends_at: Some(shown("2026-11-28 13:00 EET", "2026-11-28 11:00 UTC")),
             secret_expires_at: Some(shown("2027-05-27 13:00 EEST", "2027-05-27 10:00 UTC")),
             ..fields()

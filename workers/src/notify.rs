@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use crate::jobs::{NotifyOwner, NotifyStaleSecret};
 use crate::local_time::ShownTime;
-use crate::mail::{DeliveryError, Locale, Mailer, NoticeFields, StaleFields, Templates, compose};
+use crate::mail::{
+    DeliveryError, Locale, Mailer, NoticeFields, RenderedNotice, StaleFields, Templates, compose,
+};
 
 /// How long a worker's claim on a notice lasts by default: longer than any SMTP exchange
 /// (the transport gives up after 10 s), short enough that a notice whose worker died
@@ -55,10 +57,10 @@ impl From<sea_orm::DbErr> for NotifyError {
     }
 }
 
-/// What a claim attempt found.
-enum Claim {
-    /// This worker holds the notice until this lease ends (which also tells its claim
-    /// from a later one by another worker).
+/// What a claim attempt (on a notice or a reminder) found.
+pub(crate) enum Claim {
+    /// This worker holds it until this lease ends (which also tells its claim from a
+    /// later one by another worker).
     Ours(DateTime<Utc>),
     /// Sent or dead-lettered already.
     Done,
@@ -66,9 +68,45 @@ enum Claim {
     Held,
 }
 
+/// `length` after `from`, to the microsecond, as PostgreSQL keeps it: a claim's lease is
+/// compared for equality later, to tell that claim from another worker's.
+pub(crate) fn lease_until(from: DateTime<Utc>, length: Duration) -> DateTime<Utc> {
+    (from + chrono::Duration::from_std(length).unwrap_or_default()).trunc_subsecs(6)
+}
+
+impl From<DeliveryError> for NotifyError {
+    fn from(e: DeliveryError) -> Self {
+        match e {
+            DeliveryError::Permanent(m) => Self::Permanent(m),
+            DeliveryError::Transient(m) => Self::Transient(m),
+        }
+    }
+}
+
 impl Notifier {
-    pub fn message_id(job: &NotifyOwner) -> String {
-        format!("<{}@mithril>", job.event_id)
+    /// A notice's `Message-ID`: its event's, so a notice sent again carries the same.
+    pub fn message_id(event_id: Uuid) -> String {
+        format!("<{event_id}@mithril>")
+    }
+
+    /// A message to `owner`: what `render` makes of the templates in the owner's
+    /// language (`what` names it in errors), under `message_id`. A message that cannot
+    /// be rendered or addressed never will be: permanent.
+    pub(crate) fn message(
+        &self,
+        owner: &user::Model,
+        message_id: &str,
+        what: &str,
+        render: impl FnOnce(&Templates, Locale) -> Result<RenderedNotice, minijinja::Error>,
+    ) -> Result<Message, NotifyError> {
+        let rendered = render(&self.templates, Locale::parse(&owner.locale))
+            .map_err(|e| NotifyError::Permanent(format!("rendering the {what}: {e}")))?;
+        Ok(compose(
+            &self.mail_from,
+            &owner.email,
+            message_id,
+            rendered,
+        )?)
     }
 
     /// Sends the notice of `job` unless it is sent, dead, or being sent by another worker.
@@ -108,7 +146,7 @@ impl Notifier {
             }
         };
         let sent = match message.await {
-            Ok(message) => self.mailer.send(message).await.map_err(permanence),
+            Ok(message) => self.mailer.send(message).await.map_err(NotifyError::from),
             Err(e) => Err(e),
         };
         match sent {
@@ -146,10 +184,15 @@ impl Notifier {
                     sent_notification::Column::SentAt,
                     sent_notification::Column::LeaseUntil,
                 ])
-                .action_and_where(
-                    Expr::col((sent_notification::Entity, sent_notification::Column::State))
-                        .ne(state::SENT),
-                )
+                .action_and_where({
+                    let existing = |c| Expr::col((sent_notification::Entity, c));
+                    let live_claim = existing(sent_notification::Column::State)
+                        .eq(state::SENDING)
+                        .and(existing(sent_notification::Column::LeaseUntil).gt(now));
+                    existing(sent_notification::Column::State)
+                        .ne(state::SENT)
+                        .and(live_claim.not())
+                })
                 .to_owned(),
         )
         .exec_without_returning(&self.db)
@@ -161,10 +204,7 @@ impl Notifier {
     /// so two workers cannot both win.
     async fn claim(&self, event_id: Uuid) -> Result<Claim, NotifyError> {
         let now = Utc::now();
-        // To the microsecond, as PostgreSQL keeps it: the lease is compared for equality
-        // later, to tell this claim from another worker's.
-        let lease_until =
-            (now + chrono::Duration::from_std(self.lease).unwrap_or_default()).trunc_subsecs(6);
+        let lease_until = lease_until(now, self.lease);
         let claimed = sent_notification::Entity::insert(sent_notification::ActiveModel {
             event_id: Set(event_id),
             sent_at: Set(now),
@@ -295,22 +335,14 @@ impl Notifier {
             actor,
             request_id: job.request_id.clone(),
             secret_version: job.secret_version,
-            grace_period: job.grace_period,
             previous_ends_at: (previous_ends_at > job.occurred_at)
                 .then(|| ShownTime::of(previous_ends_at)),
             secret_expires_at: job.secret_expires_at.map(ShownTime::of),
         };
-        let rendered = self
-            .templates
-            .render(Locale::parse(&owner.locale), &fields)
-            .map_err(|e| NotifyError::Permanent(format!("rendering the notice: {e}")))?;
-        compose(
-            &self.mail_from,
-            &owner.email,
-            &Self::message_id(job),
-            rendered,
-        )
-        .map_err(permanence)
+        let message_id = Self::message_id(job.event_id);
+        self.message(&owner, &message_id, "notice", |templates, locale| {
+            templates.render(locale, &fields)
+        })
     }
 
     /// The stale-secret notice, with the day's sightings as they stand when it goes.
@@ -318,7 +350,7 @@ impl Notifier {
         let sighting = secret_sighting::Entity::find()
             .filter(secret_sighting::Column::ConnectionId.eq(job.connection_id))
             .filter(secret_sighting::Column::Day.eq(job.day))
-            .filter(secret_sighting::Column::Reason.eq("retired"))
+            .filter(secret_sighting::Column::Reason.eq(secret_sighting::reason::RETIRED))
             .one(&self.db)
             .await?
             .ok_or_else(|| {
@@ -338,23 +370,9 @@ impl Notifier {
             last_seen_at: ShownTime::of(sighting.last_seen_at),
             last_address: sighting.last_address,
         };
-        let rendered = self
-            .templates
-            .render_stale(Locale::parse(&owner.locale), &fields)
-            .map_err(|e| NotifyError::Permanent(format!("rendering the notice: {e}")))?;
-        compose(
-            &self.mail_from,
-            &owner.email,
-            &format!("<{}@mithril>", job.event_id),
-            rendered,
-        )
-        .map_err(permanence)
-    }
-}
-
-fn permanence(e: DeliveryError) -> NotifyError {
-    match e {
-        DeliveryError::Permanent(m) => NotifyError::Permanent(m),
-        DeliveryError::Transient(m) => NotifyError::Transient(m),
+        let message_id = Self::message_id(job.event_id);
+        self.message(&owner, &message_id, "notice", |templates, locale| {
+            templates.render_stale(locale, &fields)
+        })
     }
 }

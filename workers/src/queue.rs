@@ -27,8 +27,6 @@ pub struct RedisQueue {
         RedisStorage<RemindOwner>,
         RedisStorage<NotifyStaleSecret>,
     >,
-    conn: ConnectionManager,
-    configs: Storages<RedisConfig, RedisConfig, RedisConfig, RedisConfig>,
 }
 
 #[derive(Clone)]
@@ -81,23 +79,14 @@ impl Queue {
         let remind_queue = format!("{namespace}:{}", jobs::REMIND_OWNER);
         let stale_queue = format!("{namespace}:{}", jobs::NOTIFY_STALE_SECRET);
         if let Some(conn) = redis {
-            let configs = Storages {
-                notify: RedisConfig::default().queue(&notify_queue),
-                invalidate: RedisConfig::default().queue(&invalidate_queue),
-                remind: RedisConfig::default().queue(&remind_queue),
-                stale: RedisConfig::default().queue(&stale_queue),
-            };
+            let config = |queue: &str| RedisConfig::default().queue(queue);
             let storages = Storages {
-                notify: RedisStorage::new(conn.clone()).with_config(configs.notify.clone()),
-                invalidate: RedisStorage::new(conn.clone()).with_config(configs.invalidate.clone()),
-                remind: RedisStorage::new(conn.clone()).with_config(configs.remind.clone()),
-                stale: RedisStorage::new(conn.clone()).with_config(configs.stale.clone()),
+                notify: RedisStorage::new(conn.clone()).with_config(config(&notify_queue)),
+                invalidate: RedisStorage::new(conn.clone()).with_config(config(&invalidate_queue)),
+                remind: RedisStorage::new(conn.clone()).with_config(config(&remind_queue)),
+                stale: RedisStorage::new(conn).with_config(config(&stale_queue)),
             };
-            return Ok(Self::Redis(Box::new(RedisQueue {
-                storages,
-                conn,
-                configs,
-            })));
+            return Ok(Self::Redis(Box::new(RedisQueue { storages })));
         }
         match db.get_database_backend() {
             DatabaseBackend::Postgres => {
@@ -165,7 +154,6 @@ impl Queue {
                     Self::Postgres(s) => s.invalidate.clone().push(job).await.map_err(refused),
                 }
             }
-            jobs::REMIND_OWNER => self.push_reminder(decode(payload)?).await,
             jobs::NOTIFY_STALE_SECRET => {
                 let job: NotifyStaleSecret = decode(payload)?;
                 match self {
@@ -185,31 +173,6 @@ impl Queue {
             Self::Sqlite(s) => s.remind.clone().push(job).await.map_err(refused),
             Self::Postgres(s) => s.remind.clone().push(job).await.map_err(refused),
         }
-    }
-}
-
-impl RedisQueue {
-    /// Jobs waiting in Redis, every kind (apalis 1.0's own statistics call fails on
-    /// Redis, so the keys are counted directly).
-    pub async fn depth(&self) -> redis::RedisResult<u64> {
-        let mut conn = self.conn.clone();
-        let mut total = 0;
-        for config in [
-            &self.configs.notify,
-            &self.configs.invalidate,
-            &self.configs.remind,
-            &self.configs.stale,
-        ] {
-            let (active, scheduled): (u64, u64) = redis::pipe()
-                .cmd("LLEN")
-                .arg(config.active_jobs_list())
-                .cmd("ZCARD")
-                .arg(config.scheduled_jobs_set())
-                .query_async(&mut conn)
-                .await?;
-            total += active + scheduled;
-        }
-        Ok(total)
     }
 }
 

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::jobs::RemindOwner;
 use crate::local_time::ShownTime;
-use crate::mail::{DeliveryError, Locale, ReminderFields, compose};
-use crate::notify::{Notifier, NotifyError};
+use crate::mail::ReminderFields;
+use crate::notify::{Claim, Notifier, NotifyError, lease_until};
 use crate::queue::Queue;
 
 /// A queued reminder whose job has not started this long after it was pushed is pushed
@@ -214,13 +214,6 @@ pub struct Reminders {
     pub metrics: Arc<dyn ReminderMetrics>,
 }
 
-/// What a claim attempt found.
-enum Claim {
-    Ours,
-    Done,
-    Held,
-}
-
 /// The primary key of one reminder.
 #[derive(Clone, Copy)]
 struct Key<'a> {
@@ -310,10 +303,6 @@ fn open(now: DateTime<Utc>) -> Expr {
         .or(lapsed(now))
 }
 
-fn lease(from: DateTime<Utc>, length: Duration) -> DateTime<Utc> {
-    from + chrono::Duration::from_std(length).unwrap_or_default()
-}
-
 impl Reminders {
     /// Derived from the reminder's key, so a redelivered job that does send again (its
     /// worker died after the server accepted) carries the same id.
@@ -333,7 +322,7 @@ impl Reminders {
     ///
     /// CAUTION: as for notices, the claim comes before the mail and `sent` after the
     /// server accepted it, so two workers handed the same job never both send.
-    #[tracing::instrument(skip_all, fields(connection_id = %job.connection_id, secret_version = job.secret_version, threshold = %job.threshold))]
+    #[tracing::instrument(skip_all, fields(connection_id = %job.connection_id, secret_version = job.secret_version, threshold = %job.threshold, expires_at = %job.expires_at))]
     pub async fn remind(&self, job: &RemindOwner) -> Result<Reminded, NotifyError> {
         let db = &self.notifier.db;
         let key = Key::of(job);
@@ -354,38 +343,45 @@ impl Reminders {
             self.skip(key, now).await?;
             return Ok(Reminded::Moot);
         }
-        match self.claim(key, now).await? {
-            Claim::Ours => {}
+        let lease = match self.claim(key, now).await? {
+            Claim::Ours(lease) => lease,
             Claim::Done => return Ok(Reminded::AlreadyDone),
             Claim::Held => {
                 return Err(NotifyError::Transient(
                     "another worker is sending this reminder".to_owned(),
                 ));
             }
-        }
+        };
         // Only the nearest reminder goes: the wider ones not yet sent never will be.
         self.skip_wider(&row, &job.threshold).await?;
         match self.compose_and_send(&row, expires_at, job).await {
             Ok(()) => {
-                self.settle(key, state::SENT).await?;
+                self.settle(key, lease, state::SENT).await?;
                 self.metrics.reminder_sent(&job.threshold);
                 Ok(Reminded::Sent)
             }
             Err(NotifyError::Permanent(reason)) => {
-                self.settle(key, state::DEAD).await?;
+                self.settle(key, lease, state::DEAD).await?;
                 Err(NotifyError::Permanent(reason))
             }
             Err(NotifyError::Transient(reason)) => {
-                self.release(key).await?;
+                self.release(key, lease).await?;
                 Err(NotifyError::Transient(reason))
             }
         }
     }
 
-    /// The reminder will not be sent: its retries ran out.
+    /// The reminder will not be sent: its retries ran out. Marked dead unless it was
+    /// sent, or another worker holds a live claim on it (a duplicate job that may yet
+    /// succeed).
     pub async fn give_up(&self, job: &RemindOwner) -> Result<(), NotifyError> {
-        let not_sent = existing(secret_reminder::Column::State).ne(state::SENT);
-        take(&self.notifier.db, Key::of(job), state::DEAD, None, not_sent).await?;
+        let live_claim = existing(secret_reminder::Column::State)
+            .eq(state::SENDING)
+            .and(existing(secret_reminder::Column::LeaseUntil).gt(Utc::now()));
+        let givable = existing(secret_reminder::Column::State)
+            .ne(state::SENT)
+            .and(live_claim.not());
+        take(&self.notifier.db, Key::of(job), state::DEAD, None, givable).await?;
         Ok(())
     }
 
@@ -393,9 +389,9 @@ impl Reminders {
     /// ticker's) or a lapsed claim.
     async fn claim(&self, key: Key<'_>, now: DateTime<Utc>) -> Result<Claim, NotifyError> {
         let db = &self.notifier.db;
-        let until = Some(lease(now, self.notifier.lease));
-        if take(db, key, state::SENDING, until, open(now)).await? {
-            return Ok(Claim::Ours);
+        let until = lease_until(now, self.notifier.lease);
+        if take(db, key, state::SENDING, Some(until), open(now)).await? {
+            return Ok(Claim::Ours(until));
         }
         let current = key.filter(secret_reminder::Entity::find()).one(db).await?;
         Ok(match current.map(|row| row.state) {
@@ -425,8 +421,16 @@ impl Reminders {
         Ok(())
     }
 
-    async fn settle(&self, key: Key<'_>, outcome: &str) -> Result<(), NotifyError> {
+    /// Ends this worker's claim with `sent` or `dead`. Only its own claim: the lease it
+    /// wrote tells it from another worker's after a takeover.
+    async fn settle(
+        &self,
+        key: Key<'_>,
+        lease: DateTime<Utc>,
+        outcome: &str,
+    ) -> Result<(), NotifyError> {
         key.filter(secret_reminder::Entity::update_many())
+            .filter(secret_reminder::Column::LeaseUntil.eq(lease))
             .col_expr(secret_reminder::Column::State, Expr::value(outcome))
             .col_expr(secret_reminder::Column::SentAt, Expr::value(Utc::now()))
             .col_expr(
@@ -439,8 +443,9 @@ impl Reminders {
     }
 
     /// Lets this worker's claim lapse now, after a failure worth retrying.
-    async fn release(&self, key: Key<'_>) -> Result<(), NotifyError> {
+    async fn release(&self, key: Key<'_>, lease: DateTime<Utc>) -> Result<(), NotifyError> {
         key.filter(secret_reminder::Entity::update_many())
+            .filter(secret_reminder::Column::LeaseUntil.eq(lease))
             .col_expr(secret_reminder::Column::LeaseUntil, Expr::value(Utc::now()))
             .filter(secret_reminder::Column::State.eq(state::SENDING))
             .exec(&self.notifier.db)
@@ -472,26 +477,13 @@ impl Reminders {
                 row.client_id, row.id
             ),
         };
-        let rendered = self
-            .notifier
-            .templates
-            .render_reminder(Locale::parse(&owner.locale), &fields)
-            .map_err(|e| NotifyError::Permanent(format!("rendering the reminder: {e}")))?;
-        let message = compose(
-            &self.notifier.mail_from,
-            &owner.email,
-            &Self::message_id(job),
-            rendered,
-        )
-        .map_err(permanence)?;
-        self.notifier.mailer.send(message).await.map_err(permanence)
-    }
-}
-
-fn permanence(e: DeliveryError) -> NotifyError {
-    match e {
-        DeliveryError::Permanent(m) => NotifyError::Permanent(m),
-        DeliveryError::Transient(m) => NotifyError::Transient(m),
+        let message_id = Self::message_id(job);
+        let message =
+            self.notifier
+                .message(&owner, &message_id, "reminder", |templates, locale| {
+                    templates.render_reminder(locale, &fields)
+                })?;
+        Ok(self.notifier.mailer.send(message).await?)
     }
 }
 
@@ -557,7 +549,7 @@ impl Ticker {
         for threshold in self.thresholds.iter() {
             let expiring = connection::Entity::find()
                 .filter(connection::Column::SecretExpiresAt.gt(now))
-                .filter(connection::Column::SecretExpiresAt.lte(lease(now, threshold.within)))
+                .filter(connection::Column::SecretExpiresAt.lte(lease_until(now, threshold.within)))
                 .count(&self.db)
                 .await?;
             self.metrics.secrets_expiring(&threshold.label, expiring);
@@ -598,7 +590,9 @@ impl Ticker {
             )
             .to_owned();
         let candidates = connection::Entity::find()
-            .filter(connection::Column::SecretExpiresAt.lte(lease(now, self.thresholds.widest())))
+            .filter(
+                connection::Column::SecretExpiresAt.lte(lease_until(now, self.thresholds.widest())),
+            )
             .filter(Expr::exists(finished).not())
             .all(&self.db)
             .await?;
@@ -646,7 +640,7 @@ impl Ticker {
     /// Marks the reminder queued, unless another ticker did first (or it is settled or
     /// being sent); true when this ticker is to push its job.
     async fn take_for_queue(&self, key: Key<'_>, now: DateTime<Utc>) -> Result<bool, DbErr> {
-        let until = Some(lease(now, REQUEUE_AFTER));
+        let until = Some(lease_until(now, REQUEUE_AFTER));
         take(&self.db, key, state::QUEUED, until, lapsed(now)).await
     }
 }

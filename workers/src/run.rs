@@ -144,17 +144,16 @@ async fn notify_owner(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     let event_id = job.event_id;
-    let sent = unbroken(notifier.clone(), move |notifier| async move {
-        notifier.notify(&job).await
-    })
-    .await;
-    notice_outcome(
+    let sending = Arc::clone(&notifier);
+    let sent = unbroken(async move { sending.notify(&job).await }).await;
+    let give_up = || notifier.give_up(event_id);
+    conclude(
         jobs::NOTIFY_OWNER,
-        event_id,
-        sent,
-        &notifier,
+        &event_id,
+        sent.map(notified),
         &attempt,
         &retry,
+        give_up,
     )
     .await
 }
@@ -166,62 +165,19 @@ async fn notify_stale_secret(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     let event_id = job.event_id;
-    let sent = unbroken(notifier.clone(), move |notifier| async move {
-        notifier.notify_stale(&job).await
-    })
-    .await;
+    let sending = Arc::clone(&notifier);
+    let sent = unbroken(async move { sending.notify_stale(&job).await }).await;
+    let give_up = || notifier.give_up(event_id);
     let kind = jobs::NOTIFY_STALE_SECRET;
-    notice_outcome(kind, event_id, sent, &notifier, &attempt, &retry).await
-}
-
-/// Runs a notice's claim, send and settle on a task of its own and waits for it.
-///
-/// CAUTION: apalis drops a job's future when its worker stops mid-job (its queue went
-/// away: Redis restarting). A notice dropped between the mail server's acceptance and
-/// `sent` would keep its claim until the lease ends and then go out twice (seen in the
-/// redis-restart drill). On a task of its own it finishes whatever the worker does.
-async fn unbroken<S, F, Fut, T>(means: S, send: F) -> Result<T, NotifyError>
-where
-    S: Send + 'static,
-    F: FnOnce(S) -> Fut,
-    Fut: Future<Output = Result<T, NotifyError>> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::spawn(send(means))
-        .await
-        .map_err(|e| NotifyError::Transient(format!("the notice's task failed: {e}")))?
-}
-
-/// What a notice job's attempt comes to: done, retried, or dead-lettered (and then the
-/// notice marked dead, so the reconciler leaves it alone).
-async fn notice_outcome(
-    job: &'static str,
-    event_id: uuid::Uuid,
-    sent: Result<Notified, NotifyError>,
-    notifier: &Notifier,
-    attempt: &Attempt,
-    retry: &RetrySettings,
-) -> Result<(), BoxDynError> {
-    match sent {
-        Ok(Notified::Sent) => {
-            outcome(job, "ok");
-            Ok(())
-        }
-        Ok(Notified::AlreadyDone) => {
-            outcome(job, "duplicate");
-            Ok(())
-        }
-        Err(NotifyError::Permanent(reason)) => Err(dead_letter(job, &event_id, &reason)),
-        Err(NotifyError::Transient(reason)) => {
-            let result = retry_or_dead_letter(job, &event_id, reason, attempt, retry);
-            if is_final(&result)
-                && let Err(e) = notifier.give_up(event_id).await
-            {
-                tracing::warn!(%event_id, error = %e, "marking the notice dead failed");
-            }
-            result
-        }
-    }
+    conclude(
+        kind,
+        &event_id,
+        sent.map(notified),
+        &attempt,
+        &retry,
+        give_up,
+    )
+    .await
 }
 
 async fn remind_owner(
@@ -230,39 +186,75 @@ async fn remind_owner(
     retry: Data<RetrySettings>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    let reminded = unbroken(reminders.clone(), {
-        let job = job.clone();
-        move |reminders| async move { reminders.remind(&job).await }
-    })
-    .await;
-    match reminded {
-        Ok(Reminded::Sent) => {
-            outcome(jobs::REMIND_OWNER, "ok");
+    let (sending, sent_job) = (Arc::clone(&reminders), job.clone());
+    let reminded = unbroken(async move { sending.remind(&sent_job).await }).await;
+    let reminded = reminded.map(|r| match r {
+        Reminded::Sent => "ok",
+        Reminded::AlreadyDone => "duplicate",
+        Reminded::Moot => "moot",
+    });
+    let give_up = || reminders.give_up(&job);
+    let kind = jobs::REMIND_OWNER;
+    conclude(
+        kind,
+        &job.connection_id,
+        reminded,
+        &attempt,
+        &retry,
+        give_up,
+    )
+    .await
+}
+
+/// A notice's outcome, as `mithril_jobs_total` counts it.
+fn notified(sent: Notified) -> &'static str {
+    match sent {
+        Notified::Sent => "ok",
+        Notified::AlreadyDone => "duplicate",
+    }
+}
+
+/// Runs a notice's or reminder's claim, send and settle on a task of its own and waits
+/// for it.
+///
+/// CAUTION: apalis drops a job's future when its worker stops mid-job (its queue went
+/// away: Redis restarting). A notice dropped between the mail server's acceptance and
+/// `sent` would keep its claim until the lease ends and then go out twice (seen in the
+/// redis-restart drill). On a task of its own it finishes whatever the worker does.
+async fn unbroken<T: Send + 'static>(
+    send: impl Future<Output = Result<T, NotifyError>> + Send + 'static,
+) -> Result<T, NotifyError> {
+    tokio::spawn(send)
+        .await
+        .map_err(|e| NotifyError::Transient(format!("the notice's task failed: {e}")))?
+}
+
+/// What a notice or reminder job's attempt comes to: done (counted as `done`'s
+/// outcome), retried, or dead-lettered, and then marked dead by `give_up` so that
+/// neither the reconciler nor the ticker sends it again.
+async fn conclude<Fut>(
+    job: &'static str,
+    id: &uuid::Uuid,
+    done: Result<&'static str, NotifyError>,
+    attempt: &Attempt,
+    retry: &RetrySettings,
+    give_up: impl FnOnce() -> Fut,
+) -> Result<(), BoxDynError>
+where
+    Fut: Future<Output = Result<(), NotifyError>>,
+{
+    match done {
+        Ok(label) => {
+            outcome(job, label);
             Ok(())
         }
-        Ok(Reminded::AlreadyDone) => {
-            outcome(jobs::REMIND_OWNER, "duplicate");
-            Ok(())
-        }
-        Ok(Reminded::Moot) => {
-            outcome(jobs::REMIND_OWNER, "moot");
-            Ok(())
-        }
-        Err(NotifyError::Permanent(reason)) => {
-            Err(dead_letter(jobs::REMIND_OWNER, &job.connection_id, &reason))
-        }
+        Err(NotifyError::Permanent(reason)) => Err(dead_letter(job, id, &reason)),
         Err(NotifyError::Transient(reason)) => {
-            let result = retry_or_dead_letter(
-                jobs::REMIND_OWNER,
-                &job.connection_id,
-                reason,
-                &attempt,
-                &retry,
-            );
+            let result = retry_or_dead_letter(job, id, reason, attempt, retry);
             if is_final(&result)
-                && let Err(e) = reminders.give_up(&job).await
+                && let Err(e) = give_up().await
             {
-                tracing::warn!(connection_id = %job.connection_id, error = %e, "marking the reminder dead failed");
+                tracing::warn!(job, %id, error = %e, "marking it dead failed");
             }
             result
         }
