@@ -22,6 +22,10 @@ def read(name):
         return f.read()
 
 
+def have(name):
+    return os.path.exists(os.path.join(work, name))
+
+
 def wrk(name):
     return json.loads(read(name + ".json"))
 
@@ -60,104 +64,143 @@ rows = []  # id, scenario, p50 ms, p99 ms, throughput, baseline, ratio, target, 
 series = []  # label, p50 ms, p99 ms
 
 # P1 ---------------------------------------------------------------------------------
-pgb_text = read("p1_pgbench.txt")
-m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", pgb_text)
-pgb_tps = float(m.group(1)) if m else float("nan")
-lat = []
-for path in glob.glob(os.path.join(work, "p1_pgbench.*")):
-    if path.endswith(".txt"):
-        continue
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3:
-                lat.append(int(parts[2]))
-lat.sort()
-pgb_p50, pgb_p99 = ms(pct(lat, 50)), ms(pct(lat, 99))
-p1 = wrk("p1")
-p1_rps = rps(p1)
-b, a = map(int, read("p1_cpu").split())
-p1_cpu = cpu_per_1000(b, a, p1["ok"])
-p1_ratio = p1_rps / pgb_tps
-rows.append(dict(
-    id="P1", scenario="refresh, 10 000 connections, 32 callers",
-    p50=ms(p1["p50_us"]), p99=ms(p1["p99_us"]), tput=f"{p1_rps:.0f} refreshes/s",
-    base=f"pgbench same SQL: {pgb_tps:.0f} tps, p50 {pgb_p50:.1f} / p99 {pgb_p99:.1f} ms",
-    ratio=f"{p1_ratio:.2f} × tps", target="≥ 0.8 ×", ok=p1_ratio >= 0.8 and p1["status5xx"] == 0,
-    note=f"{p1['status5xx']} 5xx, {p1['status4xx']} 4xx; {p1_cpu:.2f} CPU s / 1 000 refreshes"))
-series += [("P1 refresh", ms(p1["p50_us"]), ms(p1["p99_us"])),
-           ("P1 pgbench", pgb_p50, pgb_p99)]
+if have("p1.json"):
+    pgb_text = read("p1_pgbench.txt")
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", pgb_text)
+    pgb_tps = float(m.group(1)) if m else float("nan")
+    lat = []
+    for path in glob.glob(os.path.join(work, "p1_pgbench.*")):
+        if path.endswith(".txt"):
+            continue
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]))
+    lat.sort()
+    pgb_p50, pgb_p99 = ms(pct(lat, 50)), ms(pct(lat, 99))
+    p1 = wrk("p1")
+    p1_rps = rps(p1)
+    b, a = map(int, read("p1_cpu").split())
+    p1_cpu = cpu_per_1000(b, a, p1["ok"])
+    p1_ratio = p1_rps / pgb_tps
+    rows.append(dict(
+        id="P1", scenario="refresh, 10 000 connections, 32 callers",
+        p50=ms(p1["p50_us"]), p99=ms(p1["p99_us"]), tput=f"{p1_rps:.0f} refreshes/s",
+        base=f"pgbench same SQL: {pgb_tps:.0f} tps, p50 {pgb_p50:.1f} / p99 {pgb_p99:.1f} ms",
+        ratio=f"{p1_ratio:.2f} × tps", target="≥ 0.8 ×", ok=p1_ratio >= 0.8 and p1["status5xx"] == 0,
+        note=f"{p1['status5xx']} 5xx, {p1['status4xx']} 4xx; {p1_cpu:.2f} CPU s / 1 000 refreshes"))
+    series += [("P1 refresh", ms(p1["p50_us"]), ms(p1["p99_us"])),
+               ("P1 pgbench", pgb_p50, pgb_p99)]
 
-# P2 ---------------------------------------------------------------------------------
-p2b, p2m, p2h = wrk("p2_base"), wrk("p2_mixed"), wrk("p2_hot")
-gaps, refreshed, hot_versions = map(int, read("p2_versions").split("|"))
-p2_ratio = p2m["p99_us"] / p2b["p99_us"]
-fivexx = p2b["status5xx"] + p2m["status5xx"] + p2h["status5xx"]
-rows.append(dict(
-    id="P2", scenario="8 callers beside 64 on one hot connection",
-    p50=ms(p2m["p50_us"]), p99=ms(p2m["p99_us"]), tput=f"{rps(p2m):.0f}/s (8) + {rps(p2h):.0f}/s (hot)",
-    base=f"the 8 alone: p50 {ms(p2b['p50_us']):.1f} / p99 {ms(p2b['p99_us']):.1f} ms, {rps(p2b):.0f}/s",
-    ratio=f"{p2_ratio:.2f} × p99", target="≤ 2 × p99; no 5xx; gap-free",
-    ok=p2_ratio <= 2 and fivexx == 0 and gaps == 0,
-    note=f"{fivexx} 5xx; {gaps} of {refreshed} refreshed connections with version gaps; "
-         f"hot connection: {hot_versions} versions, p99 {ms(p2h['p99_us']):.1f} ms; "
-         f"{cpu_per_1000(*cpu('p2_base_cpu'), p2b['ok']):.2f} CPU s / 1 000 refreshes alone, "
-         f"{cpu_per_1000(*cpu('p2_mixed_cpu'), p2m['ok'] + p2h['ok']):.2f} beside the hot client"))
-series += [("P2 8 callers + hot", ms(p2m["p50_us"]), ms(p2m["p99_us"])),
-           ("P2 8 callers alone", ms(p2b["p50_us"]), ms(p2b["p99_us"])),
-           ("P2 hot callers", ms(p2h["p50_us"]), ms(p2h["p99_us"]))]
+    # P2 ---------------------------------------------------------------------------------
+    p2b, p2m, p2h = wrk("p2_base"), wrk("p2_mixed"), wrk("p2_hot")
+    gaps, refreshed, hot_versions = map(int, read("p2_versions").split("|"))
+    p2_ratio = p2m["p99_us"] / p2b["p99_us"]
+    fivexx = p2b["status5xx"] + p2m["status5xx"] + p2h["status5xx"]
+    rows.append(dict(
+        id="P2", scenario="8 callers beside 64 on one hot connection",
+        p50=ms(p2m["p50_us"]), p99=ms(p2m["p99_us"]), tput=f"{rps(p2m):.0f}/s (8) + {rps(p2h):.0f}/s (hot)",
+        base=f"the 8 alone: p50 {ms(p2b['p50_us']):.1f} / p99 {ms(p2b['p99_us']):.1f} ms, {rps(p2b):.0f}/s",
+        ratio=f"{p2_ratio:.2f} × p99", target="≤ 2 × p99; no 5xx; gap-free",
+        ok=p2_ratio <= 2 and fivexx == 0 and gaps == 0,
+        note=f"{fivexx} 5xx; {gaps} of {refreshed} refreshed connections with version gaps; "
+             f"hot connection: {hot_versions} versions, p99 {ms(p2h['p99_us']):.1f} ms; "
+             f"{cpu_per_1000(*cpu('p2_base_cpu'), p2b['ok']):.2f} CPU s / 1 000 refreshes alone, "
+             f"{cpu_per_1000(*cpu('p2_mixed_cpu'), p2m['ok'] + p2h['ok']):.2f} beside the hot client"))
+    series += [("P2 8 callers + hot", ms(p2m["p50_us"]), ms(p2m["p99_us"])),
+               ("P2 8 callers alone", ms(p2b["p50_us"]), ms(p2b["p99_us"])),
+               ("P2 hot callers", ms(p2h["p50_us"]), ms(p2h["p99_us"]))]
 
-# P3 ---------------------------------------------------------------------------------
-p3, hello = wrk("p3_verify"), wrk("p3_hello")
-p3_ratio = rps(p3) / rps(hello)
-rows.append(dict(
-    id="P3", scenario="verify, warm cache, 64 connections",
-    p50=ms(p3["p50_us"]), p99=ms(p3["p99_us"]), tput=f"{rps(p3):.0f} req/s",
-    base=f"actix-web hello-world: {rps(hello):.0f} req/s, p50 {ms(hello['p50_us']):.2f} / p99 {ms(hello['p99_us']):.2f} ms",
-    ratio=f"{p3_ratio:.2f} × rps", target="≥ 0.6 ×", ok=p3_ratio >= 0.6 and p3["status4xx"] == 0,
-    note=f"{p3['status4xx']} 4xx, {p3['status5xx']} 5xx; "
-         f"{cpu_per_1000(*cpu('p3_cpu'), p3['ok']):.3f} CPU s / 1 000 verifies "
-         f"(hello-world {cpu_per_1000(*cpu('p3_hello_cpu'), hello['ok']):.3f} per 1 000 requests)"))
-series += [("P3 verify", ms(p3["p50_us"]), ms(p3["p99_us"])),
-           ("P3 hello-world", ms(hello["p50_us"]), ms(hello["p99_us"]))]
+    # P3 ---------------------------------------------------------------------------------
+    p3, hello = wrk("p3_verify"), wrk("p3_hello")
+    p3_ratio = rps(p3) / rps(hello)
+    rows.append(dict(
+        id="P3", scenario="verify, warm cache, 64 connections",
+        p50=ms(p3["p50_us"]), p99=ms(p3["p99_us"]), tput=f"{rps(p3):.0f} req/s",
+        base=f"actix-web hello-world: {rps(hello):.0f} req/s, p50 {ms(hello['p50_us']):.2f} / p99 {ms(hello['p99_us']):.2f} ms",
+        ratio=f"{p3_ratio:.2f} × rps", target="≥ 0.6 ×", ok=p3_ratio >= 0.6 and p3["status4xx"] == 0,
+        note=f"{p3['status4xx']} 4xx, {p3['status5xx']} 5xx; "
+             f"{cpu_per_1000(*cpu('p3_cpu'), p3['ok']):.3f} CPU s / 1 000 verifies "
+             f"(hello-world {cpu_per_1000(*cpu('p3_hello_cpu'), hello['ok']):.3f} per 1 000 requests)"))
+    series += [("P3 verify", ms(p3["p50_us"]), ms(p3["p99_us"])),
+               ("P3 hello-world", ms(hello["p50_us"]), ms(hello["p99_us"]))]
 
 # P4 ---------------------------------------------------------------------------------
-idle, touched, after_idle, distinct, cb, ca = map(int, read("p4").split())
-p4 = wrk("p4")
-mib = lambda k: k / 1024
-p4_ok = mib(idle) <= 25 and after_idle <= 2 * idle
-rows.append(dict(
-    id="P4", scenario=f"memory: refreshes touching {distinct} distinct clients",
-    p50=ms(p4["p50_us"]), p99=ms(p4["p99_us"]), tput=f"{rps(p4):.0f} refreshes/s",
-    base=f"idle RSS {mib(idle):.1f} MiB",
-    ratio=f"{after_idle / idle:.2f} × idle after timeout ({touched / idle:.2f} × when touched)",
-    target="idle ≤ 25 MiB; ≤ 2 × idle after timeout", ok=p4_ok,
-    note=f"RSS idle {mib(idle):.1f} MiB, touched {mib(touched):.1f} MiB, after idle timeout {mib(after_idle):.1f} MiB; "
-         f"{cpu_per_1000(cb, ca, p4['ok']):.2f} CPU s / 1 000 refreshes"))
+if have("p4"):
+    idle, touched, after_idle, distinct, cb, ca = map(int, read("p4").split())
+    p4 = wrk("p4")
+    mib = lambda k: k / 1024
+    p4_ok = mib(idle) <= 25 and after_idle <= 2 * idle
+    rows.append(dict(
+        id="P4", scenario=f"memory: refreshes touching {distinct} distinct clients",
+        p50=ms(p4["p50_us"]), p99=ms(p4["p99_us"]), tput=f"{rps(p4):.0f} refreshes/s",
+        base=f"idle RSS {mib(idle):.1f} MiB",
+        ratio=f"{after_idle / idle:.2f} × idle after timeout ({touched / idle:.2f} × when touched)",
+        target="idle ≤ 25 MiB; ≤ 2 × idle after timeout", ok=p4_ok,
+        note=f"RSS idle {mib(idle):.1f} MiB, touched {mib(touched):.1f} MiB, after idle timeout {mib(after_idle):.1f} MiB; "
+             f"{cpu_per_1000(cb, ca, p4['ok']):.2f} CPU s / 1 000 refreshes"))
 
 # P5 ---------------------------------------------------------------------------------
-events = {}
-for line in read("p5_events.txt").splitlines():
-    ident, at = line.split()
-    events[ident] = float(at)
-accepted = {}
-for line in read("p5_sink.txt").splitlines():
-    ident, at = line.split()
-    ident = ident.split("@")[0]
-    accepted.setdefault(ident, float(at))
-delays = sorted((accepted[e] - t) * 1000 for e, t in events.items() if e in accepted)
-delivered = len(delays)
-p5 = wrk("p5")
-b, a = map(int, read("p5_cpu").split())
-p5_p50, p5_p99 = pct(delays, 50), pct(delays, 99)
-rows.append(dict(
-    id="P5", scenario="notices: ~200 refreshes/s for 30 s, 2 mithril-workers, SMTP sink",
-    p50=p5_p50, p99=p5_p99, tput=f"{rps(p5):.0f} refreshes/s",
-    base="—", ratio=f"{delivered}/{len(events)} delivered", target="commit → SMTP p99 ≤ 1 s; all delivered",
-    ok=p5_p99 <= 1000 and delivered == len(events) and len(events) > 0,
-    note=f"latency column is commit → SMTP accepted; refresh itself p50 {ms(p5['p50_us']):.1f} / "
-         f"p99 {ms(p5['p99_us']):.1f} ms; {cpu_per_1000(b, a, p5['ok']):.2f} CPU s / 1 000 refreshes (API process)"))
-series += [("P5 commit → SMTP", p5_p50, p5_p99)]
+if have("p5_events.txt"):
+    events = {}
+    for line in read("p5_events.txt").splitlines():
+        ident, at = line.split()
+        events[ident] = float(at)
+    accepted = {}
+    for line in read("p5_sink.txt").splitlines():
+        ident, at = line.split()
+        ident = ident.split("@")[0]
+        accepted.setdefault(ident, float(at))
+    delays = sorted((accepted[e] - t) * 1000 for e, t in events.items() if e in accepted)
+    delivered = len(delays)
+    p5 = wrk("p5")
+    b, a = map(int, read("p5_cpu").split())
+    p5_p50, p5_p99 = pct(delays, 50), pct(delays, 99)
+    rows.append(dict(
+        id="P5", scenario="notices: ~200 refreshes/s for 30 s, 2 mithril-workers, SMTP sink",
+        p50=p5_p50, p99=p5_p99, tput=f"{rps(p5):.0f} refreshes/s",
+        base="—", ratio=f"{delivered}/{len(events)} delivered", target="commit → SMTP p99 ≤ 1 s; all delivered",
+        ok=p5_p99 <= 1000 and delivered == len(events) and len(events) > 0,
+        note=f"latency column is commit → SMTP accepted; refresh itself p50 {ms(p5['p50_us']):.1f} / "
+             f"p99 {ms(p5['p99_us']):.1f} ms; {cpu_per_1000(b, a, p5['ok']):.2f} CPU s / 1 000 refreshes (API process)"))
+    series += [("P5 commit → SMTP", p5_p50, p5_p99)]
+
+# P7 ---------------------------------------------------------------------------------
+def soak(label):
+    """The RSS samples (KiB) of one soak: under load by second, then after it."""
+    under, after = [], []
+    for line in read(f"p7_{label}").splitlines():
+        t, kib = line.split()
+        (after if t.startswith("+") else under).append((t, int(kib)))
+    return under, after
+
+
+soaks = {}
+for label in ("baseline", "current"):
+    if have(f"p7_{label}"):
+        soaks[label] = soak(label)
+if "current" in soaks:
+    under, after = soaks["current"]
+    idle = under[0][1]
+    at60 = dict(under).get("60", idle)
+    last = under[-1][1]
+    settled = after[-1][1]
+    ref, ver = wrk("p7_refresh_current"), wrk("p7_verify_current")
+    curve = " → ".join(f"{kib / 1024:.0f}" for _, kib in under + after)
+    base = "—"
+    if "baseline" in soaks:
+        b_under, b_after = soaks["baseline"]
+        base = ("the baseline build: " + " → ".join(f"{kib / 1024:.0f}" for _, kib in b_under + b_after)
+                + f" MiB, last {b_under[-1][1] / dict(b_under).get('60', b_under[0][1]):.2f} × its 60 s sample")
+    rows.append(dict(
+        id="P7", scenario=f"soak: {under[-1][0]} s of refreshes + verifies, nobody scraping /metrics",
+        p50=ms(ver["p50_us"]), p99=ms(ver["p99_us"]),
+        tput=f"{rps(ref):.0f} refreshes/s + {rps(ver):.0f} verifies/s", base=base,
+        ratio=f"last {last / at60:.2f} × the 60 s sample; {settled / idle:.2f} × idle 60 s after",
+        target="last ≤ 1.2 × 60 s sample; ≤ 2 × idle after", ok=last <= 1.2 * at60 and settled <= 2 * idle,
+        note=f"API RSS MiB every 30 s under load, then 30 s and 60 s after: {curve}; latency columns are the verifies'; "
+             f"{ref['status5xx'] + ver['status5xx']} 5xx"))
 
 # BENCHMARKS.md ----------------------------------------------------------------------
 start, end = map(int, read("run_time").split())
@@ -170,7 +213,7 @@ lines = [
     "figure stands beside a baseline measured in the same run. Run it again with",
     "`scripts/bench` (about 10 minutes; see the script's header for its settings).",
     "",
-    f"Run time {end - start} s (build included); {distinct} clients seeded in {seed_b - seed_a:.1f} s;",
+    f"Run time {end - start} s (build included); {read('seeded').strip()} clients seeded in {seed_b - seed_a:.1f} s;",
     f"`synchronous_commit` = {read('synchronous_commit').strip()} for the service and pgbench alike.",
     "",
     "| id | scenario | p50 ms | p99 ms | throughput | baseline (same run) | ratio | target | result |",
@@ -184,7 +227,7 @@ lines += ["", "Notes per scenario:", ""]
 for r in rows:
     lines.append(f"- **{r['id']}**: {r['note']}.")
 lines += ["", "![p50 and p99 latency per scenario](bench/latency.svg)", ""]
-captured = [l for l in read("captured-refresh.log").splitlines() if "DETAIL" not in l]
+captured = [l for l in read("captured-refresh.log").splitlines() if "DETAIL" not in l] if have("captured-refresh.log") else []
 statements = [re.sub(r"^.*?(statement|execute [^:]*): ", "", l) for l in captured]
 lines += [
     "## The refresh's SQL, captured from PostgreSQL's log",
@@ -206,6 +249,9 @@ with open(out_md, "w") as f:
 
 # SVG: p50 and p99 per series, log scale -----------------------------------------------
 import math
+
+if not series:
+    series = [(r["id"], r["p50"], r["p99"]) for r in rows]
 
 width, left, bar_h, gap = 860, 190, 12, 12
 height = 60 + len(series) * (2 * bar_h + gap) + 40

@@ -171,6 +171,7 @@ impl Application {
             readiness,
         });
         tokio::spawn(summarize_verifies(state.metrics.clone()));
+        tokio::spawn(state.metrics.keep_up());
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()

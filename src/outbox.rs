@@ -19,6 +19,8 @@ use workers::queue::{Queue, QueueError};
 /// Rows younger than this are left to the request that wrote them.
 pub const SWEEP_AFTER: Duration = Duration::from_secs(3);
 const SWEEP_BATCH: u64 = 200;
+/// Committed batches waiting for the dispatcher at most; past it the sweeper takes over.
+const DISPATCH_BACKLOG: usize = 4096;
 
 /// An outbox row for `job`, to insert in the transaction of the change that causes it.
 ///
@@ -51,7 +53,7 @@ pub struct OutboxRelay {
     queue: Queue,
     /// Rows just committed, gathered by `run_dispatcher` into batches; `None` until it
     /// runs (each dispatch then goes on a task of its own).
-    dispatcher: Option<tokio::sync::mpsc::UnboundedSender<Vec<Uuid>>>,
+    dispatcher: Option<tokio::sync::mpsc::Sender<Vec<Uuid>>>,
     /// A notice row (`notify_owner`, `notify_stale_secret`) whose notice is neither sent nor dead this long after its
     /// dispatch is pushed again.
     reconcile_after: Duration,
@@ -86,8 +88,8 @@ impl OutboxRelay {
 
     /// This relay with a dispatcher that pushes committed rows in batches; run the
     /// returned receiver with `run_dispatcher`.
-    pub fn with_dispatcher(mut self) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Vec<Uuid>>) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    pub fn with_dispatcher(mut self) -> (Self, tokio::sync::mpsc::Receiver<Vec<Uuid>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(DISPATCH_BACKLOG);
         self.dispatcher = Some(tx);
         (self, rx)
     }
@@ -99,7 +101,7 @@ impl OutboxRelay {
     /// then, the shutdown flush does.
     pub async fn run_dispatcher(
         self,
-        mut committed: tokio::sync::mpsc::UnboundedReceiver<Vec<Uuid>>,
+        mut committed: tokio::sync::mpsc::Receiver<Vec<Uuid>>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         const BATCH_WINDOW: Duration = Duration::from_millis(5);
@@ -156,9 +158,13 @@ impl OutboxRelay {
         // With a dispatcher, the batch it gathers; without one (or once it has stopped,
         // when the flush takes over), a task of its own.
         let ids = match &self.dispatcher {
-            Some(dispatcher) => match dispatcher.send(ids) {
+            Some(dispatcher) => match dispatcher.try_send(ids) {
                 Ok(()) => return,
-                Err(unsent) => unsent.0,
+                // CAUTION: the rows are committed, so dropping their ids loses nothing:
+                // the sweeper pushes them after `SWEEP_AFTER`. A dispatcher slower than
+                // the commits (a slow queue) must not hold an ever longer backlog here.
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => return,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(unsent)) => unsent,
             },
             None => ids,
         };

@@ -7,7 +7,15 @@
 //! a new metric adds a method here, so names and labels stay in one place. `mithril serve`
 //! also installs its recorder as the global one (`Metrics::install_global`), for code that
 //! can only reach the `metrics` macros.
-use std::sync::Arc;
+//!
+//! CAUTION: a Prometheus histogram keeps each sample until upkeep folds it into the
+//! buckets, and only a scrape or `run_upkeep` does that. An instance nobody scrapes (the
+//! embedded default, a replica Prometheus has not found yet, an outage of Prometheus)
+//! would grow by every request's sample: so upkeep runs every `UPKEEP_EVERY_SAMPLES`
+//! samples on the recording path (a bound that holds at any rate), and on a timer
+//! (`Metrics::keep_up`) for the last few between quiet periods.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use metrics::{Key, Label, Level, Metadata, Recorder as _};
@@ -30,6 +38,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Histogram samples recorded between two upkeeps at most: 8 bytes each, so a few
+/// dozen KiB held whatever the traffic, and an upkeep (a drain of every histogram, some
+/// microseconds) every few thousand requests.
+const UPKEEP_EVERY_SAMPLES: u64 = 4096;
+
+/// How often `keep_up` folds samples in when traffic is too light to reach
+/// `UPKEEP_EVERY_SAMPLES`: the exporter's own default upkeep period.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
 #[derive(Clone)]
@@ -37,7 +54,9 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     /// Verifies since the last summary, by outcome (the log's per-minute line).
-    verifies: Arc<[std::sync::atomic::AtomicU64; 4]>,
+    verifies: Arc<[AtomicU64; 4]>,
+    /// Histogram samples recorded since the last upkeep.
+    unkept: Arc<AtomicU64>,
 }
 
 /// The outcomes of a verify, in the order of `Metrics::take_verify_summary`.
@@ -56,6 +75,7 @@ impl Metrics {
             recorder: Arc::new(recorder),
             handle,
             verifies: Arc::new(Default::default()),
+            unkept: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -76,12 +96,7 @@ impl Metrics {
             Label::new("status", status.to_string()),
         ];
         self.counter(HTTP_REQUESTS, &labels, 1);
-        self.recorder
-            .register_histogram(
-                &Key::from_parts(HTTP_REQUEST_DURATION, labels.to_vec()),
-                &METADATA,
-            )
-            .record(latency.as_secs_f64());
+        self.histogram(HTTP_REQUEST_DURATION, &labels, latency.as_secs_f64());
     }
 
     /// One refresh call's outcome: `rotated`, or the `error.type` it answered with.
@@ -107,13 +122,13 @@ impl Metrics {
     pub fn verified(&self, outcome: &'static str) {
         self.counter(VERIFY, &[Label::from_static_parts("outcome", outcome)], 1);
         if let Some(i) = VERIFY_OUTCOMES.iter().position(|o| *o == outcome) {
-            self.verifies[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.verifies[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Verifies since the last call, by outcome (`VERIFY_OUTCOMES`'s order).
     pub fn take_verify_summary(&self) -> [u64; 4] {
-        std::array::from_fn(|i| self.verifies[i].swap(0, std::sync::atomic::Ordering::Relaxed))
+        std::array::from_fn(|i| self.verifies[i].swap(0, Ordering::Relaxed))
     }
 
     /// Outbox rows written but not yet pushed to the job queue.
@@ -127,6 +142,42 @@ impl Metrics {
         self.recorder
             .register_counter(&Key::from_parts(name, labels.to_vec()), &METADATA)
             .increment(value);
+    }
+
+    /// Records one sample of the histogram `name` with `labels`, and folds the samples
+    /// held so far into their buckets every `UPKEEP_EVERY_SAMPLES`.
+    pub fn histogram(&self, name: &'static str, labels: &[Label], value: f64) {
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels.to_vec()), &METADATA)
+            .record(value);
+        if self.unkept.fetch_add(1, Ordering::Relaxed) + 1 >= UPKEEP_EVERY_SAMPLES {
+            self.upkeep();
+        }
+    }
+
+    /// Folds the histogram samples held so far into their buckets, as a scrape would.
+    pub fn upkeep(&self) {
+        self.unkept.store(0, Ordering::Relaxed);
+        self.handle.run_upkeep();
+    }
+
+    /// Runs `upkeep` every `UPKEEP_PERIOD` for as long as this recorder is in use, so the
+    /// samples of a quiet spell are folded in too. Ends once every clone is dropped.
+    pub fn keep_up(&self) -> impl Future<Output = ()> + Send + 'static {
+        let recorder: Weak<PrometheusRecorder> = Arc::downgrade(&self.recorder);
+        let unkept = Arc::downgrade(&self.unkept);
+        async move {
+            let mut tick = tokio::time::interval(UPKEEP_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (Some(recorder), Some(unkept)) = (recorder.upgrade(), unkept.upgrade()) else {
+                    return;
+                };
+                unkept.store(0, Ordering::Relaxed);
+                recorder.handle().run_upkeep();
+            }
+        }
     }
 
     /// Sets the gauge `name` with `labels` (queue depth and the like).
