@@ -245,9 +245,14 @@ impl CredentialsCache {
         if ttl.is_zero() {
             return;
         }
+        // A TTL past what `Instant` can hold is not kept locally (the settings' bounds
+        // keep it far from that).
+        let Some(expires_at) = Instant::now().checked_add(ttl) else {
+            return;
+        };
         let local = Arc::new(Local {
             credential: entry.clone(),
-            expires_at: Instant::now() + ttl,
+            expires_at,
         });
         self.local
             .entry(digest.to_owned())

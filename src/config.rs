@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use ipnet::IpNet;
-use workers::settings::WorkerSettings;
+use workers::settings::{WorkerSettings, check_bounds};
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mithril.db?mode=rwc";
 pub const DEFAULT_MAIL_FROM: &str = "Mithril <no-reply@localhost>";
@@ -90,6 +90,9 @@ impl std::fmt::Display for SecretLifetime {
 
 /// The longest grace period any deployment may allow: a year. A previous secret valid
 /// for longer is not a grace period but a second secret.
+/// The longest `MITHRIL_SIGHTING_WINDOW`: ten years.
+pub const MAX_SIGHTING_WINDOW: Duration = Duration::from_secs(3660 * 86_400);
+
 pub const MAX_GRACE_PERIOD_BOUND: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A budget of `count` per `period`, with up to `burst` at once.
@@ -279,10 +282,43 @@ impl Config {
                 MAX_GRACE_PERIOD_BOUND.as_secs()
             );
         }
-        if self.reconcile_after.is_zero() {
-            bail!("MITHRIL_RECONCILE_AFTER must be more than 0 s");
-        }
-        Ok(())
+        let (second, minute, hour, day) = (
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+        );
+        check_bounds(
+            "MITHRIL_ACTOR_IDLE_TIMEOUT",
+            self.actor_idle_timeout,
+            second,
+            day,
+        )?;
+        check_bounds(
+            "MITHRIL_SHUTDOWN_TIMEOUT",
+            self.shutdown_timeout,
+            Duration::ZERO,
+            hour,
+        )?;
+        check_bounds(
+            "MITHRIL_DRAIN_DELAY",
+            self.drain_delay,
+            Duration::ZERO,
+            10 * minute,
+        )?;
+        check_bounds(
+            "MITHRIL_RECONCILE_AFTER",
+            self.reconcile_after,
+            second,
+            7 * day,
+        )?;
+        check_bounds(
+            "MITHRIL_SIGHTING_WINDOW",
+            self.sighting_window,
+            second,
+            MAX_SIGHTING_WINDOW,
+        )?;
+        self.workers.validate()
     }
 }
 

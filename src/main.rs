@@ -283,8 +283,13 @@ fn print_policy_report(
 ) {
     println!(
         "lifetime {lifetime}; no new expiry sooner than {} (now + {})",
-        (now + chrono::Duration::from_std(min_remaining).unwrap_or_default())
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        chrono::Duration::from_std(min_remaining)
+            .ok()
+            .and_then(|min| now.checked_add_signed(min))
+            .map_or_else(
+                || "beyond the calendar".to_owned(),
+                |floor| floor.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
         SecretLifetime::of(min_remaining)
     );
     println!(

@@ -4,6 +4,7 @@
 
 mod access;
 mod apply_policy;
+mod bounds;
 mod cache;
 mod cli;
 mod concurrency;

@@ -47,6 +47,13 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     workers::logs::init(&cli.log_format);
+    cli.workers.validate()?;
+    workers::settings::check_bounds(
+        "MITHRIL_SHUTDOWN_TIMEOUT",
+        Duration::from_secs(cli.shutdown_timeout),
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    )?;
 
     let redis_url = cli.redis_url.filter(|u| !u.is_empty());
     let smtp_url = cli.smtp_url.filter(|u| !u.is_empty());

@@ -71,7 +71,13 @@ pub(crate) enum Claim {
 /// `length` after `from`, to the microsecond, as PostgreSQL keeps it: a claim's lease is
 /// compared for equality later, to tell that claim from another worker's.
 pub(crate) fn lease_until(from: DateTime<Utc>, length: Duration) -> DateTime<Utc> {
-    (from + chrono::Duration::from_std(length).unwrap_or_default()).trunc_subsecs(6)
+    // Checked: a length past chrono's range (the settings' bounds keep it far from
+    // that) is a lease that never ends, not a panic.
+    chrono::Duration::from_std(length)
+        .ok()
+        .and_then(|length| from.checked_add_signed(length))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .trunc_subsecs(6)
 }
 
 impl From<DeliveryError> for NotifyError {

@@ -40,7 +40,13 @@ impl PollStrategy for EveryPeriod {
         if self.next.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        self.next.as_mut().reset(Instant::now() + self.period);
+        // A period past what `Instant` can hold (the settings' bounds keep it far from
+        // that) polls once a day instead of panicking.
+        let now = Instant::now();
+        let next = now
+            .checked_add(self.period)
+            .unwrap_or(now + std::time::Duration::from_secs(86_400));
+        self.next.as_mut().reset(next);
         // Registers `cx`'s waker with the new deadline: it is pending, just set.
         let _ = self.next.as_mut().poll(cx);
         Poll::Ready(Some(()))

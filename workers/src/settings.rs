@@ -108,6 +108,34 @@ pub struct WorkerSettings {
     pub reminder_thresholds: Thresholds,
 }
 
+/// Refuses `value` of the setting `name` outside `min..=max`, with a message naming the
+/// setting and its bounds: checked at start, so a value that would overflow the time
+/// arithmetic later (a ticker dying silently, every verify panicking) stops the process
+/// at once instead.
+pub fn check_bounds(
+    name: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> anyhow::Result<()> {
+    if value < min || value > max {
+        anyhow::bail!(
+            "{name} is {}; it must be from {} to {}",
+            humantime::format_duration(value),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        );
+    }
+    Ok(())
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+/// The furthest a reminder threshold may reach before an expiry: ten years.
+pub const MAX_REMINDER_THRESHOLD: Duration = Duration::from_secs(3660 * 86_400);
+
 /// A URL as logs may show it: without its password (or the whole URL, when it does not
 /// parse, reduced to its scheme).
 pub fn redacted(url: &str) -> String {
@@ -160,6 +188,44 @@ impl Default for WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// Refuses a setting outside its documented bounds (README, "Configuration").
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let ms = Duration::from_millis;
+        check_bounds(
+            "MITHRIL_CREDENTIALS_CACHE_TTL",
+            Duration::from_secs(self.credentials_cache_ttl),
+            SECOND,
+            HOUR,
+        )?;
+        check_bounds(
+            "MITHRIL_NOTICE_LEASE",
+            Duration::from_secs(self.notice_lease),
+            SECOND,
+            HOUR,
+        )?;
+        check_bounds("MITHRIL_RETRY_MIN_MS", ms(self.retry_min_ms), ms(1), HOUR)?;
+        check_bounds("MITHRIL_RETRY_MAX_MS", ms(self.retry_max_ms), ms(1), DAY)?;
+        check_bounds(
+            "MITHRIL_WORKER_POLL_MS",
+            ms(self.poll_interval_ms),
+            ms(10),
+            MINUTE,
+        )?;
+        check_bounds(
+            "MITHRIL_REMINDER_INTERVAL",
+            self.reminder_interval,
+            ms(10),
+            DAY,
+        )?;
+        check_bounds(
+            "MITHRIL_REMINDER_THRESHOLDS",
+            self.reminder_thresholds.widest(),
+            Duration::ZERO,
+            MAX_REMINDER_THRESHOLD,
+        )?;
+        Ok(())
+    }
+
     pub fn retry(&self) -> RetrySettings {
         RetrySettings {
             retries: self.retries,
@@ -194,6 +260,15 @@ mod tests {
     use clap::Parser;
 
     use super::{WorkerSettings, redacted};
+
+    #[test]
+    fn the_defaults_are_within_their_bounds() {
+        WorkerSettings::default().validate().unwrap();
+        let mut settings = WorkerSettings::default();
+        settings.notice_lease = 3601;
+        let refused = settings.validate().unwrap_err().to_string();
+        assert!(refused.contains("MITHRIL_NOTICE_LEASE"), "{refused}");
+    }
 
     #[derive(Parser)]
     struct Cli {
