@@ -264,8 +264,10 @@ mod tests {
     #[test]
     fn the_defaults_are_within_their_bounds() {
         WorkerSettings::default().validate().unwrap();
-        let mut settings = WorkerSettings::default();
-        settings.notice_lease = 3601;
+        let settings = WorkerSettings {
+            notice_lease: 3601,
+            ..WorkerSettings::default()
+        };
         let refused = settings.validate().unwrap_err().to_string();
         assert!(refused.contains("MITHRIL_NOTICE_LEASE"), "{refused}");
     }
