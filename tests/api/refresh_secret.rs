@@ -388,3 +388,49 @@ async fn checks_answer_in_api_order() {
         .await;
     assert_error(&got, 422, "validation_failed", None);
 }
+
+/// Issue "ten holes", 1: a refresh of a connection that does not exist never spends the
+/// client's budget (with or without a body), so a token that may name any client cannot
+/// stop one from rotating.
+#[actix_web::test]
+async fn refreshes_of_missing_connections_take_nothing_from_the_clients_budget() {
+    // API.md's default budget (the test configuration turns it off).
+    let app = TestApp::spawn_with(|c| {
+        c.refresh_limit = Some(mithril::config::RateLimit::DEFAULT);
+    })
+    .await;
+    let nhs = app.owned("NHS").await;
+    let clinic = app.owned("MSP").await;
+    for _ in 0..60 {
+        let got = app
+            .refresh(clinic.client_id, Uuid::new_v4(), &nhs.token)
+            .await;
+        assert_error(&got, 404, "not_found", None);
+    }
+    let got = app
+        .refresh_with_grace(clinic.client_id, Uuid::new_v4(), &nhs.token, 0)
+        .await;
+    assert_error(&got, 404, "not_found", None);
+    let (status, body) = app
+        .refresh(clinic.client_id, clinic.connection_id, &clinic.token)
+        .await;
+    assert_eq!(
+        status, 200,
+        "the client's own refresh still has its budget: {body}"
+    );
+}
+
+/// Issue "ten holes", 1: actors exist only for clients that exist.
+#[actix_web::test]
+async fn refreshes_on_unknown_clients_start_no_actor() {
+    let app = TestApp::spawn().await;
+    let nhs = app.owned("NHS").await;
+    let before = app.state.connections.active_actors().await;
+    for _ in 0..1000 {
+        let got = app
+            .refresh(Uuid::new_v4(), Uuid::new_v4(), &nhs.token)
+            .await;
+        assert_error(&got, 404, "not_found", None);
+    }
+    assert_eq!(app.state.connections.active_actors().await, before);
+}

@@ -78,9 +78,11 @@ impl Drop for Outcome<'_> {
 
 /// API.md's order: token, scope, context, existence (404), body (413/422), rate (429).
 /// The body is read only once the caller is known to be allowed and the connection to
-/// exist. A refresh without a body (the usual one) skips the existence query: the
-/// rotation finds the connection itself, and a 404 still answers before the budget's
-/// error, which looks it up on its way.
+/// exist.
+// CAUTION: the existence check comes before the budget and the actor on every path, with
+// or without a body: a refresh of a connection that is not there must take nothing from
+// the client's budget (a token that may name any client could otherwise spend it), start
+// no actor and open no write transaction.
 async fn rotate(
     req: &HttpRequest,
     state: &AppState,
@@ -90,9 +92,8 @@ async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id, connection_id) =
         authorize_connection(state, req, scope::REFRESH_SECRET, path).await?;
-    let checked = input::has_body(req);
-    let grace_period = if checked {
-        existing_connection(state, client_id, connection_id).await?;
+    existing_connection(state, client_id, connection_id).await?;
+    let grace_period = if input::has_body(req) {
         let body = input::body(req, payload).await?;
         input::grace_period(&body, state.config.max_grace_period.as_secs())?
     } else {
@@ -101,9 +102,6 @@ async fn rotate(
     if let Some(budget) = &state.refresh_budget
         && let Decision::Limited { retry_after } = budget.take(client_id).await
     {
-        if !checked {
-            existing_connection(state, client_id, connection_id).await?;
-        }
         return Err(ApiError::TooManyRequests {
             retry_after_secs: retry_after_secs(retry_after),
         });
