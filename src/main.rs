@@ -239,14 +239,20 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("reading {}", file.display()))?;
                 let seed: seed::SeedFile = serde_json::from_str(&text)
                     .with_context(|| format!("parsing {}", file.display()))?;
-                for generated in
-                    seed::load_with_lifetime(&database, seed, config.secret_lifetime).await?
-                {
+                let seeded =
+                    seed::load_with_lifetime(&database, seed, config.secret_lifetime).await?;
+                for generated in seeded.generated {
                     // Shown once: only its digest is stored.
                     println!(
                         "connection {} secret: {}",
                         generated.connection_id,
                         generated.secret.expose()
+                    );
+                }
+                for id in seeded.kept {
+                    println!(
+                        "connection {id} exists: kept as it is (secret, version, redirect_uri); \
+                         change it through the API"
                     );
                 }
                 println!("seeded {}", file.display());

@@ -6,7 +6,6 @@ use entity::{client, client_type, connection, token, user};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
-    TransactionTrait as _,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -78,49 +77,28 @@ pub struct GeneratedSecret {
     pub secret: Plaintext,
 }
 
-/// After a re-seed changed what verify answers for a connection (its secret or its
-/// `redirect_uri`): a new state version, and the change for every cache, through the
-/// outbox like any other write, so a running service's caches learn it.
-async fn republish(db: &DatabaseConnection, before: connection::Model) -> anyhow::Result<()> {
-    let Some(after) = connection::Entity::find_by_id(before.id).one(db).await? else {
-        return Ok(());
-    };
-    if after.secret_hash == before.secret_hash && after.redirect_uri == before.redirect_uri {
-        return Ok(());
-    }
-    let after = connection::Model {
-        state_version: before.state_version + 1,
-        ..after
-    };
-    let now = Utc::now();
-    let change = crate::connections::validity::change(&before, Some(&after), now);
-    let txn = db.begin().await?;
-    connection::Entity::update_many()
-        .col_expr(
-            connection::Column::StateVersion,
-            sea_orm::sea_query::Expr::value(after.state_version),
-        )
-        .filter(connection::Column::Id.eq(after.id))
-        .exec(&txn)
-        .await?;
-    crate::connections::writes::write_change_job(&txn, Uuid::now_v7(), &change, now).await?;
-    txn.commit().await?;
-    Ok(())
+/// What a load did with the file's connections.
+#[derive(Default)]
+pub struct Seeded {
+    /// Secrets generated for new connections that the file gave none.
+    pub generated: Vec<GeneratedSecret>,
+    /// Connections that already existed and were left exactly as they were.
+    pub kept: Vec<Uuid>,
 }
 
 /// Loads `seed` with the lifetime policy off: seeded secrets never expire.
-pub async fn load(db: &DatabaseConnection, seed: SeedFile) -> anyhow::Result<Vec<GeneratedSecret>> {
+pub async fn load(db: &DatabaseConnection, seed: SeedFile) -> anyhow::Result<Seeded> {
     load_with_lifetime(db, seed, SecretLifetime::OFF).await
 }
 
 /// Loads `seed`; each secret it issues (given in the file, or generated) expires
-/// `lifetime` after now, in the same statement that stores it. A re-seeded connection
-/// that keeps its secret keeps its expiry too.
+/// `lifetime` after now, in the same statement that stores it. Users, clients and tokens
+/// are upserted by id; a connection is only ever created (see `insert_connection`).
 pub async fn load_with_lifetime(
     db: &DatabaseConnection,
     seed: SeedFile,
     lifetime: SecretLifetime,
-) -> anyhow::Result<Vec<GeneratedSecret>> {
+) -> anyhow::Result<Seeded> {
     let now = Utc::now();
     for u in seed.users {
         user::Entity::insert(user::ActiveModel {
@@ -171,62 +149,23 @@ pub async fn load_with_lifetime(
         .await
         .with_context(|| format!("seeding client {}", c.id))?;
     }
-    let mut generated = Vec::new();
-    for c in seed.connections {
-        let existing = connection::Entity::find_by_id(c.id).one(db).await?;
-        let given = c.secret.map(Plaintext::from_received);
-        let mut update_columns = vec![
-            connection::Column::RedirectUri,
-            connection::Column::UpdatedAt,
-        ];
-        let secret_hash = match (&given, &existing) {
-            // The same secret seeded again is not a new one: it keeps its expiry.
-            (Some(secret), Some(existing)) if secret.digest().matches(&existing.secret_hash) => {
-                existing.secret_hash.clone()
-            }
-            (Some(secret), _) => {
-                update_columns.push(connection::Column::SecretHash);
-                update_columns.push(connection::Column::SecretExpiresAt);
-                secret.digest().into_string()
-            }
-            // Re-seeding keeps the secret a connection already has, and its expiry.
-            (None, Some(existing)) => existing.secret_hash.clone(),
-            (None, None) => {
-                let secret = Plaintext::generate()?;
-                let digest = secret.digest().into_string();
-                generated.push(GeneratedSecret {
-                    connection_id: c.id,
-                    secret,
-                });
-                digest
-            }
+    let mut seeded = Seeded::default();
+    for mut c in seed.connections {
+        let id = c.id;
+        let (secret, generated) = match c.secret.take() {
+            Some(given) => (Plaintext::from_received(given), false),
+            None => (Plaintext::generate()?, true),
         };
-        connection::Entity::insert(connection::ActiveModel {
-            id: Set(c.id),
-            client_id: Set(c.client_id),
-            consumer_id: Set(c.consumer_id),
-            redirect_uri: Set(c.redirect_uri),
-            secret_hash: Set(secret_hash),
-            previous_secret_hash: Set(None),
-            previous_secret_expires_at: Set(None),
-            secret_version: Set(0),
-            state_version: Set(0),
-            secret_expires_at: Set(lifetime.expiry(now)),
-            inserted_at: Set(now),
-            updated_at: Set(now),
-        })
-        .on_conflict(
-            OnConflict::column(connection::Column::Id)
-                .update_columns(update_columns)
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await
-        .with_context(|| format!("seeding connection {}", c.id))?;
-        if let Some(before) = existing {
-            republish(db, before)
-                .await
-                .with_context(|| format!("seeding connection {}", c.id))?;
+        let created = insert_connection(db, c, &secret, lifetime.expiry(now))
+            .await
+            .with_context(|| format!("seeding connection {id}"))?;
+        if !created {
+            seeded.kept.push(id);
+        } else if generated {
+            seeded.generated.push(GeneratedSecret {
+                connection_id: id,
+                secret,
+            });
         }
     }
     for t in seed.tokens {
@@ -257,7 +196,44 @@ pub async fn load_with_lifetime(
         .await
         .context("seeding a token")?;
     }
-    Ok(generated)
+    Ok(seeded)
+}
+
+/// Creates the connection unless one with its id exists; `false` when it did.
+///
+// CAUTION: a connection that exists is left exactly as it is: its secret, its version, its
+// retired secret, its `redirect_uri`. Re-seeding a file (or seeding an old copy of one)
+// must never make a retired secret current again, nor race a rotation for the row; the
+// API is the one way to change a connection. One conditional insert, no read before it.
+async fn insert_connection(
+    db: &DatabaseConnection,
+    c: SeedConnection,
+    secret: &Plaintext,
+    secret_expires_at: Option<DateTime<Utc>>,
+) -> anyhow::Result<bool> {
+    let now = Utc::now();
+    let inserted = connection::Entity::insert(connection::ActiveModel {
+        id: Set(c.id),
+        client_id: Set(c.client_id),
+        consumer_id: Set(c.consumer_id),
+        redirect_uri: Set(c.redirect_uri),
+        secret_hash: Set(secret.digest().into_string()),
+        previous_secret_hash: Set(None),
+        previous_secret_expires_at: Set(None),
+        secret_version: Set(0),
+        state_version: Set(0),
+        secret_expires_at: Set(secret_expires_at),
+        inserted_at: Set(now),
+        updated_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::column(connection::Column::Id)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(inserted == 1)
 }
 
 /// The client type's id by name; a type the migrations did not seed is created with no

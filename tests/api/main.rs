@@ -23,6 +23,7 @@ mod operations;
 mod refresh_secret;
 mod reminders;
 mod rotation_effects;
+mod seed;
 mod shutdown;
 mod sightings;
 mod support;
