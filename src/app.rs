@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
 use workers::credentials::RedisCredentials;
 use workers::queue::Queue;
+use workers::redis_connect::RedisKeys;
 use workers::run::{LocalApply, Workers};
 
 use crate::auth::Authorizer;
@@ -77,18 +78,23 @@ impl Application {
             None => None,
         };
         let cache_ttl = config.workers.credentials_cache_ttl();
+        let keys = RedisKeys::new(&config.workers.queue_namespace);
         let cache = Arc::new(CredentialsCache::new(
             cache_ttl,
             config.credentials_cache_capacity,
             redis
                 .as_ref()
-                .map(|r| RedisCredentials::new(r.manager.clone(), cache_ttl)),
+                .map(|r| RedisCredentials::new(r.manager.clone(), keys.clone(), cache_ttl)),
         ));
         // Background tasks go on Tokio's scheduler rather than actix's thread-local set,
         // so they are dropped inside the runtime when it shuts down (a pooled database
         // connection cannot be dropped outside one).
         if let Some(redis) = &redis {
-            tokio::spawn(follow_changes(redis.client.clone(), cache.clone()));
+            tokio::spawn(follow_changes(
+                redis.client.clone(),
+                keys.evictions(),
+                cache.clone(),
+            ));
         }
         tokio::spawn(maintain(Arc::downgrade(&cache)));
         let queue = Queue::connect(
@@ -158,9 +164,12 @@ impl Application {
         readiness.extend(checks);
         let http_workers = config.http_workers;
         let shutdown_timeout = config.shutdown_timeout.as_secs();
-        let refresh_budget = config
-            .refresh_limit
-            .map(|limit| RefreshBudget::new(limit, redis.as_ref().map(|r| r.manager.clone())));
+        let refresh_budget = config.refresh_limit.map(|limit| {
+            RefreshBudget::new(
+                limit,
+                redis.as_ref().map(|r| (r.manager.clone(), keys.clone())),
+            )
+        });
         let state = web::Data::new(AppState {
             config,
             authorizer,

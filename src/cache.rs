@@ -275,12 +275,12 @@ impl CredentialsCache {
 
 /// Follows the eviction channel for the life of the process, reconnecting with backoff.
 /// Every (re)subscription clears the local cache, since messages may have been missed.
-pub async fn follow_changes(client: redis::Client, cache: Arc<CredentialsCache>) {
+pub async fn follow_changes(client: redis::Client, channel: String, cache: Arc<CredentialsCache>) {
     use futures_util::StreamExt as _;
     let mut backoff = Duration::from_millis(100);
     loop {
         match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(workers::credentials::EVICT_CHANNEL).await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     cache.clear_local();
                     backoff = Duration::from_millis(100);

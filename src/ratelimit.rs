@@ -8,6 +8,7 @@ use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
+use workers::redis_connect::RedisKeys;
 
 use crate::cache::budgeted;
 use crate::config::RateLimit;
@@ -45,7 +46,7 @@ return {1, 0}
 pub struct RefreshBudget {
     limit: RateLimit,
     local: DefaultKeyedRateLimiter<Uuid>,
-    redis: Option<(ConnectionManager, redis::Script)>,
+    redis: Option<(ConnectionManager, RedisKeys, redis::Script)>,
     /// Decisions so far: every so often, keys of clients that are idle again are dropped.
     taken: AtomicU64,
 }
@@ -53,14 +54,14 @@ pub struct RefreshBudget {
 impl RefreshBudget {
     /// A decision waits on Redis at most `cache::REDIS_BUDGET` before the local budget
     /// decides.
-    pub fn new(limit: RateLimit, redis: Option<ConnectionManager>) -> Self {
+    pub fn new(limit: RateLimit, redis: Option<(ConnectionManager, RedisKeys)>) -> Self {
         let quota = Quota::with_period(limit.interval())
             .unwrap_or_else(|| Quota::per_second(limit.count))
             .allow_burst(limit.burst);
         Self {
             limit,
             local: RateLimiter::keyed(quota),
-            redis: redis.map(|conn| (conn, redis::Script::new(GCRA_SCRIPT))),
+            redis: redis.map(|(conn, keys)| (conn, keys, redis::Script::new(GCRA_SCRIPT))),
             taken: AtomicU64::new(0),
         }
     }
@@ -74,12 +75,12 @@ impl RefreshBudget {
             self.local.retain_recent();
             self.local.shrink_to_fit();
         }
-        if let Some((conn, script)) = &self.redis {
+        if let Some((conn, keys, script)) = &self.redis {
             let mut conn = conn.clone();
             let interval_ms = u64::try_from(self.limit.interval().as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1);
-            let mut invocation = script.key(format!("mithril:refresh-budget:{client_id}"));
+            let mut invocation = script.key(keys.refresh_budget(client_id));
             invocation.arg(interval_ms).arg(self.limit.burst.get());
             match budgeted(invocation.invoke_async::<(i64, i64)>(&mut conn)).await {
                 Ok((1, _)) => return Decision::Allowed,

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use mithril::secrets::SecretDigest;
 use workers::credentials::RedisCredentials;
 use workers::jobs::InvalidateCredentials;
+use workers::redis_connect::RedisKeys;
 
 use crate::support::smtp::{SmtpServer, SmtpState};
 use crate::support::{
@@ -61,7 +62,11 @@ async fn invalidations_applied_in_reverse_and_twice_leave_retired_secrets_refuse
     // several worker processes can make them. First straight into Redis (and, through
     // its channel, every local cache), then as the job handler runs them.
     let redis = workers::redis_connect::connect(&redis_url).await.unwrap();
-    let shared = RedisCredentials::new(redis.manager.clone(), Duration::from_secs(60));
+    let shared = RedisCredentials::new(
+        redis.manager.clone(),
+        RedisKeys::new(&first.state.config.workers.queue_namespace),
+        Duration::from_secs(60),
+    );
     let invalidator = workers::run::Invalidator {
         db: first.db.clone(),
         redis: Some(shared.clone()),
@@ -126,10 +131,14 @@ async fn a_late_re_point_rewrite_does_not_revive_a_secret_a_rotation_retired() {
         "the re-point's change names the secret it saw as current"
     );
     let redis = workers::redis_connect::connect(&redis_url).await.unwrap();
-    RedisCredentials::new(redis.manager.clone(), Duration::from_secs(60))
-        .apply(&repoint.change)
-        .await
-        .unwrap();
+    RedisCredentials::new(
+        redis.manager.clone(),
+        RedisKeys::new(&first.state.config.workers.queue_namespace),
+        Duration::from_secs(60),
+    )
+    .apply(&repoint.change)
+    .await
+    .unwrap();
     for app in [&first, &second] {
         for _ in 0..2 {
             assert!(

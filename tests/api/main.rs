@@ -17,6 +17,7 @@ mod leaks;
 mod lifecycle;
 mod lifetime;
 mod measure;
+mod namespace;
 mod notices;
 mod openapi;
 mod operations;

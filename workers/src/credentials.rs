@@ -8,14 +8,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Redis key of one cached credential, by the SHA-256 digest of the secret.
-pub fn credential_key(digest: &str) -> String {
-    format!("mithril:credential:{digest}")
-}
-
-/// Every API instance subscribes and applies the changes published here to its
-/// in-process cache.
-pub const EVICT_CHANNEL: &str = "mithril:credentials:evict";
+use crate::redis_connect::RedisKeys;
 
 /// The connection a credential authenticates: what verify answers about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,7 +224,7 @@ impl CredentialChange {
     }
 }
 
-/// The message on `EVICT_CHANNEL`: a change, or (from releases before versions) a bare
+/// The message on the eviction channel (`RedisKeys::evictions`): a change, or (from releases before versions) a bare
 /// list of digests to drop.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -288,6 +281,8 @@ return written
 #[derive(Clone)]
 pub struct RedisCredentials {
     conn: ConnectionManager,
+    /// The deployment's key and channel names.
+    keys: RedisKeys,
     script: std::sync::Arc<redis::Script>,
     /// How long a valid entry lives: the worst-case bound if every invalidation failed.
     ttl: Duration,
@@ -297,10 +292,11 @@ pub struct RedisCredentials {
 }
 
 impl RedisCredentials {
-    pub fn new(conn: ConnectionManager, ttl: Duration) -> Self {
+    pub fn new(conn: ConnectionManager, keys: RedisKeys, ttl: Duration) -> Self {
         let ttl = ttl.max(Duration::from_secs(1));
         Self {
             conn,
+            keys,
             script: std::sync::Arc::new(redis::Script::new(CAS_SCRIPT)),
             ttl,
             retired_ttl: retired_ttl(ttl),
@@ -313,7 +309,7 @@ impl RedisCredentials {
         digest: &str,
     ) -> redis::RedisResult<Option<(CachedCredential, Duration)>> {
         let mut conn = self.conn.clone();
-        let key = credential_key(digest);
+        let key = self.keys.credential(digest);
         // Atomic, so the TTL read is the entry's own, not a newer entry's.
         let (raw, remaining_ms): (Option<String>, i64) = redis::pipe()
             .atomic()
@@ -334,7 +330,7 @@ impl RedisCredentials {
     /// Fills one digest from a database read, under the forward-only rule.
     pub async fn fill(&self, digest: &str, entry: &CachedCredential) -> redis::RedisResult<()> {
         let value = serde_json::to_string(entry).map_err(json_error)?;
-        self.run(&[(credential_key(digest), value)], "", "", "fill")
+        self.run(&[(self.keys.credential(digest), value)], "", "", "fill")
             .await
     }
 
@@ -346,12 +342,13 @@ impl RedisCredentials {
         let entries = change
             .entries()
             .map(|(digest, entry)| {
-                serde_json::to_string(&entry).map(|value| (credential_key(digest), value))
+                serde_json::to_string(&entry).map(|value| (self.keys.credential(digest), value))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(json_error)?;
         let message = serde_json::to_string(change).map_err(json_error)?;
-        self.run(&entries, EVICT_CHANNEL, &message, "change").await
+        self.run(&entries, &self.keys.evictions(), &message, "change")
+            .await
     }
 
     async fn run(

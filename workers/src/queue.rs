@@ -74,10 +74,11 @@ impl Queue {
         redis: Option<ConnectionManager>,
         namespace: &str,
     ) -> anyhow::Result<Self> {
-        let notify_queue = format!("{namespace}:{}", jobs::NOTIFY_OWNER);
-        let invalidate_queue = format!("{namespace}:{}", jobs::INVALIDATE_CREDENTIALS);
-        let remind_queue = format!("{namespace}:{}", jobs::REMIND_OWNER);
-        let stale_queue = format!("{namespace}:{}", jobs::NOTIFY_STALE_SECRET);
+        let keys = crate::redis_connect::RedisKeys::new(namespace);
+        let notify_queue = keys.queue(jobs::NOTIFY_OWNER);
+        let invalidate_queue = keys.queue(jobs::INVALIDATE_CREDENTIALS);
+        let remind_queue = keys.queue(jobs::REMIND_OWNER);
+        let stale_queue = keys.queue(jobs::NOTIFY_STALE_SECRET);
         if let Some(conn) = redis {
             let config = |queue: &str| RedisConfig::default().queue(queue);
             let storages = Storages {

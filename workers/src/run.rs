@@ -15,6 +15,7 @@ use crate::mail::{Mailer, Templates};
 use crate::notify::{Notified, Notifier, NotifyError};
 use crate::poll::EveryPeriod;
 use crate::queue::Queue;
+use crate::redis_connect::RedisKeys;
 use crate::remind::{Reminded, ReminderMetrics, Reminders, Ticker};
 use crate::settings::{RetrySettings, WorkerSettings};
 
@@ -117,7 +118,11 @@ impl Workers {
             invalidator: Arc::new(Invalidator {
                 db: db.clone(),
                 redis: redis.map(|r| {
-                    RedisCredentials::new(r.manager.clone(), settings.credentials_cache_ttl())
+                    RedisCredentials::new(
+                        r.manager.clone(),
+                        RedisKeys::new(&settings.queue_namespace),
+                        settings.credentials_cache_ttl(),
+                    )
                 }),
                 local,
             }),

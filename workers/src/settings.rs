@@ -36,7 +36,8 @@ pub struct WorkerSettings {
         default_value = "data/mail"
     )]
     pub mail_dir: PathBuf,
-    /// Prefix of the job queue names; the API and every worker must use the same.
+    /// The deployment's namespace in Redis: the prefix of every key and channel (queues,
+    /// cached credentials, evictions, budgets); the API and every worker must use the same.
     #[arg(
         long,
         global = true,
