@@ -1,10 +1,13 @@
 //! The audit trail: one `connection_events` row per write to a connection, written inside
 //! the write's own transaction, and read back newest first.
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use entity::{connection_event, secret_sighting};
+use sea_orm::sea_query::{Alias, Expr, Order, Query, UnionType};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbErr, EntityTrait as _,
-    PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    PaginatorTrait as _, QueryFilter as _,
 };
 use uuid::Uuid;
 
@@ -68,18 +71,12 @@ pub enum Entry {
     Sighting(secret_sighting::Model),
 }
 
-impl Entry {
-    /// When it happened: a sighting by its last presentation.
-    fn at(&self) -> (DateTime<Utc>, Uuid) {
-        match self {
-            Self::Event(event) => (event.occurred_at, event.id),
-            Self::Sighting(sighting) => (sighting.last_seen_at, sighting.id),
-        }
-    }
-}
-
 /// One page of a connection's trail, newest first: its audit events and its days of
 /// stale-secret sightings, merged.
+///
+/// CAUTION: the database pages the merge (one ordered `UNION ALL` of ids and times, with
+/// `LIMIT`/`OFFSET`), and only the page's rows are loaded: a request costs the memory of
+/// one page however long the trail (a caller with write scope can grow it at will).
 pub async fn events(
     conn: &impl ConnectionTrait,
     client_id: Uuid,
@@ -96,30 +93,68 @@ pub async fn events(
     let Some(offset) = page.offset_within(total) else {
         return Ok(Page::empty(total));
     };
-    // The page's entries are among the first `offset + page_size` of each kind.
-    let reach = offset.saturating_add(page.page_size);
-    let events = events
-        .order_by_desc(connection_event::Column::OccurredAt)
-        .order_by_desc(connection_event::Column::Id)
-        .limit(reach)
+    let (source, at) = (Alias::new("source"), Alias::new("at"));
+    let mut merged = Query::select()
+        .expr_as(Expr::val(EVENT), source.clone())
+        .column(connection_event::Column::Id)
+        .expr_as(Expr::col(connection_event::Column::OccurredAt), at.clone())
+        .from(connection_event::Entity)
+        .and_where(connection_event::Column::ConnectionId.eq(connection_id))
+        .and_where(connection_event::Column::ClientId.eq(client_id))
+        .to_owned();
+    merged
+        .union(
+            UnionType::All,
+            Query::select()
+                .expr_as(Expr::val(SIGHTING), source.clone())
+                .column(secret_sighting::Column::Id)
+                .expr_as(Expr::col(secret_sighting::Column::LastSeenAt), at.clone())
+                .from(secret_sighting::Entity)
+                .and_where(secret_sighting::Column::ConnectionId.eq(connection_id))
+                .and_where(secret_sighting::Column::ClientId.eq(client_id))
+                .to_owned(),
+        )
+        // Version 7 ids sort by time: a stable tie-breaker within one instant.
+        .order_by(at, Order::Desc)
+        .order_by(Alias::new("id"), Order::Desc)
+        .limit(page.page_size)
+        .offset(offset);
+    let mut order = Vec::new();
+    for row in conn.query_all(&merged).await? {
+        let source: String = row.try_get("", "source")?;
+        let id: Uuid = row.try_get("", "id")?;
+        order.push((source == SIGHTING, id));
+    }
+    let event_ids = order.iter().filter(|(s, _)| !s).map(|(_, id)| *id);
+    let sighting_ids = order.iter().filter(|(s, _)| *s).map(|(_, id)| *id);
+    let mut events: HashMap<Uuid, connection_event::Model> = connection_event::Entity::find()
+        .filter(connection_event::Column::Id.is_in(event_ids))
         .all(conn)
-        .await?;
-    let sightings = sightings
-        .order_by_desc(secret_sighting::Column::LastSeenAt)
-        .order_by_desc(secret_sighting::Column::Id)
-        .limit(reach)
-        .all(conn)
-        .await?;
-    let mut entries: Vec<Entry> = events
+        .await?
         .into_iter()
-        .map(Entry::Event)
-        .chain(sightings.into_iter().map(Entry::Sighting))
+        .map(|event| (event.id, event))
         .collect();
-    entries.sort_by_key(|entry| std::cmp::Reverse(entry.at()));
-    let entries = entries
+    let mut sightings: HashMap<Uuid, secret_sighting::Model> = secret_sighting::Entity::find()
+        .filter(secret_sighting::Column::Id.is_in(sighting_ids))
+        .all(conn)
+        .await?
         .into_iter()
-        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        .take(usize::try_from(page.page_size).unwrap_or(usize::MAX))
+        .map(|sighting| (sighting.id, sighting))
+        .collect();
+    // A row deleted between the two reads (a pruned sighting) is left out of the page.
+    let entries = order
+        .into_iter()
+        .filter_map(|(is_sighting, id)| {
+            if is_sighting {
+                sightings.remove(&id).map(Entry::Sighting)
+            } else {
+                events.remove(&id).map(Entry::Event)
+            }
+        })
         .collect();
     Ok(Page { entries, total })
 }
+
+/// What a row of the merged trail is, in the query's `source` column.
+const EVENT: &str = "event";
+const SIGHTING: &str = "sighting";

@@ -476,3 +476,88 @@ async fn events_are_newest_first_paged_and_carry_no_secret() {
     assert_eq!(past["data"], json!([]));
     assert_eq!(past["paging"]["total_entries"], 2);
 }
+
+/// Issue "ten holes", 6: the database pages the merge of events and sightings; every
+/// page, on either backend, holds the right entries in the right order.
+#[actix_web::test]
+async fn events_and_sightings_merge_newest_first_across_pages() {
+    use chrono::{Duration, TimeZone as _, Utc};
+    use entity::secret_sighting;
+    use sea_orm::ActiveValue::Set;
+
+    let app = TestApp::spawn().await;
+    let me = app.owned("MSP").await;
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    // 120 events an hour apart, and 5 sightings a day apart, each 30 s after an event;
+    // what the trail must show, newest first.
+    let mut expected: Vec<(chrono::DateTime<Utc>, String)> = Vec::new();
+    let events: Vec<connection_event::ActiveModel> = (0..120i64)
+        .map(|hour| {
+            let at = start + Duration::hours(hour);
+            expected.push((at, format!("event-{hour}")));
+            connection_event::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                connection_id: Set(me.connection_id),
+                client_id: Set(me.client_id),
+                kind: Set("updated".to_owned()),
+                actor_user_id: Set(Uuid::new_v4()),
+                actor_client_id: Set(me.client_id),
+                request_id: Set(format!("event-{hour}")),
+                remote_address: Set(None),
+                secret_version: Set(Some(0)),
+                grace_period: Set(None),
+                secret_expires_at: Set(None),
+                occurred_at: Set(at),
+            }
+        })
+        .collect();
+    connection_event::Entity::insert_many(events)
+        .exec_without_returning(&app.db)
+        .await
+        .unwrap();
+    for day in 0..5i64 {
+        let at = start + Duration::days(day) + Duration::seconds(30);
+        expected.push((at, format!("sighting-{day}")));
+        secret_sighting::Entity::insert(secret_sighting::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            connection_id: Set(me.connection_id),
+            client_id: Set(me.client_id),
+            consumer_id: Set(Uuid::new_v4()),
+            day: Set(at.date_naive()),
+            reason: Set(secret_sighting::reason::RETIRED.to_owned()),
+            count: Set(day + 1),
+            first_seen_at: Set(at),
+            last_seen_at: Set(at),
+            last_address: Set(None),
+        })
+        .exec_without_returning(&app.db)
+        .await
+        .unwrap();
+    }
+    expected.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+    let expected: Vec<String> = expected.into_iter().map(|(_, name)| name).collect();
+
+    let mut seen = Vec::new();
+    for page in 1..=3 {
+        let (status, body) = app
+            .events(
+                me.client_id,
+                me.connection_id,
+                &format!("?page={page}&page_size=50"),
+                &me.token,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["paging"]["total_entries"], 125);
+        for entry in body["data"].as_array().unwrap() {
+            seen.push(match entry["kind"].as_str().unwrap() {
+                "updated" => entry["request_id"].as_str().unwrap().to_owned(),
+                "stale_secret_presented" => {
+                    format!("sighting-{}", entry["count"].as_i64().unwrap() - 1)
+                }
+                other => panic!("unexpected kind {other}"),
+            });
+        }
+    }
+    assert_eq!(seen, expected);
+}
