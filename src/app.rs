@@ -86,6 +86,8 @@ impl Application {
                 .as_ref()
                 .map(|r| RedisCredentials::new(r.manager.clone(), keys.clone(), cache_ttl)),
         ));
+        // The recorder of every metric this instance serves at `/metrics`.
+        let metrics = Metrics::new();
         // Background tasks go on Tokio's scheduler rather than actix's thread-local set,
         // so they are dropped inside the runtime when it shuts down (a pooled database
         // connection cannot be dropped outside one).
@@ -94,6 +96,7 @@ impl Application {
                 redis.client.clone(),
                 keys.evictions(),
                 cache.clone(),
+                metrics.clone(),
             ));
         }
         tokio::spawn(maintain(Arc::downgrade(&cache)));
@@ -129,7 +132,6 @@ impl Application {
         // The job workers `serve` runs by default: the same as `mithril-workers`, plus
         // this process's own cache, and this application's recorder for the reminder
         // metrics (so `/metrics` shows them).
-        let metrics = Metrics::new();
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let job_workers = if config.run_workers {
             let local = cache.clone();

@@ -6,7 +6,7 @@
 //! `CachedCredential::may_replace`: entries only move forward in version, and a retired
 //! digest stays retired. So writes may land in any order, any number of times.
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -18,6 +18,7 @@ use workers::credentials::{
 };
 
 use crate::secrets::SecretDigest;
+use crate::telemetry::{Metrics, REDIS_LINK_UP};
 
 /// How long this instance remembers a retirement (see `CredentialsCache::new`).
 const LOCAL_RETIRED_TTL: Duration = Duration::from_secs(30);
@@ -117,6 +118,10 @@ pub struct CredentialsCache {
     /// Bumped when the whole local cache is dropped (a missed eviction message). A read
     /// that began before fills nothing locally: what it read may be what was missed.
     generation: AtomicU64,
+    /// Whether this instance follows the eviction channel now (`follow_changes`). While
+    /// it does not, Redis is known to be down: verify goes straight to the database
+    /// instead of waiting on Redis for every miss.
+    redis_up: AtomicBool,
 }
 
 impl CredentialsCache {
@@ -140,7 +145,19 @@ impl CredentialsCache {
             // a retired entry per rotation in every instance for ten minutes.
             retired_ttl: ttl.min(LOCAL_RETIRED_TTL),
             generation: AtomicU64::new(0),
+            // Until the follower says otherwise: a new instance tries Redis.
+            redis_up: AtomicBool::new(true),
         }
+    }
+
+    /// Whether Redis is thought reachable (the eviction channel is followed).
+    pub fn redis_link_up(&self) -> bool {
+        self.redis_up.load(Ordering::SeqCst)
+    }
+
+    /// The shared layer, unless Redis is known to be down.
+    fn reachable_redis(&self) -> Option<&RedisCredentials> {
+        self.redis.as_ref().filter(|_| self.redis_link_up())
     }
 
     /// What verify answers for this digest now (`CachedCredential::verdict`, by the
@@ -163,7 +180,7 @@ impl CredentialsCache {
             return Ok((Verdict::Unknown, Layer::Unknown));
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = self.reachable_redis() {
             match budgeted(redis.get(digest.as_str())).await {
                 Ok(Some((entry, remaining))) => {
                     // Redis's remaining time, never more than this instance keeps such
@@ -189,10 +206,16 @@ impl CredentialsCache {
             read_at: generation,
         };
         self.put(digest.as_str(), &entry, ttl, fill);
-        if let Some(redis) = &self.redis
-            && let Err(e) = budgeted(redis.fill(digest.as_str(), &entry)).await
-        {
-            tracing::warn!(error = %e, "credentials cache: Redis fill failed");
+        if let Some(redis) = self.reachable_redis() {
+            // In the background: the answer is known, and the forward-only rule makes a
+            // late fill harmless.
+            let (redis, digest, shared) =
+                (redis.clone(), digest.as_str().to_owned(), entry.clone());
+            tokio::spawn(async move {
+                if let Err(e) = budgeted(redis.fill(&digest, &shared)).await {
+                    tracing::warn!(error = %e, "credentials cache: Redis fill failed");
+                }
+            });
         }
         Ok((entry.verdict(Utc::now()), Layer::Store))
     }
@@ -273,16 +296,36 @@ impl CredentialsCache {
     }
 }
 
-/// Follows the eviction channel for the life of the process, reconnecting with backoff.
-/// Every (re)subscription clears the local cache, since messages may have been missed.
-pub async fn follow_changes(client: redis::Client, channel: String, cache: Arc<CredentialsCache>) {
+/// Follows the eviction channel for the life of the process, reconnecting with backoff,
+/// and tells the cache (and `mithril_redis_link_up`) whether Redis is reachable.
+///
+/// CAUTION: messages may be missed while the subscription is down, so the local cache is
+/// cleared once when it drops and once when it is back; not on every attempt between
+/// (each clear sends every verify to the database again). While it is down, what the
+/// database answers is kept locally for at most the credentials cache TTL: the bound
+/// that holds whenever every invalidation path fails.
+pub async fn follow_changes(
+    client: redis::Client,
+    channel: String,
+    cache: Arc<CredentialsCache>,
+    metrics: Metrics,
+) {
     use futures_util::StreamExt as _;
     let mut backoff = Duration::from_millis(100);
+    let link = |up: bool| {
+        cache.redis_up.store(up, Ordering::SeqCst);
+        metrics.gauge(REDIS_LINK_UP, &[], if up { 1.0 } else { 0.0 });
+    };
+    link(true);
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
-                    cache.clear_local();
+                    if !cache.redis_link_up() {
+                        cache.clear_local();
+                        tracing::info!("credentials cache: Redis is back; local cache cleared");
+                    }
+                    link(true);
                     backoff = Duration::from_millis(100);
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
@@ -309,8 +352,11 @@ pub async fn follow_changes(client: redis::Client, channel: String, cache: Arc<C
                 tracing::warn!(error = %e, "credentials cache: Redis unreachable for evictions")
             }
         }
-        // Missed messages while disconnected: trust nothing local.
-        cache.clear_local();
+        if cache.redis_link_up() {
+            // Missed messages from here on: trust nothing local from before.
+            cache.clear_local();
+            link(false);
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }

@@ -30,6 +30,8 @@ pub const SECRET_REFRESHES: &str = "secret_refreshes_total";
 pub const OUTBOX_PENDING: &str = "mithril_outbox_pending";
 pub const CREDENTIALS_CACHE: &str = "mithril_credentials_cache_total";
 pub const VERIFY: &str = "mithril_verify_total";
+/// 1 while the instance follows Redis's eviction channel, 0 while Redis is unreachable.
+pub const REDIS_LINK_UP: &str = "mithril_redis_link_up";
 /// The lifetime policy's gauges and counter, named where `mithril-workers` records them.
 pub use workers::remind::{REMINDERS, SECRETS_EXPIRED, SECRETS_EXPIRING};
 

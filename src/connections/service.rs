@@ -243,6 +243,11 @@ impl Service {
         self.gate.close(within).await
     }
 
+    /// Whether the credentials cache follows Redis now (false while Redis is down).
+    pub fn redis_link_up(&self) -> bool {
+        self.effects.cache.redis_link_up()
+    }
+
     /// How many per-client actors are alive.
     pub async fn active_actors(&self) -> usize {
         self.registry.send(ActiveActors).await.unwrap_or(0)

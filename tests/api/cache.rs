@@ -6,8 +6,8 @@ use entity::connection;
 use sea_orm::EntityTrait as _;
 
 use crate::support::{
-    Owned, TestApp, assert_refused_from, eventually, optional_test_redis, test_redis,
-    two_instances_on_redis, warm,
+    OwnRedis, Owned, TestApp, assert_refused_from, eventually, free_port, metric,
+    optional_test_redis, test_redis, two_instances_on_redis, warm,
 };
 
 async fn refused_everywhere(apps: &[&TestApp], secret: &str) -> bool {
@@ -153,4 +153,68 @@ async fn a_re_point_reaches_every_instances_cache() {
             "verify answers with the new redirect_uri on every instance"
         );
     }
+}
+
+/// Verifies answered by the database so far (a miss of every cache).
+async fn store_lookups(app: &TestApp) -> u64 {
+    metric(
+        &app.get_text("/metrics").await.1,
+        r#"mithril_credentials_cache_total{layer="store"}"#,
+    )
+}
+
+/// Verifies `secret` (which must verify) for `period`, a few every 10 ms; returns how many
+/// of them the database answered.
+async fn store_lookups_while_verifying(app: &TestApp, secret: &str, period: Duration) -> u64 {
+    let before = store_lookups(app).await;
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        assert!(app.verifies(secret).await);
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    store_lookups(app).await - before
+}
+
+/// Issue "ten holes", 7: while Redis is down, the local cache is cleared once when the
+/// link drops and once when it is back, not on every reconnect attempt between (each
+/// clear sends every verify to the database, after waiting on Redis).
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn while_redis_is_down_the_local_cache_is_cleared_once_not_on_every_attempt() {
+    test_redis().await;
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.wait_ready().await;
+    let app = TestApp::spawn_with(|c| c.redis_url = Some(redis.url())).await;
+    let me = app.owned("MSP").await;
+    warm(&[&app], &me.secret).await;
+
+    redis.stop();
+    // The drop clears the cache: a verify goes to the database once.
+    let before = store_lookups(&app).await;
+    let cleared = eventually(Duration::from_secs(10), || async {
+        assert!(app.verifies(&me.secret).await);
+        store_lookups(&app).await > before
+    })
+    .await;
+    assert!(cleared, "the local cache is cleared when Redis goes away");
+    // The follower tries again after 0.1, 0.2, 0.4 … 3.2 s: none of those clears it.
+    let again = store_lookups_while_verifying(&app, &me.secret, Duration::from_secs(7)).await;
+    assert_eq!(
+        again, 0,
+        "verifies answered by the database while Redis stayed down"
+    );
+    assert!(!app.state.connections.redis_link_up());
+
+    // Back: cleared once more (messages were missed), then local again.
+    let _redis = OwnRedis::start(port);
+    let back = eventually(Duration::from_secs(15), || async {
+        app.state.connections.redis_link_up()
+    })
+    .await;
+    assert!(back, "the follower subscribes again");
+    let after = store_lookups_while_verifying(&app, &me.secret, Duration::from_secs(1)).await;
+    assert_eq!(after, 1, "one database read after Redis came back");
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(metric(&metrics, "mithril_redis_link_up"), 1);
 }

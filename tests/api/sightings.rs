@@ -11,17 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::support::smtp::{SmtpServer, SmtpState};
-use crate::support::{ALL_SCOPES, TestApp, assert_error, eventually, test_redis};
-
-/// The value of the metric line that starts with `line_start`, or 0.
-fn metric(metrics: &str, line_start: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+use crate::support::{ALL_SCOPES, TestApp, assert_error, eventually, metric, test_redis};
 
 async fn retired_count(app: &TestApp) -> u64 {
     metric(

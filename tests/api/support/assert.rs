@@ -94,3 +94,13 @@ pub fn assert_schema(schema: &str, body: &Value) {
     let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{schema}: {errors:?}\n{body}");
 }
+
+/// The value of the metric line of a `/metrics` text that starts with `line_start`, or 0.
+pub fn metric(metrics: &str, line_start: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
