@@ -17,7 +17,7 @@ use workers::redis_connect::RedisKeys;
 
 use crate::support::smtp::{SmtpServer, SmtpState};
 use crate::support::{
-    Owned, TestApp, eventually, fresh_namespace, test_redis, two_instances_on_redis,
+    Owned, TestApp, eventually, fresh_namespace, test_redis, two_instances_on_redis, warm,
 };
 
 async fn secret_of(app: &TestApp, me: &Owned, grace: u64) -> String {
@@ -673,4 +673,68 @@ async fn a_notice_sent_while_the_queue_goes_away_is_sent_once() {
     );
     assert_eq!(smtp_state.count(), 1, "sent once");
     smtp.stop().await;
+}
+
+/// The forward-only rule for valid entries, through the API: an older re-point's change
+/// landing after a newer one (in Redis, on every instance's cache, through the job) never
+/// puts the older `redirect_uri` back.
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn an_older_re_point_landing_after_a_newer_one_changes_nothing() {
+    let redis_url = test_redis().await;
+    let (first, second) = two_instances_on_redis(&redis_url).await;
+    let me = first.owned("MSP").await;
+    warm(&[&first, &second], &me.secret).await;
+    for uri in [
+        "https://older.example.org/cb",
+        "https://newer.example.org/cb",
+    ] {
+        let (status, body) = first
+            .repoint(me.client_id, me.connection_id, uri, &me.token)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let jobs: Vec<InvalidateCredentials> = invalidation_jobs(&first, me.connection_id)
+        .await
+        .into_iter()
+        .map(|job| serde_json::from_value(job).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 2);
+    let redis = workers::redis_connect::connect(&redis_url).await.unwrap();
+    let shared = RedisCredentials::new(
+        redis.manager.clone(),
+        RedisKeys::new(&first.state.config.workers.queue_namespace),
+        Duration::from_secs(60),
+    );
+    let invalidator = workers::run::Invalidator {
+        db: first.db.clone(),
+        redis: Some(shared.clone()),
+        local: None,
+    };
+    // Newest first, then the older one late, each twice.
+    for job in jobs.iter().rev().chain(jobs.iter().rev()) {
+        shared.apply(&job.change).await.unwrap();
+        invalidator.apply(job).await.unwrap();
+    }
+    let (entry, _) = shared
+        .get(SecretDigest::of(&me.secret).as_str())
+        .await
+        .unwrap()
+        .expect("a cached entry");
+    assert!(!entry.is_retired());
+    let cold = TestApp::spawn_on(first.database.clone(), |c| {
+        c.redis_url = Some(redis_url.clone());
+        c.workers.queue_namespace = first.state.config.workers.queue_namespace.clone();
+    })
+    .await;
+    for app in [&first, &second, &cold] {
+        for _ in 0..2 {
+            let (status, body) = app.verify(&me.secret).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                body["data"]["redirect_uri"], "https://newer.example.org/cb",
+                "{body}"
+            );
+        }
+    }
 }
