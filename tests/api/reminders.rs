@@ -373,3 +373,41 @@ async fn two_worker_processes_send_each_reminder_once() {
     }
     smtp.stop().await;
 }
+
+/// A secret first seen inside several thresholds at once gets the nearest one only; the
+/// wider ones are recorded `skipped` and never mailed (as a secret first seen inside 14d
+/// and 3d gets the 3d reminder).
+#[actix_web::test]
+async fn a_secret_first_seen_inside_several_thresholds_gets_only_the_nearest() {
+    let smtp_state = SmtpState::default();
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| {
+        c.smtp_url = Some(smtp.url());
+        // Issued with 12 s to live: inside 30 s and 20 s from the start.
+        policy(c, "12s", "30s,20s");
+    })
+    .await;
+    let mut c = clinic(&app, "en").await;
+    let version = rotate(&app, &mut c).await;
+    assert!(
+        eventually(DEADLINE, || async {
+            reminders(&smtp_state.messages())
+                .iter()
+                .any(|r| r.threshold == "expired")
+        })
+        .await,
+        "the expiry reminder comes"
+    );
+    let by = thresholds_by_connection(&reminders(&smtp_state.messages()));
+    assert_eq!(by[&(c.connection_id, version)], ["20s", "expired"]);
+    let rows = secret_reminder::Entity::find()
+        .filter(secret_reminder::Column::ConnectionId.eq(c.connection_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    let states: BTreeMap<String, String> =
+        rows.into_iter().map(|r| (r.threshold, r.state)).collect();
+    assert_eq!(states["30s"], "skipped", "{states:?}");
+    assert_eq!(states["20s"], "sent", "{states:?}");
+    smtp.stop().await;
+}
