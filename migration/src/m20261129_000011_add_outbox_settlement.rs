@@ -23,11 +23,13 @@ impl MigrationTrait for Migration {
         // The reconciler scans unsettled notices by dispatch time; partial, so the
         // invalidations and settled notices that pile up in the outbox cost it nothing.
         // (The same SQL on both databases.)
+        // CAUTION: as released. Migration 16 widens it to stale-secret notices; a
+        // released migration is never edited, as databases that ran it keep its result.
         manager
             .get_connection()
             .execute_unprepared(
                 "CREATE INDEX IF NOT EXISTS outbox_notices_unsettled ON outbox (dispatched_at) \
-                 WHERE kind IN ('notify_owner', 'notify_stale_secret') AND settled_at IS NULL",
+                 WHERE kind = 'notify_owner' AND settled_at IS NULL",
             )
             .await
             .map(drop)
