@@ -19,6 +19,8 @@ use workers::queue::{Queue, QueueError};
 /// Rows younger than this are left to the request that wrote them.
 pub const SWEEP_AFTER: Duration = Duration::from_secs(3);
 const SWEEP_BATCH: u64 = 200;
+/// The most batches one reconcile pass looks at (the rest wait for the next pass).
+const RECONCILE_BATCHES: usize = 50;
 /// Committed batches waiting for the dispatcher at most; past it the sweeper takes over.
 const DISPATCH_BACKLOG: usize = 4096;
 
@@ -291,14 +293,26 @@ impl OutboxRelay {
         else {
             return Ok(0);
         };
-        let select = outbox::Entity::find()
-            .filter(outbox::Column::Kind.is_in([jobs::NOTIFY_OWNER, jobs::NOTIFY_STALE_SECRET]))
-            .filter(outbox::Column::SettledAt.is_null())
-            .filter(outbox::Column::DeadAt.is_null())
-            .filter(outbox::Column::DispatchedAt.lt(cutoff))
-            .order_by_asc(outbox::Column::DispatchedAt)
-            .limit(SWEEP_BATCH);
-        self.claimed(select, Work::Reconcile { cutoff }).await
+        // CAUTION: every row a batch looks at leaves the scan (settled, pushed again, or,
+        // still in a worker's hands, looked at again after another window), so the next
+        // batch reaches further: notices that keep retrying cannot hold the head of the
+        // scan and starve lost ones behind them.
+        let mut pushed = 0;
+        for _ in 0..RECONCILE_BATCHES {
+            let select = outbox::Entity::find()
+                .filter(outbox::Column::Kind.is_in([jobs::NOTIFY_OWNER, jobs::NOTIFY_STALE_SECRET]))
+                .filter(outbox::Column::SettledAt.is_null())
+                .filter(outbox::Column::DeadAt.is_null())
+                .filter(outbox::Column::DispatchedAt.lt(cutoff))
+                .order_by_asc(outbox::Column::DispatchedAt)
+                .limit(SWEEP_BATCH);
+            let (rows, done) = self.claimed(select, Work::Reconcile { cutoff }).await?;
+            pushed += done;
+            if rows < SWEEP_BATCH as usize {
+                break;
+            }
+        }
+        Ok(pushed)
     }
 
     async fn reconcile_rows(
@@ -318,6 +332,7 @@ impl OutboxRelay {
                 .map(|n| (n.event_id, n))
                 .collect();
         let mut settled = Vec::new();
+        let mut alive = Vec::new();
         let mut lost = Vec::new();
         for row in rows {
             match event_id(row).and_then(|id| notices.get(&id)) {
@@ -326,10 +341,19 @@ impl OutboxRelay {
                 }
                 // A worker claimed it within the window: slow (retrying through an SMTP
                 // outage, say), not lost. Each attempt claims again, so a notice whose
-                // job is alive never looks lost.
-                Some(notice) if notice.sent_at > cutoff => {}
+                // job is alive never looks lost. Looked at again after another window.
+                Some(notice) if notice.sent_at > cutoff => alive.push(row.id),
                 _ => lost.push(row),
             }
+        }
+        if !alive.is_empty() {
+            // Not an attempt: only its place in the scan moves.
+            outbox::Entity::update_many()
+                .col_expr(outbox::Column::DispatchedAt, Expr::value(Utc::now()))
+                .filter(outbox::Column::Id.is_in(alive))
+                .exec(db)
+                .await
+                .context("outbox: look again later")?;
         }
         if !settled.is_empty() {
             outbox::Entity::update_many()
@@ -365,12 +389,16 @@ impl OutboxRelay {
             .filter(which)
             .order_by_asc(outbox::Column::CreatedAt)
             .limit(limit);
-        self.claimed(select, Work::Relay).await
+        Ok(self.claimed(select, Work::Relay).await?.1)
     }
 
     /// Does `work` on the rows `select` finds, claimed for this instance alone where
-    /// the database can say so.
-    async fn claimed(&self, select: Select<outbox::Entity>, work: Work) -> anyhow::Result<usize> {
+    /// the database can say so. Returns how many rows it found, and what `work` did.
+    async fn claimed(
+        &self,
+        select: Select<outbox::Entity>,
+        work: Work,
+    ) -> anyhow::Result<(usize, usize)> {
         match self.db.get_database_backend() {
             // CAUTION: several instances sweep and reconcile at once; SKIP LOCKED gives
             // each row to one of them.
@@ -383,7 +411,7 @@ impl OutboxRelay {
                     .context("outbox: select")?;
                 let done = self.work(work, &rows, &txn).await;
                 txn.commit().await.context("outbox: commit")?;
-                done
+                Ok((rows.len(), done?))
             }
             // SQLite has one writer and the embedded queue writes through another
             // connection, so no transaction may span the push. A row pushed twice (a
@@ -391,7 +419,7 @@ impl OutboxRelay {
             // idempotent.
             _ => {
                 let rows = select.all(&self.db).await.context("outbox: select")?;
-                self.work(work, &rows, &self.db).await
+                Ok((rows.len(), self.work(work, &rows, &self.db).await?))
             }
         }
     }

@@ -738,3 +738,85 @@ async fn an_older_re_point_landing_after_a_newer_one_changes_nothing() {
         }
     }
 }
+
+/// Issue "ten holes", 8: notices still in a worker's hands (retrying through an SMTP
+/// outage, say) at the head of the reconciler's scan do not starve a lost one behind them.
+#[actix_web::test]
+async fn notices_still_retrying_do_not_starve_a_lost_one_in_the_reconcilers_scan() {
+    use chrono::Utc;
+    use entity::sent_notification;
+    use sea_orm::ActiveValue::Set;
+    use sea_orm::sea_query::Expr;
+
+    let app = TestApp::spawn_with(|c| {
+        // Nothing runs the jobs: the notices' states are set by hand below.
+        c.run_workers = false;
+        c.reconcile_after = Duration::from_secs(60);
+    })
+    .await;
+    for _ in 0..201 {
+        let me = app.owned("MSP").await;
+        secret_of(&app, &me, 0).await;
+    }
+    let notices = || async {
+        outbox::Entity::find()
+            .filter(outbox::Column::Kind.eq("notify_owner"))
+            .order_by_asc(outbox::Column::CreatedAt)
+            .order_by_asc(outbox::Column::Id)
+            .all(&app.db)
+            .await
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            notices().await.iter().all(|r| r.dispatched_at.is_some())
+        })
+        .await,
+        "every notice is pushed"
+    );
+    let rows = notices().await;
+    assert_eq!(rows.len(), 201);
+    // Dispatched an hour ago, oldest first; the 200 oldest are in a worker's hands (claimed
+    // a moment ago), the newest is lost.
+    let hour_ago = Utc::now() - chrono::Duration::hours(1);
+    for (i, row) in rows.iter().enumerate() {
+        outbox::Entity::update_many()
+            .col_expr(
+                outbox::Column::DispatchedAt,
+                Expr::value(hour_ago + chrono::Duration::seconds(i as i64)),
+            )
+            .filter(outbox::Column::Id.eq(row.id))
+            .exec(&app.db)
+            .await
+            .unwrap();
+    }
+    for row in &rows[..200] {
+        let event_id: Uuid = row.payload["event_id"].as_str().unwrap().parse().unwrap();
+        sent_notification::Entity::insert(sent_notification::ActiveModel {
+            event_id: Set(event_id),
+            sent_at: Set(Utc::now()),
+            state: Set(sent_notification::state::SENDING.to_owned()),
+            lease_until: Set(Some(Utc::now() + chrono::Duration::minutes(2))),
+        })
+        .exec_without_returning(&app.db)
+        .await
+        .unwrap();
+    }
+    let pushed = app.state.relay.reconcile().await.unwrap();
+    assert_eq!(pushed, 1, "the lost notice is pushed again in one pass");
+    let lost = outbox::Entity::find_by_id(rows[200].id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lost.attempts, rows[200].attempts + 1);
+    let held = outbox::Entity::find_by_id(rows[0].id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        held.attempts, rows[0].attempts,
+        "a held notice is not pushed again"
+    );
+}
