@@ -23,6 +23,7 @@ mod openapi;
 mod operations;
 mod refresh_secret;
 mod reminders;
+mod retention;
 mod rotation_effects;
 mod seed;
 mod shutdown;

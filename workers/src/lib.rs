@@ -9,6 +9,7 @@ pub mod logs;
 pub mod mail;
 pub mod notify;
 pub mod poll;
+pub mod prune;
 pub mod queue;
 pub mod redis_connect;
 pub mod remind;

@@ -14,6 +14,7 @@ use crate::jobs::{self, InvalidateCredentials, NotifyOwner, NotifyStaleSecret, R
 use crate::mail::{Mailer, Templates};
 use crate::notify::{Notified, Notifier, NotifyError};
 use crate::poll::EveryPeriod;
+use crate::prune::Pruner;
 use crate::queue::Queue;
 use crate::redis_connect::RedisKeys;
 use crate::remind::{Reminded, ReminderMetrics, Reminders, Ticker};
@@ -73,6 +74,8 @@ pub struct Workers {
     pub reminders: Arc<Reminders>,
     /// Pushes the reminders due, every `reminder_interval`.
     pub ticker: Arc<Ticker>,
+    /// Removes finished work after `MITHRIL_RETENTION`.
+    pub pruner: Arc<Pruner>,
     pub retry: RetrySettings,
     /// How many jobs of each kind one process runs at once.
     pub concurrency: usize,
@@ -107,6 +110,10 @@ impl Workers {
                 notifier: notifier.clone(),
                 thresholds: settings.reminder_thresholds.clone(),
                 metrics: metrics.clone(),
+            }),
+            pruner: Arc::new(Pruner {
+                db: db.clone(),
+                retention: settings.retention,
             }),
             ticker: Arc::new(Ticker {
                 db: db.clone(),
@@ -453,9 +460,10 @@ pub async fn run(
         Queue::Postgres(storages) => spawn_workers!(storages, workers, stop),
     };
     let ticker = tokio::spawn(workers.ticker.clone().run(queue.clone(), stop.clone()));
+    let pruner = tokio::spawn(workers.pruner.clone().run(queue.clone(), stop.clone()));
     let mut stopped = stop.clone();
     let _ = stopped.wait_for(|s| *s).await;
-    let all = futures_util::future::join_all(handles.into_iter().chain([ticker]));
+    let all = futures_util::future::join_all(handles.into_iter().chain([ticker, pruner]));
     if tokio::time::timeout(grace, all).await.is_err() {
         tracing::warn!("job workers did not finish within the shutdown timeout");
     }

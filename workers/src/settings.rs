@@ -107,6 +107,10 @@ pub struct WorkerSettings {
     /// (plus one once it has expired); `off` for only that one.
     #[arg(long, global = true, env = "MITHRIL_REMINDER_THRESHOLDS", default_value = "14d,3d,1d", value_parser = Thresholds::parse)]
     pub reminder_thresholds: Thresholds,
+    /// How long finished work is kept before it is pruned (`30d`): finished jobs in the
+    /// queue (Redis or the database), settled outbox rows, settled notice records.
+    #[arg(long, global = true, env = "MITHRIL_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
 }
 
 /// Refuses `value` of the setting `name` outside `min..=max`, with a message naming the
@@ -136,6 +140,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 /// The furthest a reminder threshold may reach before an expiry: ten years.
 pub const MAX_REMINDER_THRESHOLD: Duration = Duration::from_secs(3660 * 86_400);
+/// The longest `MITHRIL_RETENTION`: ten years.
+pub const MAX_RETENTION: Duration = Duration::from_secs(3660 * 86_400);
 
 /// A URL as logs may show it: without its password (or the whole URL, when it does not
 /// parse, reduced to its scheme).
@@ -184,6 +190,7 @@ impl Default for WorkerSettings {
             notice_lease: 120,
             reminder_interval: Duration::from_secs(60),
             reminder_thresholds: Thresholds::default(),
+            retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -224,6 +231,7 @@ impl WorkerSettings {
             Duration::ZERO,
             MAX_REMINDER_THRESHOLD,
         )?;
+        check_bounds("MITHRIL_RETENTION", self.retention, SECOND, MAX_RETENTION)?;
         Ok(())
     }
 
