@@ -202,6 +202,26 @@ if "current" in soaks:
         note=f"API RSS MiB every 30 s under load, then 30 s and 60 s after: {curve}; latency columns are the verifies'; "
              f"{ref['status5xx'] + ver['status5xx']} 5xx"))
 
+# P8 ---------------------------------------------------------------------------------
+if have("p8"):
+    state = {}
+    for line in read("p8").splitlines():
+        label, memory, keys = line.split()
+        state[label] = (int(memory), int(keys))
+    rotations, mails = map(int, read("p8_counts").split())
+    p8 = wrk("p8")
+    (m0, k0), (m1, k1), (m2, k2) = state["before"], state["after_load"], state["after_retention"]
+    mib = lambda b: b / 1024 / 1024
+    rows.append(dict(
+        id="P8", scenario=f"Redis after {rotations} rotations and the retention (30 s)",
+        p50=ms(p8["p50_us"]), p99=ms(p8["p99_us"]), tput=f"{rps(p8):.0f} refreshes/s",
+        base=f"before: {mib(m0):.1f} MiB used, {k0} keys",
+        ratio=f"right after {mib(m1):.1f} MiB, {k1} keys; after the retention {mib(m2):.1f} MiB, {k2} keys",
+        target="back near the start, not growing with the rotations",
+        ok=k2 <= k0 + 20 and m2 <= m0 + 1024 * 1024 and mails >= rotations,
+        note=f"{mails} of {rotations} notices mailed; the namespace's keys and Redis used_memory "
+             f"before, right after the notices went, and 45 s later (retention 30 s, pruner every 3 s)"))
+
 # BENCHMARKS.md ----------------------------------------------------------------------
 start, end = map(int, read("run_time").split())
 seed_a, seed_b = map(float, read("seed_time").split())
