@@ -820,3 +820,40 @@ async fn notices_still_retrying_do_not_starve_a_lost_one_in_the_reconcilers_scan
         "a held notice is not pushed again"
     );
 }
+
+/// Issue "ten holes", 8: a worker killed (SIGKILL) in the middle of a send leaves its
+/// claim and its job behind; with the default lease and queue settings another worker
+/// sends the notice within a minute of the kill.
+#[actix_web::test]
+#[ignore = "needs Redis: set MITHRIL_TEST_REDIS_URL, run with --include-ignored"]
+async fn a_notice_held_by_a_killed_worker_is_sent_within_a_minute() {
+    use std::sync::atomic::Ordering;
+    let redis_url = test_redis().await;
+    let smtp_state = SmtpState::default();
+    // The first worker never hears the server accept its message.
+    smtp_state.answer_delay_ms.store(600_000, Ordering::SeqCst);
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let namespace = fresh_namespace();
+    let api = TestApp::spawn_with(|c| {
+        c.run_workers = false;
+        c.redis_url = Some(redis_url.clone());
+        c.workers.queue_namespace = namespace.clone();
+        c.smtp_url = Some(smtp.url());
+    })
+    .await;
+    let first = crate::support::start_workers(1, &api, &redis_url, &smtp.url());
+    let me = api.owned("MSP").await;
+    secret_of(&api, &me, 0).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async { smtp_state.count() == 1 }).await,
+        "the first worker is in the middle of its send"
+    );
+    drop(first); // SIGKILL
+    let killed = std::time::Instant::now();
+    smtp_state.answer_delay_ms.store(0, Ordering::SeqCst);
+    let _second = crate::support::start_workers(1, &api, &redis_url, &smtp.url());
+    let sent = eventually(Duration::from_secs(60), || async { smtp_state.count() >= 2 }).await;
+    eprintln!("sent again {:?} after the kill", killed.elapsed());
+    assert!(sent, "the notice went out within a minute of the kill");
+    smtp.stop().await;
+}
