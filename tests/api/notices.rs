@@ -207,6 +207,50 @@ async fn smtp_down_then_up_delivers_after_backoff() {
     smtp.stop().await;
 }
 
+/// A server refusing `MAIL FROM` with `554 5.7.1` is at fault itself (its relay or
+/// authentication settings), not the owner's address: the notice is retried and goes out
+/// once the server accepts, rather than going `dead` at the first 5xx.
+#[actix_web::test]
+async fn a_mail_from_refused_with_554_is_retried_and_the_notice_arrives_once() {
+    let smtp_state = SmtpState::default();
+    // Three refusals, then accepted: fits within the test's 5 retries.
+    smtp_state.refuse_mail_from.store(3, Ordering::SeqCst);
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| c.smtp_url = Some(smtp.url())).await;
+    let c = clinic(&app, "en").await;
+    refresh(&app, &c, "relay-refused").await;
+    assert!(
+        eventually(DEADLINE, || async {
+            smtp_state.refused_mail_from.load(Ordering::SeqCst) >= 2
+        })
+        .await,
+        "the worker retries while the server refuses MAIL FROM (refused {} times)",
+        smtp_state.refused_mail_from.load(Ordering::SeqCst)
+    );
+    assert!(
+        eventually(DEADLINE, || async { sent_count(&app).await == 1 }).await,
+        "delivered once the server accepts"
+    );
+    assert_eq!(smtp_state.refused_mail_from.load(Ordering::SeqCst), 3);
+    let messages = smtp_state.messages();
+    assert_eq!(messages.len(), 1, "exactly one notice");
+    assert_eq!(messages[0].to, vec![c.owner_email.clone()]);
+    let notices = sent_notification::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].state, sent_notification::state::SENT);
+    let table = if crate::support::is_postgres(&app) {
+        "apalis.jobs"
+    } else {
+        "Jobs"
+    };
+    let killed = format!("SELECT COUNT(*) FROM {table} WHERE status = 'Killed'");
+    assert_eq!(app.query_i64(&killed).await, 0, "no job dead-lettered");
+    smtp.stop().await;
+}
+
 #[actix_web::test]
 async fn a_permanently_refused_owner_dead_letters_without_retrying() {
     let smtp_state = SmtpState::default();

@@ -1,6 +1,7 @@
 //! A real SMTP server inside the test process: `mailin` speaks the protocol, a few lines
-//! of Tokio carry the bytes. It can refuse recipients for good (550) or everything for
-//! now (451), and stop and start again on the same port.
+//! of Tokio carry the bytes. It can refuse recipients for good (550 5.1.1 naming the
+//! address), everything for now (451), or the sender for its own fault (554 5.7.1 to
+//! `MAIL FROM`, a set number of times), and stop and start again on the same port.
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,6 +31,11 @@ pub struct SmtpState {
     pub reject_rcpt: Arc<Mutex<Vec<String>>>,
     /// `MAIL FROM` commands seen, accepted or not.
     pub attempts: Arc<AtomicUsize>,
+    /// So many `MAIL FROM` commands more are refused with `554 5.7.1 relaying disabled`
+    /// (a server's own fault, as when its relay settings are wrong), then accepted.
+    pub refuse_mail_from: Arc<AtomicUsize>,
+    /// `MAIL FROM` commands refused with that 554.
+    pub refused_mail_from: Arc<AtomicUsize>,
     /// Milliseconds to wait before answering the end of a message (which is already
     /// recorded as received): a slow server, so a test can act while a client waits.
     pub answer_delay_ms: Arc<std::sync::atomic::AtomicU64>,
@@ -58,6 +64,15 @@ impl Handler for Session {
         if self.state.fail_transient.load(Ordering::SeqCst) {
             return response::INTERNAL_ERROR;
         }
+        if self
+            .state
+            .refuse_mail_from
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.state.refused_mail_from.fetch_add(1, Ordering::SeqCst);
+            return Response::custom(554, "5.7.1 relaying disabled".to_owned());
+        }
         self.from = from.to_owned();
         self.to.clear();
         self.data.clear();
@@ -73,7 +88,11 @@ impl Handler for Session {
             .iter()
             .any(|r| r == to)
         {
-            return response::NO_MAILBOX;
+            // As Postfix words it: a refusal naming the address, with 5.1.1.
+            return Response::custom(
+                550,
+                format!("5.1.1 <{to}>: Recipient address rejected: User unknown"),
+            );
         }
         self.to.push(to.to_owned());
         response::OK
