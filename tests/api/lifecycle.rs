@@ -845,14 +845,20 @@ async fn a_notice_held_by_a_killed_worker_is_sent_within_a_minute() {
     let me = api.owned("MSP").await;
     secret_of(&api, &me, 0).await;
     assert!(
-        eventually(Duration::from_secs(30), || async { smtp_state.count() == 1 }).await,
+        eventually(Duration::from_secs(30), || async {
+            smtp_state.count() == 1
+        })
+        .await,
         "the first worker is in the middle of its send"
     );
     drop(first); // SIGKILL
     let killed = std::time::Instant::now();
     smtp_state.answer_delay_ms.store(0, Ordering::SeqCst);
     let _second = crate::support::start_workers(1, &api, &redis_url, &smtp.url());
-    let sent = eventually(Duration::from_secs(60), || async { smtp_state.count() >= 2 }).await;
+    let sent = eventually(Duration::from_secs(60), || async {
+        smtp_state.count() >= 2
+    })
+    .await;
     eprintln!("sent again {:?} after the kill", killed.elapsed());
     assert!(sent, "the notice went out within a minute of the kill");
     smtp.stop().await;

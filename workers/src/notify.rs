@@ -18,10 +18,20 @@ use crate::mail::{
     DeliveryError, Locale, Mailer, NoticeFields, RenderedNotice, StaleFields, Templates, compose,
 };
 
-/// How long a worker's claim on a notice lasts by default: longer than any SMTP exchange
-/// (the transport gives up after 10 s), short enough that a notice whose worker died
-/// mid-send goes out again within minutes.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
+/// How long a worker's claim on a notice lasts by default: a little longer than an SMTP
+/// command may take (the transport gives up after 10 s), and renewed every third of it
+/// while the send goes on, so a claim outlives its send but not its worker: a notice
+/// whose worker died mid-send goes out again within seconds of the lease's end.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// How many times a job waits for another worker's live claim to end before it hands
+/// the notice back to the queue's retries.
+const HELD_WAITS: usize = 3;
+
+/// How many times the outcome of a send (or the claim's own insert) is written again
+/// when the database fails in between; the mail is gone, and a lost `sent` would have
+/// the notice mailed again once the lease ends.
+const RECORD_TRIES: u32 = 5;
 
 /// What sending a notice needs, shared by every job.
 pub struct Notifier {
@@ -142,7 +152,7 @@ impl Notifier {
         event_id: Uuid,
         message: impl Future<Output = Result<Message, NotifyError>>,
     ) -> Result<Notified, NotifyError> {
-        let lease = match self.claim(event_id).await? {
+        let lease = match self.claim_when_free(event_id).await? {
             Claim::Ours(lease) => lease,
             Claim::Done => return Ok(Notified::AlreadyDone),
             Claim::Held => {
@@ -151,17 +161,20 @@ impl Notifier {
                 ));
             }
         };
-        let sent = match message.await {
-            Ok(message) => self.mailer.send(message).await.map_err(NotifyError::from),
-            Err(e) => Err(e),
+        let send = async {
+            match message.await {
+                Ok(message) => self.mailer.send(message).await.map_err(NotifyError::from),
+                Err(e) => Err(e),
+            }
         };
+        let (sent, lease) = self.renewing(event_id, lease, send).await;
         match sent {
             Ok(()) => {
-                self.settle(event_id, lease, state::SENT).await?;
+                self.record(event_id, lease, state::SENT).await?;
                 Ok(Notified::Sent)
             }
             Err(NotifyError::Permanent(reason)) => {
-                self.settle(event_id, lease, state::DEAD).await?;
+                self.record(event_id, lease, state::DEAD).await?;
                 Err(NotifyError::Permanent(reason))
             }
             Err(NotifyError::Transient(reason)) => {
@@ -206,11 +219,129 @@ impl Notifier {
         Ok(())
     }
 
+    /// Claims the notice; while another worker's live claim holds it, waits for that
+    /// lease to end and tries again (a held claim is retried when its lease ends, not on
+    /// the job's exponential clock), a few times before giving the job back.
+    async fn claim_when_free(&self, event_id: Uuid) -> Result<Claim, NotifyError> {
+        for _ in 0..HELD_WAITS {
+            match self.claim(event_id).await? {
+                Claim::Held => {
+                    let until = sent_notification::Entity::find_by_id(event_id)
+                        .one(&self.db)
+                        .await?
+                        .and_then(|row| row.lease_until);
+                    let left = until
+                        .and_then(|until| (until - Utc::now()).to_std().ok())
+                        .unwrap_or_default();
+                    // A renewed lease can be waited on again; never longer than one.
+                    tokio::time::sleep(left.min(self.lease) + Duration::from_millis(50)).await;
+                }
+                other => return Ok(other),
+            }
+        }
+        self.claim(event_id).await
+    }
+
+    /// Runs `send` while renewing this worker's claim every third of the lease, so the
+    /// claim lasts as long as the send and no longer than this worker. Returns what the
+    /// send gave and the lease the claim has now.
+    async fn renewing<T>(
+        &self,
+        event_id: Uuid,
+        mut lease: DateTime<Utc>,
+        send: impl Future<Output = T>,
+    ) -> (T, DateTime<Utc>) {
+        let every = (self.lease / 3).max(Duration::from_millis(100));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                done = &mut send => return (done, lease),
+                _ = renew.tick() => match self.renew(event_id, lease).await {
+                    Ok(Some(next)) => lease = next,
+                    Ok(None) => tracing::warn!(%event_id, "the claim on this notice ended mid-send"),
+                    Err(e) => tracing::warn!(%event_id, error = %e, "renewing the claim failed"),
+                },
+            }
+        }
+    }
+
+    /// Moves this worker's live claim's end a lease from now; `None` when the claim is
+    /// no longer this worker's.
+    async fn renew(
+        &self,
+        event_id: Uuid,
+        lease: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, NotifyError> {
+        let next = lease_until(Utc::now(), self.lease);
+        let renewed = sent_notification::Entity::update_many()
+            .col_expr(sent_notification::Column::LeaseUntil, Expr::value(next))
+            .filter(sent_notification::Column::EventId.eq(event_id))
+            .filter(sent_notification::Column::State.eq(state::SENDING))
+            .filter(sent_notification::Column::LeaseUntil.eq(lease))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok((renewed == 1).then_some(next))
+    }
+
+    /// `settle`, tried again a few times while the database fails: the mail is already
+    /// sent (or refused for good), and a lost outcome would have it sent again.
+    async fn record(
+        &self,
+        event_id: Uuid,
+        lease: DateTime<Utc>,
+        outcome: &str,
+    ) -> Result<(), NotifyError> {
+        let mut pause = Duration::from_millis(200);
+        for _ in 1..RECORD_TRIES {
+            match self.settle(event_id, lease, outcome).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(%event_id, error = %e, "recording the outcome failed; trying again")
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        self.settle(event_id, lease, outcome).await
+    }
+
     /// Inserts a `sending` claim, or takes over one whose lease lapsed; one statement,
     /// so two workers cannot both win.
+    ///
+    // CAUTION: a claim whose insert committed but whose answer was lost (a connection cut
+    // mid-statement) is still this worker's: the lease it wrote says so. Without that
+    // check the job's retry would find its own claim "held" and wait out the lease.
     async fn claim(&self, event_id: Uuid) -> Result<Claim, NotifyError> {
         let now = Utc::now();
         let lease_until = lease_until(now, self.lease);
+        match self.insert_claim(event_id, now, lease_until).await {
+            Ok(claim) => Ok(claim),
+            Err(e) => {
+                let ours = sent_notification::Entity::find_by_id(event_id)
+                    .one(&self.db)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|row| {
+                        row.state == state::SENDING && row.lease_until == Some(lease_until)
+                    });
+                if ours {
+                    Ok(Claim::Ours(lease_until))
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn insert_claim(
+        &self,
+        event_id: Uuid,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim, NotifyError> {
         let claimed = sent_notification::Entity::insert(sent_notification::ActiveModel {
             event_id: Set(event_id),
             sent_at: Set(now),

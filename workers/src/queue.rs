@@ -10,6 +10,12 @@ use serde::de::DeserializeOwned;
 
 use crate::jobs::{self, InvalidateCredentials, NotifyOwner, NotifyStaleSecret, RemindOwner};
 
+/// How often a worker tells the queue it lives, and how many beats it may miss before
+/// the queue hands its jobs to another worker: 20 s, where apalis's defaults wait 60 s
+/// (database) or 300 s (Redis) after a worker killed mid-job.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+const MISSED_HEARTBEATS: usize = 4;
+
 /// One storage per job type.
 #[derive(Clone)]
 pub struct Storages<N, I, R, S> {
@@ -80,7 +86,12 @@ impl Queue {
         let remind_queue = keys.queue(jobs::REMIND_OWNER);
         let stale_queue = keys.queue(jobs::NOTIFY_STALE_SECRET);
         if let Some(conn) = redis {
-            let config = |queue: &str| RedisConfig::default().queue(queue);
+            let config = |queue: &str| {
+                RedisConfig::default()
+                    .queue(queue)
+                    .heartbeat_interval(HEARTBEAT)
+                    .missed_heartbeats(MISSED_HEARTBEATS)
+            };
             let storages = Storages {
                 notify: RedisStorage::new(conn.clone()).with_config(config(&notify_queue)),
                 invalidate: RedisStorage::new(conn.clone()).with_config(config(&invalidate_queue)),
@@ -98,14 +109,30 @@ impl Queue {
                     .await
                     .context("creating the queue tables")?;
                 Ok(Self::Postgres(Storages {
-                    notify: PostgresStorage::new(pool)
-                        .with_config(apalis_postgres::Config::default().queue(&notify_queue)),
-                    invalidate: PostgresStorage::new(pool)
-                        .with_config(apalis_postgres::Config::default().queue(&invalidate_queue)),
-                    remind: PostgresStorage::new(pool)
-                        .with_config(apalis_postgres::Config::default().queue(&remind_queue)),
-                    stale: PostgresStorage::new(pool)
-                        .with_config(apalis_postgres::Config::default().queue(&stale_queue)),
+                    notify: PostgresStorage::new(pool).with_config(
+                        apalis_postgres::Config::default()
+                            .queue(&notify_queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    ),
+                    invalidate: PostgresStorage::new(pool).with_config(
+                        apalis_postgres::Config::default()
+                            .queue(&invalidate_queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    ),
+                    remind: PostgresStorage::new(pool).with_config(
+                        apalis_postgres::Config::default()
+                            .queue(&remind_queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    ),
+                    stale: PostgresStorage::new(pool).with_config(
+                        apalis_postgres::Config::default()
+                            .queue(&stale_queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    ),
                 }))
             }
             _ => {
@@ -117,14 +144,30 @@ impl Queue {
                     .await
                     .context("creating the queue tables")?;
                 Ok(Self::Sqlite(Storages {
-                    notify: SqliteStorage::new(pool)
-                        .with_config(apalis_sqlite::Config::default().queue(&notify_queue)),
-                    invalidate: SqliteStorage::new(pool)
-                        .with_config(apalis_sqlite::Config::default().queue(&invalidate_queue)),
-                    remind: SqliteStorage::new(pool)
-                        .with_config(apalis_sqlite::Config::default().queue(&remind_queue)),
-                    stale: SqliteStorage::new(pool)
-                        .with_config(apalis_sqlite::Config::default().queue(&stale_queue)),
+                    notify: SqliteStorage::new(pool).with_config(
+                        apalis_sqlite::Config::default()
+                            .queue(&notify_queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    ),
+                    invalidate: SqliteStorage::new(pool).with_config(
+                        apalis_sqlite::Config::default()
+                            .queue(&invalidate_queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    ),
+                    remind: SqliteStorage::new(pool).with_config(
+                        apalis_sqlite::Config::default()
+                            .queue(&remind_queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    ),
+                    stale: SqliteStorage::new(pool).with_config(
+                        apalis_sqlite::Config::default()
+                            .queue(&stale_queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    ),
                 }))
             }
         }

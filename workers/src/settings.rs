@@ -90,13 +90,13 @@ pub struct WorkerSettings {
         default_value_t = 100
     )]
     pub poll_interval_ms: u64,
-    /// Seconds a worker's claim on a notice lasts; a notice whose worker died mid-send
-    /// is sent again after it.
+    /// Seconds a worker's claim on a notice lasts; renewed every third of it while the
+    /// send goes on, so a notice whose worker died mid-send is sent again after it.
     #[arg(
         long,
         global = true,
         env = "MITHRIL_NOTICE_LEASE",
-        default_value_t = 120
+        default_value_t = 30
     )]
     pub notice_lease: u64,
     /// How often each worker process looks for secrets due a reminder and refreshes the
@@ -187,7 +187,7 @@ impl Default for WorkerSettings {
             retry_min_ms: 500,
             retry_max_ms: 300_000,
             poll_interval_ms: 100,
-            notice_lease: 120,
+            notice_lease: 30,
             reminder_interval: Duration::from_secs(60),
             reminder_thresholds: Thresholds::default(),
             retention: Duration::from_secs(30 * 86_400),
