@@ -104,9 +104,9 @@ drill_main() {
   for name in "${names[@]}"; do
     case $name in
       rolling) run rolling rolling 3 3 "" ;;
-      kill9) run kill9 kill9 3 3 "" MITHRIL_RECONCILE_AFTER=15s MITHRIL_NOTICE_LEASE=15 DRILL_SMTP_DELAY_MS=200 ;;
+      kill9) run kill9 kill9 3 3 "" DRILL_SMTP_DELAY_MS=200 ;;
       same-connection) run same-connection same-connection 3 3 "" ;;
-      redis-restart) run redis-restart redis-restart 3 3 "" MITHRIL_RECONCILE_AFTER=15s MITHRIL_NOTICE_LEASE=15 ;;
+      redis-restart) run redis-restart redis-restart 3 3 "" ;;
       retired-stays-retired) run retired-stays-retired retired-stays-retired 2 2 "" ;;
       impatient-callers)
         run "impatient-callers (default budget)" impatient-callers 3 3 limited
