@@ -166,6 +166,19 @@ if have("p5_events.txt"):
              f"p99 {ms(p5['p99_us']):.1f} ms; {cpu_per_1000(b, a, p5['ok']):.2f} CPU s / 1 000 refreshes (API process)"))
     series += [("P5 commit → SMTP", p5_p50, p5_p99)]
 
+# P6 ---------------------------------------------------------------------------------
+if have("p6_up.json") and have("p6_down.json"):
+    up, down = wrk("p6_up"), wrk("p6_down")
+    ratio = down["p99_us"] / max(up["p99_us"], 1)
+    rows.append(dict(
+        id="P6", scenario="verify, first touches, Redis stopped",
+        p50=ms(down["p50_us"]), p99=ms(down["p99_us"]), tput=f"{rps(down):.0f} req/s",
+        base=f"Redis up: p50 {ms(up['p50_us']):.1f} / p99 {ms(up['p99_us']):.1f} ms, {rps(up):.0f} req/s",
+        ratio=f"{ratio:.2f} × p99", target="≤ 2 × p99",
+        ok=ratio <= 2 and down["status5xx"] == 0 and down["ok"] > 0,
+        note=f"16 callers, 20 s each, secrets of 10 000 clients per phase; {down['status5xx']} 5xx, "
+             f"{down['status4xx']} 4xx with Redis stopped"))
+
 # P7 ---------------------------------------------------------------------------------
 def soak(label):
     """The RSS samples (KiB) of one soak: under load by second, then after it."""
