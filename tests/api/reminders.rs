@@ -411,3 +411,55 @@ async fn a_secret_first_seen_inside_several_thresholds_gets_only_the_nearest() {
     assert_eq!(states["20s"], "sent", "{states:?}");
     smtp.stop().await;
 }
+
+/// Issue "ten holes", 5: a reminder whose job is being retried (the mail server refuses
+/// for now) is in hand: the ticker does not push another job for it on every pass. Mail
+/// down for many more ticks than retries, then up: one job, one mail.
+#[actix_web::test]
+async fn a_reminder_being_retried_is_not_pushed_again() {
+    use std::sync::atomic::Ordering;
+    let smtp_state = SmtpState::default();
+    smtp_state.fail_transient.store(true, Ordering::SeqCst);
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| {
+        c.smtp_url = Some(smtp.url());
+        // Issued with an hour to live, reminded two hours ahead: due at once; a tick
+        // every 100 ms.
+        policy(c, "1h", "2h");
+        c.workers.retries = 100;
+    })
+    .await;
+    let mut c = clinic(&app, "en").await;
+    rotate(&app, &mut c).await;
+    // Retries every 50-500 ms: ten refusals take some seconds, thirty ticks and more.
+    assert!(
+        eventually(DEADLINE, || async {
+            smtp_state.attempts.load(Ordering::SeqCst) >= 10
+        })
+        .await,
+        "the worker keeps trying"
+    );
+    smtp_state.fail_transient.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(DEADLINE, || async {
+            !reminders(&smtp_state.messages()).is_empty()
+        })
+        .await
+    );
+    let table = if crate::support::is_postgres(&app) {
+        "apalis.jobs"
+    } else {
+        "Jobs"
+    };
+    let jobs = app
+        .query_i64(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE job_type LIKE '%remind_owner'"
+        ))
+        .await;
+    assert_eq!(
+        jobs, 1,
+        "one job for the reminder, however many ticks passed"
+    );
+    assert_eq!(reminders(&smtp_state.messages()).len(), 1);
+    smtp.stop().await;
+}

@@ -442,11 +442,21 @@ impl Reminders {
         Ok(())
     }
 
-    /// Lets this worker's claim lapse now, after a failure worth retrying.
+    /// Hands this worker's claim back after a failure worth retrying: `queued` again, in
+    /// the hands of the job's own retry (which may claim it at once), for as long as the
+    /// ticker waits for a queued reminder's job.
+    ///
+    // CAUTION: not a lapsed lease. A lapsed `sending` row looks free to the ticker, which
+    // would push another job on every pass while this one still retries (45 jobs in 50 s
+    // for one reminder with the mail server down).
     async fn release(&self, key: Key<'_>, lease: DateTime<Utc>) -> Result<(), NotifyError> {
         key.filter(secret_reminder::Entity::update_many())
             .filter(secret_reminder::Column::LeaseUntil.eq(lease))
-            .col_expr(secret_reminder::Column::LeaseUntil, Expr::value(Utc::now()))
+            .col_expr(secret_reminder::Column::State, Expr::value(state::QUEUED))
+            .col_expr(
+                secret_reminder::Column::LeaseUntil,
+                Expr::value(lease_until(Utc::now(), REQUEUE_AFTER)),
+            )
             .filter(secret_reminder::Column::State.eq(state::SENDING))
             .exec(&self.notifier.db)
             .await?;
