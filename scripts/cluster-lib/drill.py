@@ -902,7 +902,7 @@ async def drill_redis_restart(cl, rep):
              f"{up - t0:.2f}s after the shutdown")
     rep.line("settings", f"MITHRIL_RECONCILE_AFTER={ENV.get('MITHRIL_RECONCILE_AFTER', '10m (default)')}: a notice lost by the "
              f"queue is due within about {bound:.0f}s (window + window/4 between looks + 5s); "
-             f"MITHRIL_NOTICE_LEASE={ENV.get('MITHRIL_NOTICE_LEASE')}")
+             f"MITHRIL_NOTICE_LEASE={ENV.get('MITHRIL_NOTICE_LEASE', '30 (default)')}")
     states = notice_states(cl)
     rep.line("claims", f"sent_notifications after the wait: {fmt_counts(states)}")
     rep.line("requests", f"{n_r} refreshes, {len(recs) - n_r} verifies")
