@@ -99,55 +99,111 @@ async fn verify_many(address: &str, secret: &str, callers: usize, each: usize) {
     }
 }
 
+/// One embedded instance on port 0, on a SQLite database of its own, without workers.
+struct Instance {
+    address: String,
+    db: sea_orm::DatabaseConnection,
+    server: actix_web::dev::ServerHandle,
+    running: actix_web::rt::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Instance {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::embedded(format!(
+            "sqlite://{}/mithril.db?mode=rwc",
+            dir.path().display()
+        ));
+        config.bind = "127.0.0.1:0".to_owned();
+        config.http_workers = 2;
+        config.run_workers = false;
+        config.workers.mail_dir = dir.path().join("mail");
+        let app = Application::build(config).await.unwrap();
+        Self {
+            address: format!("http://127.0.0.1:{}", app.port()),
+            db: app.db(),
+            server: app.handle(),
+            running: actix_web::rt::spawn(app.run_until_stopped()),
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.server.stop(true).await;
+        self.running.await.unwrap().unwrap();
+    }
+
+    /// A clinic owned by a user, connected to a MIS with `secret` (generated when
+    /// `None`), and the owner's `token` with read scope when given.
+    async fn clinic(&self, secret: Option<String>, token: Option<&str>) -> Clinic {
+        let (owner, clinic, mis, connection) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
+        let client = |id, name: &str, client_type: &str| SeedClient {
+            id,
+            name: name.to_owned(),
+            client_type: client_type.to_owned(),
+            user_id: owner,
+            is_blocked: false,
+        };
+        seed::load(
+            &self.db,
+            SeedFile {
+                users: vec![SeedUser {
+                    id: owner,
+                    email: "owner@clinic.example.org".to_owned(),
+                    locale: "uk".to_owned(),
+                    is_blocked: false,
+                }],
+                clients: vec![client(clinic, "Clinic", "MSP"), client(mis, "MIS", "MIS")],
+                connections: vec![SeedConnection {
+                    id: connection,
+                    client_id: clinic,
+                    consumer_id: mis,
+                    redirect_uri: "https://mis.example.org/cb".to_owned(),
+                    secret,
+                }],
+                tokens: token
+                    .map(|value| seed::SeedToken {
+                        value: value.to_owned(),
+                        user_id: owner,
+                        client_id: clinic,
+                        scope: "connection:read".to_owned(),
+                        expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+        )
+        .await
+        .unwrap();
+        Clinic {
+            owner,
+            clinic,
+            mis,
+            connection,
+        }
+    }
+}
+
+struct Clinic {
+    owner: Uuid,
+    clinic: Uuid,
+    mis: Uuid,
+    connection: Uuid,
+}
+
 #[actix_web::test]
 async fn unscraped_metrics_keep_the_heap_flat_however_many_verifies() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::embedded(format!(
-        "sqlite://{}/mithril.db?mode=rwc",
-        dir.path().display()
-    ));
-    config.bind = "127.0.0.1:0".to_owned();
-    config.http_workers = 2;
-    config.run_workers = false;
-    config.workers.mail_dir = dir.path().join("mail");
-    let app = Application::build(config).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let db = app.db();
-    let server = app.handle();
-    let running = actix_web::rt::spawn(app.run_until_stopped());
-
-    let (owner, clinic, mis) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let app = Instance::start().await;
     let secret = format!("seeded-{}", Uuid::new_v4().simple());
-    let client = |id, name: &str, client_type: &str| SeedClient {
-        id,
-        name: name.to_owned(),
-        client_type: client_type.to_owned(),
-        user_id: owner,
-        is_blocked: false,
-    };
-    seed::load(
-        &db,
-        SeedFile {
-            users: vec![SeedUser {
-                id: owner,
-                email: "owner@clinic.example.org".to_owned(),
-                locale: "uk".to_owned(),
-                is_blocked: false,
-            }],
-            clients: vec![client(clinic, "Clinic", "MSP"), client(mis, "MIS", "MIS")],
-            connections: vec![SeedConnection {
-                id: Uuid::new_v4(),
-                client_id: clinic,
-                consumer_id: mis,
-                redirect_uri: "https://mis.example.org/cb".to_owned(),
-                secret: Some(secret.clone()),
-            }],
-            ..SeedFile::default()
-        },
-    )
-    .await
-    .unwrap();
+    app.clinic(Some(secret.clone()), None).await;
+    let address = app.address.clone();
 
     // Warm up: connections, caches, every metric's first sample and label set.
     verify_many(&address, &secret, 4, 1_000).await;
@@ -159,8 +215,7 @@ async fn unscraped_metrics_keep_the_heap_flat_however_many_verifies() {
     let grown = live_bytes() - before;
     eprintln!("heap growth over 24 000 unscraped verifies: {grown} bytes");
 
-    server.stop(true).await;
-    running.await.unwrap().unwrap();
+    app.stop().await;
     assert!(
         grown < 96 * 1024,
         "the heap grew by {grown} bytes over 24 000 unscraped verifies"
@@ -176,63 +231,15 @@ async fn the_last_page_of_a_long_trail_costs_one_page_of_memory() {
     use sea_orm::{ActiveValue::Set, EntityTrait as _};
 
     let _alone = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::embedded(format!(
-        "sqlite://{}/mithril.db?mode=rwc",
-        dir.path().display()
-    ));
-    config.bind = "127.0.0.1:0".to_owned();
-    config.http_workers = 2;
-    config.run_workers = false;
-    config.workers.mail_dir = dir.path().join("mail");
-    let app = Application::build(config).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let db = app.db();
-    let server = app.handle();
-    let running = actix_web::rt::spawn(app.run_until_stopped());
-
-    let (owner, clinic, mis, connection) = (
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-    );
+    let app = Instance::start().await;
     let token = format!("token-{}", Uuid::new_v4().simple());
-    let client = |id, name: &str, client_type: &str| SeedClient {
-        id,
-        name: name.to_owned(),
-        client_type: client_type.to_owned(),
-        user_id: owner,
-        is_blocked: false,
-    };
-    seed::load(
-        &db,
-        SeedFile {
-            users: vec![SeedUser {
-                id: owner,
-                email: "owner@clinic.example.org".to_owned(),
-                locale: "uk".to_owned(),
-                is_blocked: false,
-            }],
-            clients: vec![client(clinic, "Clinic", "MSP"), client(mis, "MIS", "MIS")],
-            connections: vec![SeedConnection {
-                id: connection,
-                client_id: clinic,
-                consumer_id: mis,
-                redirect_uri: "https://mis.example.org/cb".to_owned(),
-                secret: None,
-            }],
-            tokens: vec![seed::SeedToken {
-                value: token.clone(),
-                user_id: owner,
-                client_id: clinic,
-                scope: "connection:read".to_owned(),
-                expires_at: Utc::now() + Duration::hours(1),
-            }],
-        },
-    )
-    .await
-    .unwrap();
+    let Clinic {
+        owner,
+        clinic,
+        mis,
+        connection,
+    } = app.clinic(None, Some(&token)).await;
+    let (address, db) = (app.address.clone(), app.db.clone());
 
     // 20 000 re-points, one a minute, and a day's sighting every day among them (13).
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
@@ -297,8 +304,7 @@ async fn the_last_page_of_a_long_trail_costs_one_page_of_memory() {
     let peak = PEAK_BYTES.load(Ordering::Relaxed) - before;
     eprintln!("peak heap above the start while answering the last page: {peak} bytes");
 
-    server.stop(true).await;
-    running.await.unwrap().unwrap();
+    app.stop().await;
     assert_eq!(body["paging"]["total_entries"], 20_013);
     let entries = body["data"].as_array().unwrap();
     assert_eq!(entries.len(), 13);

@@ -108,31 +108,17 @@ impl Queue {
                     .run(pool)
                     .await
                     .context("creating the queue tables")?;
+                let config = |queue: &str| {
+                    apalis_postgres::Config::default()
+                        .queue(queue)
+                        .heartbeat_interval(HEARTBEAT)
+                        .missed_heartbeats(MISSED_HEARTBEATS)
+                };
                 Ok(Self::Postgres(Storages {
-                    notify: PostgresStorage::new(pool).with_config(
-                        apalis_postgres::Config::default()
-                            .queue(&notify_queue)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    ),
-                    invalidate: PostgresStorage::new(pool).with_config(
-                        apalis_postgres::Config::default()
-                            .queue(&invalidate_queue)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    ),
-                    remind: PostgresStorage::new(pool).with_config(
-                        apalis_postgres::Config::default()
-                            .queue(&remind_queue)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    ),
-                    stale: PostgresStorage::new(pool).with_config(
-                        apalis_postgres::Config::default()
-                            .queue(&stale_queue)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    ),
+                    notify: PostgresStorage::new(pool).with_config(config(&notify_queue)),
+                    invalidate: PostgresStorage::new(pool).with_config(config(&invalidate_queue)),
+                    remind: PostgresStorage::new(pool).with_config(config(&remind_queue)),
+                    stale: PostgresStorage::new(pool).with_config(config(&stale_queue)),
                 }))
             }
             _ => {
@@ -143,31 +129,17 @@ impl Queue {
                     .run(pool)
                     .await
                     .context("creating the queue tables")?;
+                let config = |queue: &str| {
+                    apalis_sqlite::Config::default()
+                        .queue(queue)
+                        .heartbeat_interval(HEARTBEAT)
+                        .missed_heartbeats(MISSED_HEARTBEATS)
+                };
                 Ok(Self::Sqlite(Storages {
-                    notify: SqliteStorage::new(pool).with_config(
-                        apalis_sqlite::Config::default()
-                            .queue(&notify_queue)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    ),
-                    invalidate: SqliteStorage::new(pool).with_config(
-                        apalis_sqlite::Config::default()
-                            .queue(&invalidate_queue)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    ),
-                    remind: SqliteStorage::new(pool).with_config(
-                        apalis_sqlite::Config::default()
-                            .queue(&remind_queue)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    ),
-                    stale: SqliteStorage::new(pool).with_config(
-                        apalis_sqlite::Config::default()
-                            .queue(&stale_queue)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    ),
+                    notify: SqliteStorage::new(pool).with_config(config(&notify_queue)),
+                    invalidate: SqliteStorage::new(pool).with_config(config(&invalidate_queue)),
+                    remind: SqliteStorage::new(pool).with_config(config(&remind_queue)),
+                    stale: SqliteStorage::new(pool).with_config(config(&stale_queue)),
                 }))
             }
         }
