@@ -863,3 +863,36 @@ async fn a_notice_held_by_a_killed_worker_is_sent_within_a_minute() {
     assert!(sent, "the notice went out within a minute of the kill");
     smtp.stop().await;
 }
+
+/// A send slower than the claim's lease keeps its claim (renewed while it goes on): a
+/// duplicate job meanwhile (here the reconciler's, its window shortened to push one)
+/// finds the claim held and mails nothing. The short lease is this test's purpose.
+#[actix_web::test]
+async fn a_send_slower_than_its_lease_keeps_its_claim() {
+    use std::sync::atomic::Ordering;
+    let smtp_state = SmtpState::default();
+    smtp_state.answer_delay_ms.store(5_000, Ordering::SeqCst);
+    let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
+    let app = TestApp::spawn_with(|c| {
+        c.smtp_url = Some(smtp.url());
+        c.workers.notice_lease = 2;
+        c.reconcile_after = Duration::from_secs(1);
+    })
+    .await;
+    let me = app.owned("MSP").await;
+    secret_of(&app, &me, 0).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            app.query_i64("SELECT COUNT(*) FROM sent_notifications WHERE state = 'sent'")
+                .await
+                == 1
+        })
+        .await,
+        "the notice is sent"
+    );
+    // Long enough for a duplicate that took over a lapsed claim to have mailed too.
+    smtp_state.answer_delay_ms.store(0, Ordering::SeqCst);
+    let twice = eventually(Duration::from_secs(8), || async { smtp_state.count() > 1 }).await;
+    assert!(!twice, "mailed {} times", smtp_state.count());
+    smtp.stop().await;
+}

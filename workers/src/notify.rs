@@ -90,6 +90,74 @@ pub(crate) fn lease_until(from: DateTime<Utc>, length: Duration) -> DateTime<Utc
         .trunc_subsecs(6)
 }
 
+/// The leases a claim may hold now: the one this worker last knows it wrote, and any
+/// renewal whose answer was lost (it may have committed). Settling, releasing and
+/// renewing match any of them; no other worker can have written these exact instants.
+pub(crate) type Leases = std::sync::Mutex<Vec<DateTime<Utc>>>;
+
+/// One renewal: moves a claim holding one of the leases to the new end; whether it did.
+pub(crate) type Renewal =
+    std::pin::Pin<Box<dyn Future<Output = Result<bool, sea_orm::DbErr>> + Send>>;
+
+/// The leases `held` names now, for a statement's filter.
+pub(crate) fn current(held: &Leases) -> Vec<DateTime<Utc>> {
+    held.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+/// Runs `send` while renewing the claim every third of `length`, so the claim lasts as
+/// long as the send and no longer than this worker. `renew(leases, next)` moves a claim
+/// holding one of `leases` to `next` and says whether it did. The renewals run beside the
+/// send, never holding it up. Returns what `send` gave and the leases the claim may hold.
+pub(crate) async fn renewing<T, R, F>(
+    length: Duration,
+    lease: DateTime<Utc>,
+    renew: R,
+    send: F,
+) -> (T, Vec<DateTime<Utc>>)
+where
+    F: Future<Output = T>,
+    R: Fn(
+        Vec<DateTime<Utc>>,
+        DateTime<Utc>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<bool, sea_orm::DbErr>> + Send>>,
+{
+    let held: Leases = std::sync::Mutex::new(vec![lease]);
+    let every = (length / 3).max(Duration::from_millis(100));
+    let renewals = async {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticks.tick().await;
+            let next = lease_until(Utc::now(), length);
+            match renew(current(&held), next).await {
+                Ok(true) => {
+                    if let Ok(mut leases) = held.lock() {
+                        *leases = vec![next];
+                    }
+                }
+                Ok(false) => {
+                    // Another worker's now, or settled: nothing left to renew.
+                    tracing::warn!("a claim ended while its send went on");
+                    return;
+                }
+                Err(e) => {
+                    // It may have committed: the claim may hold `next` now.
+                    if let Ok(mut leases) = held.lock() {
+                        leases.push(next);
+                    }
+                    tracing::warn!(error = %e, "renewing a claim failed");
+                }
+            }
+        }
+    };
+    tokio::pin!(send);
+    tokio::pin!(renewals);
+    let done = tokio::select! {
+        done = &mut send => done,
+        () = &mut renewals => send.await,
+    };
+    (done, current(&held))
+}
+
 impl From<DeliveryError> for NotifyError {
     fn from(e: DeliveryError) -> Self {
         match e {
@@ -167,19 +235,19 @@ impl Notifier {
                 Err(e) => Err(e),
             }
         };
-        let (sent, lease) = self.renewing(event_id, lease, send).await;
+        let (sent, lease) = renewing(self.lease, lease, self.renewer(event_id), send).await;
         match sent {
             Ok(()) => {
-                self.record(event_id, lease, state::SENT).await?;
+                self.record(event_id, &lease, state::SENT).await?;
                 Ok(Notified::Sent)
             }
             Err(NotifyError::Permanent(reason)) => {
-                self.record(event_id, lease, state::DEAD).await?;
+                self.record(event_id, &lease, state::DEAD).await?;
                 Err(NotifyError::Permanent(reason))
             }
             Err(NotifyError::Transient(reason)) => {
                 // The retry, here or on another worker, may claim it again at once.
-                self.release(event_id, lease).await?;
+                self.release(event_id, &lease).await?;
                 Err(NotifyError::Transient(reason))
             }
         }
@@ -242,47 +310,23 @@ impl Notifier {
         self.claim(event_id).await
     }
 
-    /// Runs `send` while renewing this worker's claim every third of the lease, so the
-    /// claim lasts as long as the send and no longer than this worker. Returns what the
-    /// send gave and the lease the claim has now.
-    async fn renewing<T>(
-        &self,
-        event_id: Uuid,
-        mut lease: DateTime<Utc>,
-        send: impl Future<Output = T>,
-    ) -> (T, DateTime<Utc>) {
-        let every = (self.lease / 3).max(Duration::from_millis(100));
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tokio::pin!(send);
-        loop {
-            tokio::select! {
-                done = &mut send => return (done, lease),
-                _ = renew.tick() => match self.renew(event_id, lease).await {
-                    Ok(Some(next)) => lease = next,
-                    Ok(None) => tracing::warn!(%event_id, "the claim on this notice ended mid-send"),
-                    Err(e) => tracing::warn!(%event_id, error = %e, "renewing the claim failed"),
-                },
-            }
+    /// Moves this worker's live claim (holding one of `leases`) to end at `next`.
+    fn renewer(&self, event_id: Uuid) -> impl Fn(Vec<DateTime<Utc>>, DateTime<Utc>) -> Renewal {
+        let db = self.db.clone();
+        move |leases, next| {
+            let db = db.clone();
+            Box::pin(async move {
+                let renewed = sent_notification::Entity::update_many()
+                    .col_expr(sent_notification::Column::LeaseUntil, Expr::value(next))
+                    .filter(sent_notification::Column::EventId.eq(event_id))
+                    .filter(sent_notification::Column::State.eq(state::SENDING))
+                    .filter(sent_notification::Column::LeaseUntil.is_in(leases))
+                    .exec(&db)
+                    .await?
+                    .rows_affected;
+                Ok(renewed == 1)
+            })
         }
-    }
-
-    /// Moves this worker's live claim's end a lease from now; `None` when the claim is
-    /// no longer this worker's.
-    async fn renew(
-        &self,
-        event_id: Uuid,
-        lease: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, NotifyError> {
-        let next = lease_until(Utc::now(), self.lease);
-        let renewed = sent_notification::Entity::update_many()
-            .col_expr(sent_notification::Column::LeaseUntil, Expr::value(next))
-            .filter(sent_notification::Column::EventId.eq(event_id))
-            .filter(sent_notification::Column::State.eq(state::SENDING))
-            .filter(sent_notification::Column::LeaseUntil.eq(lease))
-            .exec(&self.db)
-            .await?
-            .rows_affected;
-        Ok((renewed == 1).then_some(next))
     }
 
     /// `settle`, tried again a few times while the database fails: the mail is already
@@ -290,7 +334,7 @@ impl Notifier {
     async fn record(
         &self,
         event_id: Uuid,
-        lease: DateTime<Utc>,
+        lease: &[DateTime<Utc>],
         outcome: &str,
     ) -> Result<(), NotifyError> {
         let mut pause = Duration::from_millis(200);
@@ -388,7 +432,7 @@ impl Notifier {
     async fn settle(
         &self,
         event_id: Uuid,
-        lease: DateTime<Utc>,
+        lease: &[DateTime<Utc>],
         outcome: &str,
     ) -> Result<(), NotifyError> {
         sent_notification::Entity::update_many()
@@ -399,14 +443,14 @@ impl Notifier {
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
             .filter(sent_notification::Column::EventId.eq(event_id))
-            .filter(sent_notification::Column::LeaseUntil.eq(lease))
+            .filter(sent_notification::Column::LeaseUntil.is_in(lease.iter().copied()))
             .exec(&self.db)
             .await?;
         Ok(())
     }
 
     /// Lets this worker's claim lapse now, after a failure worth retrying.
-    async fn release(&self, event_id: Uuid, lease: DateTime<Utc>) -> Result<(), NotifyError> {
+    async fn release(&self, event_id: Uuid, lease: &[DateTime<Utc>]) -> Result<(), NotifyError> {
         sent_notification::Entity::update_many()
             .col_expr(
                 sent_notification::Column::LeaseUntil,
@@ -414,7 +458,7 @@ impl Notifier {
             )
             .filter(sent_notification::Column::EventId.eq(event_id))
             .filter(sent_notification::Column::State.eq(state::SENDING))
-            .filter(sent_notification::Column::LeaseUntil.eq(lease))
+            .filter(sent_notification::Column::LeaseUntil.is_in(lease.iter().copied()))
             .exec(&self.db)
             .await?;
         Ok(())

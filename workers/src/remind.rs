@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::jobs::RemindOwner;
 use crate::local_time::ShownTime;
 use crate::mail::ReminderFields;
-use crate::notify::{Claim, Notifier, NotifyError, lease_until};
+use crate::notify::{Claim, Notifier, NotifyError, Renewal, lease_until, renewing};
 use crate::queue::Queue;
 
 /// A queued reminder whose job has not started this long after it was pushed is pushed
@@ -354,18 +354,20 @@ impl Reminders {
         };
         // Only the nearest reminder goes: the wider ones not yet sent never will be.
         self.skip_wider(&row, &job.threshold).await?;
-        match self.compose_and_send(&row, expires_at, job).await {
+        let send = self.compose_and_send(&row, expires_at, job);
+        let (sent, lease) = renewing(self.notifier.lease, lease, self.renewer(job), send).await;
+        match sent {
             Ok(()) => {
-                self.settle(key, lease, state::SENT).await?;
+                self.settle(key, &lease, state::SENT).await?;
                 self.metrics.reminder_sent(&job.threshold);
                 Ok(Reminded::Sent)
             }
             Err(NotifyError::Permanent(reason)) => {
-                self.settle(key, lease, state::DEAD).await?;
+                self.settle(key, &lease, state::DEAD).await?;
                 Err(NotifyError::Permanent(reason))
             }
             Err(NotifyError::Transient(reason)) => {
-                self.release(key, lease).await?;
+                self.release(key, &lease).await?;
                 Err(NotifyError::Transient(reason))
             }
         }
@@ -426,11 +428,11 @@ impl Reminders {
     async fn settle(
         &self,
         key: Key<'_>,
-        lease: DateTime<Utc>,
+        lease: &[DateTime<Utc>],
         outcome: &str,
     ) -> Result<(), NotifyError> {
         key.filter(secret_reminder::Entity::update_many())
-            .filter(secret_reminder::Column::LeaseUntil.eq(lease))
+            .filter(secret_reminder::Column::LeaseUntil.is_in(lease.iter().copied()))
             .col_expr(secret_reminder::Column::State, Expr::value(outcome))
             .col_expr(secret_reminder::Column::SentAt, Expr::value(Utc::now()))
             .col_expr(
@@ -449,9 +451,9 @@ impl Reminders {
     // CAUTION: not a lapsed lease. A lapsed `sending` row looks free to the ticker, which
     // would push another job on every pass while this one still retries (45 jobs in 50 s
     // for one reminder with the mail server down).
-    async fn release(&self, key: Key<'_>, lease: DateTime<Utc>) -> Result<(), NotifyError> {
+    async fn release(&self, key: Key<'_>, lease: &[DateTime<Utc>]) -> Result<(), NotifyError> {
         key.filter(secret_reminder::Entity::update_many())
-            .filter(secret_reminder::Column::LeaseUntil.eq(lease))
+            .filter(secret_reminder::Column::LeaseUntil.is_in(lease.iter().copied()))
             .col_expr(secret_reminder::Column::State, Expr::value(state::QUEUED))
             .col_expr(
                 secret_reminder::Column::LeaseUntil,
@@ -461,6 +463,34 @@ impl Reminders {
             .exec(&self.notifier.db)
             .await?;
         Ok(())
+    }
+
+    /// Moves this worker's live claim on `job`'s reminder (holding one of `leases`) to
+    /// end at `next`, as a send goes on.
+    fn renewer(&self, job: &RemindOwner) -> impl Fn(Vec<DateTime<Utc>>, DateTime<Utc>) -> Renewal {
+        let db = self.notifier.db.clone();
+        let (connection_id, secret_version, threshold) =
+            (job.connection_id, job.secret_version, job.threshold.clone());
+        move |leases, next| {
+            let db = db.clone();
+            let threshold = threshold.clone();
+            Box::pin(async move {
+                let key = Key {
+                    connection_id,
+                    secret_version,
+                    threshold: &threshold,
+                };
+                let renewed = key
+                    .filter(secret_reminder::Entity::update_many())
+                    .filter(secret_reminder::Column::State.eq(state::SENDING))
+                    .filter(secret_reminder::Column::LeaseUntil.is_in(leases))
+                    .col_expr(secret_reminder::Column::LeaseUntil, Expr::value(next))
+                    .exec(&db)
+                    .await?
+                    .rows_affected;
+                Ok(renewed == 1)
+            })
+        }
     }
 
     async fn compose_and_send(
