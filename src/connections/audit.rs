@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use entity::{connection_event, secret_sighting};
-use sea_orm::sea_query::{Alias, Expr, Order, Query, UnionType};
+use sea_orm::sea_query::{Alias, Expr, Order, UnionType};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbErr, EntityTrait as _,
-    PaginatorTrait as _, QueryFilter as _,
+    PaginatorTrait as _, QueryFilter as _, QuerySelect as _, QueryTrait as _,
 };
 use uuid::Uuid;
 
@@ -93,29 +93,25 @@ pub async fn events(
     let Some(offset) = page.offset_within(total) else {
         return Ok(Page::empty(total));
     };
-    let (source, at) = (Alias::new("source"), Alias::new("at"));
-    let mut merged = Query::select()
-        .expr_as(Expr::val(EVENT), source.clone())
+    // The same selections as the counts, reduced to what orders them.
+    let mut merged = events
+        .select_only()
+        .expr_as(Expr::val(EVENT), "source")
         .column(connection_event::Column::Id)
-        .expr_as(Expr::col(connection_event::Column::OccurredAt), at.clone())
-        .from(connection_event::Entity)
-        .and_where(connection_event::Column::ConnectionId.eq(connection_id))
-        .and_where(connection_event::Column::ClientId.eq(client_id))
-        .to_owned();
+        .column_as(connection_event::Column::OccurredAt, "at")
+        .into_query();
     merged
         .union(
             UnionType::All,
-            Query::select()
-                .expr_as(Expr::val(SIGHTING), source.clone())
+            sightings
+                .select_only()
+                .expr_as(Expr::val(SIGHTING), "source")
                 .column(secret_sighting::Column::Id)
-                .expr_as(Expr::col(secret_sighting::Column::LastSeenAt), at.clone())
-                .from(secret_sighting::Entity)
-                .and_where(secret_sighting::Column::ConnectionId.eq(connection_id))
-                .and_where(secret_sighting::Column::ClientId.eq(client_id))
-                .to_owned(),
+                .column_as(secret_sighting::Column::LastSeenAt, "at")
+                .into_query(),
         )
         // Version 7 ids sort by time: a stable tie-breaker within one instant.
-        .order_by(at, Order::Desc)
+        .order_by(Alias::new("at"), Order::Desc)
         .order_by(Alias::new("id"), Order::Desc)
         .limit(page.page_size)
         .offset(offset);

@@ -28,9 +28,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// the notice back to the queue's retries.
 const HELD_WAITS: usize = 3;
 
-/// How many times the outcome of a send (or the claim's own insert) is written again
-/// when the database fails in between; the mail is gone, and a lost `sent` would have
-/// the notice mailed again once the lease ends.
+/// How many times the outcome of a send is written when the database fails in between:
+/// the mail is gone, and a lost `sent` would have the notice mailed again once the lease
+/// ends.
 const RECORD_TRIES: u32 = 5;
 
 /// What sending a notice needs, shared by every job.
@@ -93,14 +93,14 @@ pub(crate) fn lease_until(from: DateTime<Utc>, length: Duration) -> DateTime<Utc
 /// The leases a claim may hold now: the one this worker last knows it wrote, and any
 /// renewal whose answer was lost (it may have committed). Settling, releasing and
 /// renewing match any of them; no other worker can have written these exact instants.
-pub(crate) type Leases = std::sync::Mutex<Vec<DateTime<Utc>>>;
+type Leases = std::sync::Mutex<Vec<DateTime<Utc>>>;
 
 /// One renewal: moves a claim holding one of the leases to the new end; whether it did.
 pub(crate) type Renewal =
     std::pin::Pin<Box<dyn Future<Output = Result<bool, sea_orm::DbErr>> + Send>>;
 
 /// The leases `held` names now, for a statement's filter.
-pub(crate) fn current(held: &Leases) -> Vec<DateTime<Utc>> {
+fn current(held: &Leases) -> Vec<DateTime<Utc>> {
     held.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
@@ -116,10 +116,7 @@ pub(crate) async fn renewing<T, R, F>(
 ) -> (T, Vec<DateTime<Utc>>)
 where
     F: Future<Output = T>,
-    R: Fn(
-        Vec<DateTime<Utc>>,
-        DateTime<Utc>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<bool, sea_orm::DbErr>> + Send>>,
+    R: Fn(Vec<DateTime<Utc>>, DateTime<Utc>) -> Renewal,
 {
     let held: Leases = std::sync::Mutex::new(vec![lease]);
     let every = (length / 3).max(Duration::from_millis(100));
