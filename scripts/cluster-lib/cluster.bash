@@ -23,6 +23,9 @@
 # cl_lb_state NAME tells what HAProxy sees, cl_alive/cl_pid/cl_signal act on a recorded
 # process, cl_down stops it all. Everything reads the run directory, not shell state.
 
+# shellcheck source=scripts/lib/services.bash
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/services.bash"
+
 cl_log() { printf 'cluster: %s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 cl_die() { cl_log "error: $*"; exit 1; }
 
@@ -141,24 +144,9 @@ print(*[uuid.uuid4() for _ in range(4)], secrets.token_urlsafe(32), secrets.toke
   read -r OWNER CLIENT MIS CONNECTION TOKEN SECRET <<<"$ids"
   local expires
   expires=$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)
-  cat >"$RUN/seed.json" <<JSON
-{
-  "users": [{"id": "$OWNER", "email": "owner@clinic.example.org", "locale": "en"}],
-  "clients": [
-    {"id": "$CLIENT", "name": "Cluster demo clinic $STAMP", "client_type": "MSP", "user_id": "$OWNER"},
-    {"id": "$MIS", "name": "Cluster demo MIS $STAMP", "client_type": "MIS", "user_id": "$OWNER"}
-  ],
-  "connections": [
-    {"id": "$CONNECTION", "client_id": "$CLIENT", "consumer_id": "$MIS",
-     "redirect_uri": "https://mis.example.org/cb", "secret": "$SECRET"}
-  ],
-  "tokens": [
-    {"value": "$TOKEN", "user_id": "$OWNER", "client_id": "$CLIENT",
-     "scope": "connection:refresh_secret connection:read connection:write connection:delete",
-     "expires_at": "$expires"}
-  ]
-}
-JSON
+  seed_json "$OWNER" owner@clinic.example.org "$CONNECTION" "$CLIENT" "$MIS" "$SECRET" \
+    "$TOKEN" "$CLIENT" "$expires" \
+    "$CLIENT|Cluster demo clinic $STAMP|MSP" "$MIS|Cluster demo MIS $STAMP|MIS" >"$RUN/seed.json"
   chmod 600 "$RUN/seed.json"
 }
 
@@ -241,8 +229,11 @@ cl_start_workers() {
     "$WORKERS_BIN"
 }
 
+# The SMTP sink keeps every message in MAILDIR. CL_SMTP_OPTIONS: more of its options (a
+# drill's --delay-ms: a mail server that takes its time before it answers MAIL).
+CL_SMTP_OPTIONS=()
 cl_start_smtp() {
-  cl_spawn smtp python3 "$CL_LIB/smtp_sink.py" "$SMTP_PORT" "$MAILDIR"
+  cl_spawn smtp python3 "$SMTP_SINK" "$SMTP_PORT" --maildir "$MAILDIR" "${CL_SMTP_OPTIONS[@]}"
 }
 
 cl_start_haproxy() {
@@ -251,19 +242,15 @@ cl_start_haproxy() {
   cl_spawn haproxy haproxy -db -f "$HAPROXY_CFG"
 }
 
-# HTTP status of URL, or 000.
-cl_http() { curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" || true; }
-
 # cl_wait_http NAME URL STATUS SECONDS: until URL answers STATUS, while NAME runs.
 cl_wait_http() {
-  local name=$1 url=$2 want=$3 limit=$4
-  local deadline=$((SECONDS + limit))
-  while ((SECONDS < deadline)); do
-    [[ "$(cl_http "$url")" == "$want" ]] && return 0
-    cl_alive "$name" || { cl_log "$name exited; the end of $RUN/logs/$name.log:"; tail -n 20 "$RUN/logs/$name.log" >&2; return 1; }
-    sleep 0.1
-  done
-  cl_log "$name: $url did not answer $want within ${limit}s; see $RUN/logs/$name.log"
+  local name=$1 url=$2 want=$3 limit=$4 rc=0
+  wait_http "$want" "$limit" cl_alive "$name" "$url" || rc=$?
+  case $rc in
+    0) return 0 ;;
+    2) cl_log "$name exited; the end of $RUN/logs/$name.log:"; tail -n 20 "$RUN/logs/$name.log" >&2 ;;
+    *) cl_log "$name: $url did not answer $want within ${limit}s; see $RUN/logs/$name.log" ;;
+  esac
   return 1
 }
 
@@ -356,7 +343,7 @@ cl_up() {
   cl_write_env
 
   cl_log "creating database $DB"
-  psql -q "$PG/postgres" -c "CREATE DATABASE \"$DB\"" || cl_die "cannot create database $DB on $(cl_redacted "$PG")"
+  pg_create_database "$PG" "$DB" || cl_die "cannot create database $DB on $(cl_redacted "$PG")"
   echo "$DB" >"$RUN/proc/database"
   cl_log "seeding it (migrations first) from $RUN/seed.json"
   env DATABASE_URL="$DBURL" RUST_LOG=warn "$BIN" seed "$RUN/seed.json" >"$RUN/logs/seed.log" 2>&1 ||
@@ -448,7 +435,7 @@ cl_down() {
     cl_wait_gone "$name" 5 || true
   done
   if [[ -f $RUN/proc/database ]]; then
-    if psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null; then
+    if pg_drop_database "$PG" "$DB"; then
       rm -f "$RUN/proc/database"
       cl_log "dropped database $DB"
     else
@@ -456,8 +443,7 @@ cl_down() {
     fi
   fi
   if command -v redis-cli >/dev/null; then
-    redis-cli -u "$REDIS" --scan --pattern "${NS}*" 2>/dev/null |
-      xargs -r -n 500 redis-cli -u "$REDIS" DEL >/dev/null 2>&1 || true
+    redis_drop_namespace "$REDIS" "$NS"
   fi
   local root
   root=$(dirname "$RUN")

@@ -25,13 +25,8 @@ drill_venv() {
 drill_start_redis() {
   local port=$1
   mkdir -p "$RUN/proc" "$RUN/logs" "$RUN/redis"
-  cl_spawn redis redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$RUN/redis" --logfile ""
-  local deadline=$((SECONDS + 10))
-  until [[ "$(redis-cli -p "$port" ping 2>/dev/null)" == PONG ]]; do
-    ((SECONDS < deadline)) || cl_die "redis-server on port $port did not start; see $RUN/logs/redis.log"
-    sleep 0.05
-  done
+  cl_spawn redis redis-server --port "$port" "${EPHEMERAL_REDIS[@]}" --dir "$RUN/redis" --logfile ""
+  redis_wait "$port" 10 || cl_die "redis-server on port $port did not start; see $RUN/logs/redis.log"
 }
 
 drill_down() {
@@ -56,8 +51,9 @@ drill_one() {
     local kv
     for kv in "$@"; do export "${kv?}"; done
     if [[ -n ${DRILL_SMTP_DELAY_MS:-} ]]; then
-      # A mail server that takes its time (drill_sink.py), in this drill's subshell only.
-      cl_start_smtp() { cl_spawn smtp python3 "$CL_LIB/drill_sink.py" "$SMTP_PORT" "$MAILDIR"; }
+      # A mail server that takes its time before it answers MAIL, in this drill's subshell only.
+      # shellcheck disable=SC2034 # read by cl_start_smtp
+      CL_SMTP_OPTIONS=(--delay-ms "$DRILL_SMTP_DELAY_MS")
     fi
     new_run
     echo "$name${phase:+ $phase}" >"$RUN/drill-name"

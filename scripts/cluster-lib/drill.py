@@ -720,7 +720,7 @@ async def drill_kill9(cl, rep):
     burst_ok = sum(1 for r in burst_recs if r.status == 200)
     burst_rids = {r.rid for r in burst_recs if r.status != 200}
     burst_committed = sum(1 for e in evs if e.rid in burst_rids)
-    rep.line("smtp", f"the mail server answers MAIL after {ENV.get('DRILL_SMTP_DELAY_MS')} ms (drill_sink.py), "
+    rep.line("smtp", f"the mail server answers MAIL after {ENV.get('DRILL_SMTP_DELAY_MS')} ms (smtp_sink.py --delay-ms), "
              "so workers hold notices mid-send")
     rep.line("kills", f"api-2 at {t_api - load.started:.1f}s, workers-2 at {t_worker - load.started:.1f}s "
              "into the load; neither restarted")

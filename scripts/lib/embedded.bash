@@ -7,6 +7,9 @@
 # (client ids), CONNECTION (the clinic's connection to the MIS), WORK (a temporary
 # directory, removed on exit with the server stopped), SERVER_LOG.
 
+# shellcheck source=scripts/lib/services.bash
+source "$(dirname "${BASH_SOURCE[0]}")/services.bash"
+
 embedded_cleanup() {
   if [[ -n "${SERVER_PID:-}" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -30,25 +33,9 @@ embedded_start() {
   owner=$(uuid); NHS=$(uuid); CLINIC=$(uuid); MIS=$(uuid); CONNECTION=$(uuid)
   TOKEN="st-$(uuid)"
   SECRET="st-secret-$(uuid)"
-  cat >"$WORK/seed.json" <<JSON
-{
-  "users": [{"id": "$owner", "email": "owner@example.org", "locale": "en"}],
-  "clients": [
-    {"id": "$NHS", "name": "NHS", "client_type": "NHS", "user_id": "$owner"},
-    {"id": "$CLINIC", "name": "Clinic", "client_type": "MSP", "user_id": "$owner"},
-    {"id": "$MIS", "name": "MIS", "client_type": "MIS", "user_id": "$owner"}
-  ],
-  "connections": [
-    {"id": "$CONNECTION", "client_id": "$CLINIC", "consumer_id": "$MIS",
-     "redirect_uri": "https://mis.example.org/cb", "secret": "$SECRET"}
-  ],
-  "tokens": [
-    {"value": "$TOKEN", "user_id": "$owner", "client_id": "$NHS",
-     "scope": "connection:refresh_secret connection:read connection:write connection:delete",
-     "expires_at": "2099-01-01T00:00:00Z"}
-  ]
-}
-JSON
+  seed_json "$owner" owner@example.org "$CONNECTION" "$CLINIC" "$MIS" "$SECRET" \
+    "$TOKEN" "$NHS" 2099-01-01T00:00:00Z \
+    "$NHS|NHS|NHS" "$CLINIC|Clinic|MSP" "$MIS|MIS|MIS" >"$WORK/seed.json"
 
   # EMBEDDED_DATABASE_URL points the run at another (empty) database, e.g. PostgreSQL.
   export DATABASE_URL="${EMBEDDED_DATABASE_URL:-sqlite://$WORK/mithril.db?mode=rwc}"
