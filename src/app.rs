@@ -9,10 +9,10 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
+use kernel::credentials::redis_cache::RedisCredentials;
+use kernel::queue::Queue;
+use kernel::redis_connect::RedisKeys;
 use sea_orm::DatabaseConnection;
-use workers::credentials::RedisCredentials;
-use workers::queue::Queue;
-use workers::redis_connect::RedisKeys;
 use workers::run::{LocalApply, Workers};
 
 use crate::auth::Authorizer;
@@ -74,7 +74,7 @@ impl Application {
         )
         .start();
         let redis = match &config.redis_url {
-            Some(url) => Some(workers::redis_connect::connect(url).await?),
+            Some(url) => Some(kernel::redis_connect::connect(url).await?),
             None => None,
         };
         let cache_ttl = config.workers.credentials_cache_ttl();

@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use kernel::credentials::redis_cache::{EvictionMessage, RedisCredentials};
+use kernel::credentials::{CachedCredential, CredentialChange, Verdict};
 use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
-use workers::credentials::{
-    CachedCredential, CredentialChange, EvictionMessage, RedisCredentials, Verdict,
-};
 
 use crate::secrets::SecretDigest;
 use crate::telemetry::{Metrics, REDIS_LINK_UP};

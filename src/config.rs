@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use ipnet::IpNet;
-use workers::settings::{WorkerSettings, check_bounds};
+use kernel::settings::{WorkerSettings, check_bounds};
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mithril.db?mode=rwc";
 pub const DEFAULT_MAIL_FROM: &str = "Mithril <no-reply@localhost>";

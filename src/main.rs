@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use kernel::settings::WorkerSettings;
 use mithril::config::{self, Config, SecretLifetime};
 use mithril::connections::policy;
 use mithril::{Application, db, seed};
-use workers::settings::WorkerSettings;
 
 #[derive(Parser)]
 #[command(
@@ -193,7 +193,7 @@ impl Settings {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    workers::logs::init(&cli.settings.log_format);
+    kernel::logs::init(&cli.settings.log_format);
     match cli.command {
         Command::Serve {
             bind,
@@ -213,9 +213,9 @@ async fn main() -> anyhow::Result<()> {
             let config = &app.state().config;
             tracing::info!(
                 port = app.port(),
-                database = workers::settings::redacted(&config.database_url),
-                redis = config.redis_url.as_deref().map(workers::settings::redacted),
-                smtp = config.smtp_url.as_deref().map(workers::settings::redacted),
+                database = kernel::settings::redacted(&config.database_url),
+                redis = config.redis_url.as_deref().map(kernel::settings::redacted),
+                smtp = config.smtp_url.as_deref().map(kernel::settings::redacted),
                 "mithril listening"
             );
             // Returns once requests have drained, the outbox is flushed and the in-process

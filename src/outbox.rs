@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use entity::{outbox, sent_notification};
+use kernel::jobs;
+use kernel::queue::{Backend, Queue, QueueError};
 use sea_orm::sea_query::{Expr, ExprTrait as _, LockBehavior, LockType, SimpleExpr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseConnection,
@@ -13,8 +15,6 @@ use sea_orm::{
     QuerySelect as _, Select, TransactionTrait as _,
 };
 use uuid::Uuid;
-use workers::jobs;
-use workers::queue::{Queue, QueueError};
 
 /// Rows younger than this are left to the request that wrote them.
 pub const SWEEP_AFTER: Duration = Duration::from_secs(3);
@@ -203,8 +203,8 @@ impl OutboxRelay {
             return Ok(self.clone());
         }
         let db = crate::db::connect(config).await?;
-        let queue = match &self.queue {
-            Queue::Redis(_) => self.queue.clone(),
+        let queue = match self.queue.backend() {
+            Backend::Redis(_) => self.queue.clone(),
             _ => Queue::connect(&db, None, &config.workers.queue_namespace).await?,
         };
         Ok(Self::new(db, queue, self.reconcile_after))

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kernel::redis_connect::RedisKeys;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
-use workers::redis_connect::RedisKeys;
 
 use crate::cache::budgeted;
 use crate::config::RateLimit;

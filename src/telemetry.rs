@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use kernel::metrics::ReminderMetrics;
 use metrics::{Key, Label, Level, Metadata, Recorder as _};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use workers::remind::ReminderMetrics;
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -33,7 +33,7 @@ pub const VERIFY: &str = "mithril_verify_total";
 /// 1 while the instance follows Redis's eviction channel, 0 while Redis is unreachable.
 pub const REDIS_LINK_UP: &str = "mithril_redis_link_up";
 /// The lifetime policy's gauges and counter, named where `mithril-workers` records them.
-pub use workers::remind::{REMINDERS, SECRETS_EXPIRED, SECRETS_EXPIRING};
+pub use kernel::metrics::{REMINDERS, SECRETS_EXPIRED, SECRETS_EXPIRING};
 
 /// Latency buckets, in seconds, for request histograms.
 const LATENCY_BUCKETS: &[f64] = &[

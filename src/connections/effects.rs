@@ -2,8 +2,8 @@
 //! change at once, then the change's outbox rows go to the queue.
 use std::sync::Arc;
 
+use kernel::credentials::CredentialChange;
 use uuid::Uuid;
-use workers::credentials::CredentialChange;
 
 use crate::cache::CredentialsCache;
 use crate::outbox::OutboxRelay;

@@ -22,7 +22,7 @@ pub use service::Service;
 pub use store::ListFilter;
 pub use writes::{Changed, Upsert, Upserted};
 
-/// Kinds of audit events. (Outbox kinds are the job types' own, in `workers::jobs`.)
+/// Kinds of audit events. (Outbox kinds are the job types' own, in `kernel::jobs`.)
 pub mod kinds {
     pub const SECRET_REFRESHED: &str = "secret_refreshed";
     pub const CREATED: &str = "created";

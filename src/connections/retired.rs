@@ -3,11 +3,11 @@
 //! still presenting an old secret from a wrong guess.
 use chrono::{DateTime, Utc};
 use entity::retired_digest::{self, reason};
+use kernel::credentials::{ConnectionIds, CredentialChange};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbErr, EntityTrait as _, QueryFilter as _,
 };
-use workers::credentials::{CredentialChange, RetiredFrom};
 
 use crate::secrets::SecretDigest;
 
@@ -76,12 +76,12 @@ pub async fn find(
     conn: &impl ConnectionTrait,
     digest: &SecretDigest,
     now: DateTime<Utc>,
-) -> Result<Option<RetiredFrom>, DbErr> {
+) -> Result<Option<ConnectionIds>, DbErr> {
     Ok(retired_digest::Entity::find_by_id(digest.as_str())
         .filter(retired_digest::Column::RetiredAt.lte(now))
         .one(conn)
         .await?
-        .map(|row| RetiredFrom {
+        .map(|row| ConnectionIds {
             connection_id: row.connection_id,
             client_id: row.client_id,
             consumer_id: row.consumer_id,

@@ -3,13 +3,13 @@
 use actix::Message;
 use chrono::{Duration, Utc};
 use entity::{connection, outbox};
+use kernel::credentials::CredentialChange;
+use kernel::jobs::{self, NotifyOwner};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _, TransactionTrait as _,
 };
 use uuid::Uuid;
-use workers::credentials::CredentialChange;
-use workers::jobs::{self, NotifyOwner};
 
 use super::audit::{self, Actor, NewEvent};
 use super::{ConnectionError, kinds, retired, store, validity, writes};

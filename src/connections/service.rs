@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use actix::{Actor as _, Addr};
 use entity::connection;
+use kernel::credentials::{CachedCredential, ConnectionIds, Verdict};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
-use workers::credentials::{CachedCredential, RetiredFrom, Verdict};
 
 use super::actor::{ActorSetup, RotationGate};
 use super::audit::{self, Actor};
@@ -153,7 +153,7 @@ impl Service {
                 self.sightings.record(*of, Reason::Retired, now, address);
             }
             Verdict::Expired(connection) => {
-                let of = RetiredFrom::from(connection);
+                let of = ConnectionIds::from(connection);
                 self.sightings.record(of, Reason::Expired, now, address);
             }
             Verdict::Accepted(_) | Verdict::Retired(None) | Verdict::Unknown => {}
@@ -172,7 +172,7 @@ impl Service {
                     // for good.
                     return Ok(Some(validity::entry_for(&row, digest, now).unwrap_or_else(
                         || {
-                            let of = RetiredFrom::from(&validity::identity(&row));
+                            let of = ConnectionIds::from(&validity::identity(&row));
                             CachedCredential::retired(row.state_version, Some(of))
                         },
                     )));
@@ -287,7 +287,7 @@ mod tests {
         ));
         let db = crate::db::connect(&config).await.unwrap();
         crate::db::migrate(&db).await.unwrap();
-        let queue = workers::queue::Queue::connect(&db, None, "test")
+        let queue = kernel::queue::Queue::connect(&db, None, "test")
             .await
             .unwrap();
         let relay = OutboxRelay::new(db.clone(), queue, Duration::from_secs(600));

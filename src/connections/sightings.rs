@@ -8,14 +8,14 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use entity::{outbox, secret_sighting};
+use kernel::credentials::ConnectionIds;
+use kernel::jobs::{self, NotifyStaleSecret};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
     QueryFilter as _, TransactionTrait as _,
 };
 use uuid::Uuid;
-use workers::credentials::RetiredFrom;
-use workers::jobs::{self, NotifyStaleSecret};
 
 use crate::outbox::OutboxRelay;
 
@@ -83,7 +83,7 @@ impl Sightings {
     /// Counts one presentation of a secret of `of` refused for `reason`.
     pub fn record(
         &self,
-        of: RetiredFrom,
+        of: ConnectionIds,
         reason: Reason,
         at: DateTime<Utc>,
         address: Option<&str>,

@@ -2,7 +2,7 @@
 //! changes about that: the one place that decides, for every kind of change.
 use chrono::{DateTime, Utc};
 use entity::connection;
-use workers::credentials::{CachedCredential, ConnectionIdentity, CredentialChange, StillValid};
+use kernel::credentials::{CachedCredential, ConnectionIdentity, CredentialChange, StillValid};
 
 use crate::secrets::SecretDigest;
 
@@ -199,11 +199,11 @@ mod tests {
         let entry = entry_for(&row, &SecretDigest::of("new"), now).unwrap();
         assert_eq!(
             entry.verdict(now - chrono::Duration::seconds(1)),
-            workers::credentials::Verdict::Accepted(identity(&row))
+            kernel::credentials::Verdict::Accepted(identity(&row))
         );
         assert_eq!(
             entry.verdict(now),
-            workers::credentials::Verdict::Expired(identity(&row))
+            kernel::credentials::Verdict::Expired(identity(&row))
         );
         // A change carries the expiry to every cache it updates.
         let change = change(&row, Some(&row), now);

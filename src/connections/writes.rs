@@ -3,14 +3,14 @@
 //! its `invalidate_credentials` outbox row.
 use chrono::{DateTime, Utc};
 use entity::{connection, outbox};
+use kernel::credentials::CredentialChange;
+use kernel::jobs::{self, InvalidateCredentials};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait as _, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait as _,
     IntoActiveModel as _, QueryFilter as _, TransactionTrait as _,
 };
 use uuid::Uuid;
-use workers::credentials::CredentialChange;
-use workers::jobs::{self, InvalidateCredentials};
 
 use super::audit::{self, Actor, NewEvent};
 use super::{ConnectionError, kinds, retired, store, validity};

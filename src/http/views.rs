@@ -5,10 +5,10 @@ use actix_web::HttpResponse;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::{connection, connection_event, secret_sighting};
+use kernel::credentials::ConnectionIdentity;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
-use workers::credentials::ConnectionIdentity;
 
 use crate::connections::audit;
 

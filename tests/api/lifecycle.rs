@@ -10,10 +10,10 @@ use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder a
 use serde_json::json;
 use uuid::Uuid;
 
+use kernel::credentials::redis_cache::RedisCredentials;
+use kernel::jobs::InvalidateCredentials;
+use kernel::redis_connect::RedisKeys;
 use mithril::secrets::SecretDigest;
-use workers::credentials::RedisCredentials;
-use workers::jobs::InvalidateCredentials;
-use workers::redis_connect::RedisKeys;
 
 use crate::support::smtp::{SmtpServer, SmtpState};
 use crate::support::{
@@ -61,7 +61,7 @@ async fn invalidations_applied_in_reverse_and_twice_leave_retired_secrets_refuse
     // The jobs land late, newest first, each twice: as retries, sweeper re-pushes and
     // several worker processes can make them. First straight into Redis (and, through
     // its channel, every local cache), then as the job handler runs them.
-    let redis = workers::redis_connect::connect(&redis_url).await.unwrap();
+    let redis = kernel::redis_connect::connect(&redis_url).await.unwrap();
     let shared = RedisCredentials::new(
         redis.manager.clone(),
         RedisKeys::new(&first.state.config.workers.queue_namespace),
@@ -130,7 +130,7 @@ async fn a_late_re_point_rewrite_does_not_revive_a_secret_a_rotation_retired() {
             .any(|v| v.digest == SecretDigest::of(&me.secret).as_str()),
         "the re-point's change names the secret it saw as current"
     );
-    let redis = workers::redis_connect::connect(&redis_url).await.unwrap();
+    let redis = kernel::redis_connect::connect(&redis_url).await.unwrap();
     RedisCredentials::new(
         redis.manager.clone(),
         RedisKeys::new(&first.state.config.workers.queue_namespace),
@@ -317,7 +317,7 @@ async fn two_workers_handed_the_same_notice_send_one_e_mail() {
         .await
         .unwrap()
         .unwrap();
-    let job: workers::jobs::NotifyOwner = serde_json::from_value(row.payload).unwrap();
+    let job: kernel::jobs::NotifyOwner = serde_json::from_value(row.payload).unwrap();
     let notifier = || {
         Arc::new(workers::notify::Notifier {
             db: app.db.clone(),
@@ -328,7 +328,7 @@ async fn two_workers_handed_the_same_notice_send_one_e_mail() {
             .unwrap(),
             templates: workers::mail::Templates::load().unwrap(),
             mail_from: "Mithril <m@example.org>".to_owned(),
-            lease: workers::notify::DEFAULT_LEASE,
+            lease: kernel::settings::WorkerSettings::default().notice_lease(),
         })
     };
     let (one, two) = (notifier(), notifier());
@@ -358,7 +358,7 @@ async fn giving_up_a_notice_spares_another_workers_live_claim() {
         mailer: workers::mail::Mailer::new(None, &app.state.config.workers.mail_dir).unwrap(),
         templates: workers::mail::Templates::load().unwrap(),
         mail_from: "Mithril <m@example.org>".to_owned(),
-        lease: workers::notify::DEFAULT_LEASE,
+        lease: kernel::settings::WorkerSettings::default().notice_lease(),
     };
     let state_of = |event_id| {
         let db = app.db.clone();
@@ -700,7 +700,7 @@ async fn an_older_re_point_landing_after_a_newer_one_changes_nothing() {
         .map(|job| serde_json::from_value(job).unwrap())
         .collect();
     assert_eq!(jobs.len(), 2);
-    let redis = workers::redis_connect::connect(&redis_url).await.unwrap();
+    let redis = kernel::redis_connect::connect(&redis_url).await.unwrap();
     let shared = RedisCredentials::new(
         redis.manager.clone(),
         RedisKeys::new(&first.state.config.workers.queue_namespace),

@@ -141,7 +141,7 @@ fn assert_no_secret(messages: &[ReceivedMail], secrets: &[&String]) {
 
 fn policy(c: &mut mithril::Config, lifetime: &str, thresholds: &str) {
     c.secret_lifetime = mithril::config::SecretLifetime::parse(lifetime).unwrap();
-    c.workers.reminder_thresholds = workers::remind::Thresholds::parse(thresholds).unwrap();
+    c.workers.reminder_thresholds = kernel::thresholds::Thresholds::parse(thresholds).unwrap();
     c.workers.reminder_interval = Duration::from_millis(100);
 }
 

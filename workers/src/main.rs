@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use workers::queue::Queue;
+use kernel::queue::Queue;
+use kernel::settings::WorkerSettings;
 use workers::remind::GlobalMetrics;
 use workers::run::{Workers, run};
-use workers::settings::WorkerSettings;
 
 #[derive(Parser)]
 #[command(
@@ -46,9 +46,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    workers::logs::init(&cli.log_format);
+    kernel::logs::init(&cli.log_format);
     cli.workers.validate()?;
-    workers::settings::check_bounds(
+    kernel::settings::check_bounds(
         "MITHRIL_SHUTDOWN_TIMEOUT",
         Duration::from_secs(cli.shutdown_timeout),
         Duration::ZERO,
@@ -57,9 +57,9 @@ async fn main() -> anyhow::Result<()> {
 
     let redis_url = cli.redis_url.filter(|u| !u.is_empty());
     let smtp_url = cli.smtp_url.filter(|u| !u.is_empty());
-    let db = workers::db::connect(&cli.database_url, 10).await?;
+    let db = kernel::db::connect(&cli.database_url, 10).await?;
     let redis = match &redis_url {
-        Some(url) => Some(workers::redis_connect::connect(url).await?),
+        Some(url) => Some(kernel::redis_connect::connect(url).await?),
         None => None,
     };
     let queue = Queue::connect(
@@ -78,9 +78,9 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(GlobalMetrics),
     )?;
     tracing::info!(
-        database = workers::settings::redacted(&cli.database_url),
-        redis = redis_url.as_deref().map(workers::settings::redacted),
-        smtp = smtp_url.as_deref().map(workers::settings::redacted),
+        database = kernel::settings::redacted(&cli.database_url),
+        redis = redis_url.as_deref().map(kernel::settings::redacted),
+        smtp = smtp_url.as_deref().map(kernel::settings::redacted),
         namespace = cli.workers.queue_namespace,
         "mithril-workers running"
     );

@@ -17,8 +17,8 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::jobs;
-use crate::queue::Queue;
+use kernel::jobs;
+use kernel::queue::{Backend, Queue};
 
 /// Rows or jobs one statement or script removes at most.
 const BATCH: u64 = 1000;
@@ -77,24 +77,18 @@ impl Pruner {
             return Ok(Pruned::default());
         };
         let (outbox_rows, notices) = self.outbox(cutoff).await?;
-        let (jobs, gone_workers) = match queue {
-            Queue::Redis(q) => {
-                let s = &q.storages;
-                let conn = s.notify.clone().get_connection().clone();
+        let (jobs, gone_workers) = match queue.backend() {
+            Backend::Redis(conn) => {
                 let mut jobs = 0;
                 let mut gone = 0;
-                for config in [
-                    s.notify.get_config(),
-                    s.invalidate.get_config(),
-                    s.remind.get_config(),
-                    s.stale.get_config(),
-                ] {
-                    jobs += redis_jobs(conn.clone(), config, cutoff).await?;
-                    gone += redis_gone_workers(conn.clone(), config).await?;
+                for kind in Queue::ALL_KINDS {
+                    let config = queue.redis_config(kind);
+                    jobs += redis_jobs(conn.clone(), &config, cutoff).await?;
+                    gone += redis_gone_workers(conn.clone(), &config).await?;
                 }
                 (jobs, gone)
             }
-            Queue::Sqlite(_) | Queue::Postgres(_) => (self.database_jobs(cutoff).await?, 0),
+            Backend::Sqlite(_) | Backend::Postgres(_) => (self.database_jobs(cutoff).await?, 0),
         };
         Ok(Pruned {
             outbox_rows,

@@ -9,16 +9,18 @@ use apalis::prelude::*;
 use entity::connection;
 use sea_orm::{DatabaseConnection, EntityTrait as _};
 
-use crate::credentials::{CredentialChange, RedisCredentials};
-use crate::jobs::{self, InvalidateCredentials, NotifyOwner, NotifyStaleSecret, RemindOwner};
 use crate::mail::{Mailer, Templates};
 use crate::notify::{Notified, Notifier, NotifyError};
 use crate::poll::EveryPeriod;
 use crate::prune::Pruner;
-use crate::queue::Queue;
-use crate::redis_connect::RedisKeys;
-use crate::remind::{Reminded, ReminderMetrics, Reminders, Ticker};
-use crate::settings::{RetrySettings, WorkerSettings};
+use crate::remind::{Reminded, Reminders, Ticker};
+use kernel::credentials::CredentialChange;
+use kernel::credentials::redis_cache::RedisCredentials;
+use kernel::jobs::{self, InvalidateCredentials, Job, NotifyOwner, NotifyStaleSecret, RemindOwner};
+use kernel::metrics::ReminderMetrics;
+use kernel::queue::{Backend, Queue};
+use kernel::redis_connect::RedisKeys;
+use kernel::settings::{RetrySettings, WorkerSettings};
 
 /// Applies a change to an in-process cache (only `mithril serve` has one).
 pub type LocalApply = Arc<dyn Fn(&CredentialChange) + Send + Sync>;
@@ -91,7 +93,7 @@ impl Workers {
     pub fn build(
         settings: &WorkerSettings,
         db: &DatabaseConnection,
-        redis: Option<&crate::redis_connect::Redis>,
+        redis: Option<&kernel::redis_connect::Redis>,
         smtp_url: Option<&str>,
         mail_from: &str,
         local: Option<LocalApply>,
@@ -149,73 +151,80 @@ fn worker_name(job: &str) -> String {
     )
 }
 
-async fn notify_owner(
-    job: NotifyOwner,
-    notifier: Data<Arc<Notifier>>,
-    retry: Data<RetrySettings>,
-    attempt: Attempt,
-) -> Result<(), BoxDynError> {
-    let event_id = job.event_id;
-    let sending = Arc::clone(&notifier);
-    let sent = unbroken(async move { sending.notify(&job).await }).await;
-    let give_up = || notifier.give_up(event_id);
-    conclude(
-        jobs::NOTIFY_OWNER,
-        &event_id,
-        sent.map(notified),
-        &attempt,
-        &retry,
-        give_up,
-    )
-    .await
+/// A job that sends one mail through the claim protocol: a notice, a stale-secret
+/// notice or a reminder. One handler (`send_mail`) runs them all.
+trait MailJob: Job + Clone {
+    /// What sends it (the `Workers` field the handler gets).
+    type Sender: Send + Sync + 'static;
+    /// The id logs name it by.
+    fn id(&self) -> uuid::Uuid;
+    /// Sends it; the outcome as `mithril_jobs_total` counts it.
+    fn send(
+        self,
+        sender: Arc<Self::Sender>,
+    ) -> impl Future<Output = Result<&'static str, NotifyError>> + Send;
+    /// Marks it dead once its retries ran out.
+    fn give_up(&self, sender: &Self::Sender) -> impl Future<Output = Result<(), NotifyError>>;
 }
 
-async fn notify_stale_secret(
-    job: NotifyStaleSecret,
-    notifier: Data<Arc<Notifier>>,
-    retry: Data<RetrySettings>,
-    attempt: Attempt,
-) -> Result<(), BoxDynError> {
-    let event_id = job.event_id;
-    let sending = Arc::clone(&notifier);
-    let sent = unbroken(async move { sending.notify_stale(&job).await }).await;
-    let give_up = || notifier.give_up(event_id);
-    let kind = jobs::NOTIFY_STALE_SECRET;
-    conclude(
-        kind,
-        &event_id,
-        sent.map(notified),
-        &attempt,
-        &retry,
-        give_up,
-    )
-    .await
+impl MailJob for NotifyOwner {
+    type Sender = Notifier;
+    fn id(&self) -> uuid::Uuid {
+        self.event_id
+    }
+    async fn send(self, notifier: Arc<Notifier>) -> Result<&'static str, NotifyError> {
+        notifier.notify(&self).await.map(notified)
+    }
+    async fn give_up(&self, notifier: &Notifier) -> Result<(), NotifyError> {
+        notifier.give_up(self.event_id).await
+    }
 }
 
-async fn remind_owner(
-    job: RemindOwner,
-    reminders: Data<Arc<Reminders>>,
+impl MailJob for NotifyStaleSecret {
+    type Sender = Notifier;
+    fn id(&self) -> uuid::Uuid {
+        self.event_id
+    }
+    async fn send(self, notifier: Arc<Notifier>) -> Result<&'static str, NotifyError> {
+        notifier.notify_stale(&self).await.map(notified)
+    }
+    async fn give_up(&self, notifier: &Notifier) -> Result<(), NotifyError> {
+        notifier.give_up(self.event_id).await
+    }
+}
+
+impl MailJob for RemindOwner {
+    type Sender = Reminders;
+    fn id(&self) -> uuid::Uuid {
+        self.connection_id
+    }
+    async fn send(self, reminders: Arc<Reminders>) -> Result<&'static str, NotifyError> {
+        reminders
+            .remind(&self)
+            .await
+            .map(|reminded| match reminded {
+                Reminded::Sent => "ok",
+                Reminded::AlreadyDone => "duplicate",
+                Reminded::Moot => "moot",
+            })
+    }
+    async fn give_up(&self, reminders: &Reminders) -> Result<(), NotifyError> {
+        reminders.give_up(self).await
+    }
+}
+
+/// The handler of every `MailJob`.
+async fn send_mail<J: MailJob>(
+    job: J,
+    sender: Data<Arc<J::Sender>>,
     retry: Data<RetrySettings>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    let (sending, sent_job) = (Arc::clone(&reminders), job.clone());
-    let reminded = unbroken(async move { sending.remind(&sent_job).await }).await;
-    let reminded = reminded.map(|r| match r {
-        Reminded::Sent => "ok",
-        Reminded::AlreadyDone => "duplicate",
-        Reminded::Moot => "moot",
-    });
-    let give_up = || reminders.give_up(&job);
-    let kind = jobs::REMIND_OWNER;
-    conclude(
-        kind,
-        &job.connection_id,
-        reminded,
-        &attempt,
-        &retry,
-        give_up,
-    )
-    .await
+    let id = job.id();
+    let (sending, sent_job) = (Arc::clone(&sender), job.clone());
+    let sent = unbroken(sent_job.send(sending)).await;
+    let give_up = || job.give_up(&sender);
+    conclude(J::KIND, &id, sent, &attempt, &retry, give_up).await
 }
 
 /// A notice's outcome, as `mithril_jobs_total` counts it.
@@ -345,104 +354,83 @@ fn retry_policy(
     Ok(RetryPolicy::retries(settings.retries).with_backoff(backoff))
 }
 
-/// Runs one worker until `stop` turns true, rebuilding it with backoff whenever its
-/// backend fails (Redis restarting, say): apalis's own monitor restarts at once, which
-/// spins while the backend is down.
-macro_rules! supervise {
-    ($stop:expr, $job:expr, $build:expr) => {{
-        let mut stop = $stop.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                if *stop.borrow() {
-                    return;
-                }
-                let signal = {
-                    let mut stop = stop.clone();
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                        Ok::<(), std::io::Error>(())
+/// What a worker's run stops on: `stop` turning true.
+type Stopped = std::pin::Pin<Box<dyn Future<Output = Result<(), std::io::Error>> + Send>>;
+
+/// Runs one worker (`run` builds it and runs it until the signal it is given) until
+/// `stop` turns true, rebuilding it with backoff whenever its backend fails (Redis
+/// restarting, say): apalis's own monitor restarts at once, which spins while the
+/// backend is down.
+fn supervise<F, Fut>(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    job: &'static str,
+    run: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Stopped) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), WorkerError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let mut signal = stop.clone();
+            let signal: Stopped = Box::pin(async move {
+                let _ = signal.wait_for(|s| *s).await;
+                Ok(())
+            });
+            match run(signal).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "job worker failed; restarting after backoff");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s) => return,
                     }
-                };
-                match $build.run_until(signal).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(job = $job, error = %e, "job worker failed; restarting after backoff");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.wait_for(|s| *s) => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        })
-    }};
+        }
+    })
 }
 
-/// One supervised worker of one job kind: its storage, the means its handler takes,
-/// and the handler.
-macro_rules! job_worker {
-    ($stop:expr, $workers:expr, $policy:expr, $kind:expr, $storage:expr, $means:ident, $handler:expr) => {{
-        let (w, p, storage) = ($workers.clone(), $policy.clone(), $storage.clone());
-        supervise!($stop, $kind, {
-            WorkerBuilder::new(worker_name($kind))
-                .backend(
-                    storage
-                        .clone()
-                        .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
-                )
-                .data(w.$means.clone())
-                .data(w.retry.clone())
-                .concurrency(w.concurrency)
-                .retry(p.clone())
-                .build($handler)
-        })
-    }};
-}
-
+/// A supervised worker for every job type, on one backend: `$storage::<J>($conn)` is
+/// `Queue`'s storage of job type `J` there. The job types and their handlers are listed
+/// once, here.
+///
+// A macro, not a generic function, only because apalis's worker bounds (a dozen lines of
+// nested associated types) would have to be restated for every backend.
 macro_rules! spawn_workers {
-    ($storages:expr, $workers:expr, $stop:expr) => {{
+    ($queue:expr, $storage:ident, $conn:expr, $workers:expr, $stop:expr) => {
+        spawn_workers!(@each $queue, $storage, $conn, $workers, $stop,
+            (NotifyOwner, notifier, send_mail::<NotifyOwner>),
+            (InvalidateCredentials, invalidator, invalidate_credentials),
+            (NotifyStaleSecret, notifier, send_mail::<NotifyStaleSecret>),
+            (RemindOwner, reminders, send_mail::<RemindOwner>))
+    };
+    (@each $queue:expr, $storage:ident, $conn:expr, $workers:expr, $stop:expr,
+        $(($job:ty, $means:ident, $handler:expr)),*) => {{
         let policy = retry_policy(&$workers.retry)?;
-        let (w, p, s) = (&$workers, &policy, &$storages);
-        [
-            job_worker!(
-                $stop,
-                w,
-                p,
-                jobs::NOTIFY_OWNER,
-                s.notify,
-                notifier,
-                notify_owner
-            ),
-            job_worker!(
-                $stop,
-                w,
-                p,
-                jobs::INVALIDATE_CREDENTIALS,
-                s.invalidate,
-                invalidator,
-                invalidate_credentials
-            ),
-            job_worker!(
-                $stop,
-                w,
-                p,
-                jobs::NOTIFY_STALE_SECRET,
-                s.stale,
-                notifier,
-                notify_stale_secret
-            ),
-            job_worker!(
-                $stop,
-                w,
-                p,
-                jobs::REMIND_OWNER,
-                s.remind,
-                reminders,
-                remind_owner
-            ),
-        ]
+        [$({
+            let (w, policy) = ($workers.clone(), policy.clone());
+            let storage = $queue.$storage::<$job>($conn);
+            supervise($stop.clone(), <$job as Job>::KIND, move |signal| {
+                WorkerBuilder::new(worker_name(<$job as Job>::KIND))
+                    .backend(
+                        storage
+                            .clone()
+                            .poll_with_strategy(EveryPeriod::new(w.poll_interval)),
+                    )
+                    .data(w.$means.clone())
+                    .data(w.retry.clone())
+                    .concurrency(w.concurrency)
+                    .retry(policy.clone())
+                    .build($handler)
+                    .run_until(signal)
+            })
+        }),*]
     }};
 }
 
@@ -454,10 +442,10 @@ pub async fn run(
     grace: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let handles = match &queue {
-        Queue::Redis(q) => spawn_workers!(q.storages, workers, stop),
-        Queue::Sqlite(storages) => spawn_workers!(storages, workers, stop),
-        Queue::Postgres(storages) => spawn_workers!(storages, workers, stop),
+    let handles = match queue.backend() {
+        Backend::Redis(conn) => spawn_workers!(queue, redis, conn, workers, stop),
+        Backend::Sqlite(pool) => spawn_workers!(queue, sqlite, pool, workers, stop),
+        Backend::Postgres(pool) => spawn_workers!(queue, postgres, pool, workers, stop),
     };
     let ticker = tokio::spawn(workers.ticker.clone().run(queue.clone(), stop.clone()));
     let pruner = tokio::spawn(workers.pruner.clone().run(queue.clone(), stop.clone()));

@@ -1,7 +1,7 @@
 //! Verify a connection secret: the gateways' path.
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use workers::credentials::Verdict;
+use kernel::credentials::Verdict;
 
 use crate::http::schemas::{ErrorResponse, VerifiedResponse};
 use crate::http::state::AppState;

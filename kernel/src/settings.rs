@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::remind::Thresholds;
+use crate::thresholds::Thresholds;
 
 /// How transient failures are retried: exponential backoff from `min` to `max`, then
 /// the job is dead-lettered.

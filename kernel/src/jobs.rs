@@ -79,3 +79,24 @@ pub struct RemindOwner {
     /// The expiry the ticker saw, for the logs; the handler reads the row again.
     pub expires_at: DateTime<Utc>,
 }
+
+/// A job type: its kind names its outbox rows and its queue.
+pub trait Job: Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static {
+    const KIND: &'static str;
+}
+
+impl Job for NotifyOwner {
+    const KIND: &'static str = NOTIFY_OWNER;
+}
+
+impl Job for InvalidateCredentials {
+    const KIND: &'static str = INVALIDATE_CREDENTIALS;
+}
+
+impl Job for RemindOwner {
+    const KIND: &'static str = REMIND_OWNER;
+}
+
+impl Job for NotifyStaleSecret {
+    const KIND: &'static str = NOTIFY_STALE_SECRET;
+}

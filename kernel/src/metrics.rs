@@ -1,0 +1,17 @@
+//! Metrics both binaries record: their names, and the sink the reminder ticker writes to
+//! (the API's recorder when the workers run in `mithril serve`).
+
+/// Where reminder metrics go: the application's recorder in `mithril serve`, the
+/// process-global one (`metrics` macros) elsewhere.
+pub trait ReminderMetrics: Send + Sync {
+    /// Secrets that expire within `within` (a threshold's label) from now.
+    fn secrets_expiring(&self, within: &str, count: u64);
+    /// Secrets past their expiry.
+    fn secrets_expired(&self, count: u64);
+    /// One reminder sent, of `threshold` (a label, or `expired`).
+    fn reminder_sent(&self, threshold: &str);
+}
+
+pub const SECRETS_EXPIRING: &str = "mithril_secrets_expiring";
+pub const SECRETS_EXPIRED: &str = "mithril_secrets_expired";
+pub const REMINDERS: &str = "mithril_reminders_total";

@@ -1,0 +1,195 @@
+//! The job queue: apalis on Redis when `REDIS_URL` is set, else on the service's own
+//! database (SQLite or PostgreSQL), sharing SeaORM's connection pool.
+use anyhow::Context as _;
+use apalis::prelude::TaskSink as _;
+use apalis_postgres::PostgresStorage;
+use apalis_redis::{Config as RedisConfig, ConnectionManager, RedisStorage};
+use apalis_sqlite::SqliteStorage;
+use sea_orm::sqlx::{PgPool, SqlitePool};
+use sea_orm::{DatabaseBackend, DatabaseConnection};
+
+use crate::jobs::{InvalidateCredentials, Job, NotifyOwner, NotifyStaleSecret, RemindOwner};
+use crate::redis_connect::RedisKeys;
+
+/// How often a worker tells the queue it lives, and how many beats it may miss before
+/// the queue hands its jobs to another worker: 20 s, where apalis's defaults wait 60 s
+/// (database) or 300 s (Redis) after a worker killed mid-job.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+const MISSED_HEARTBEATS: usize = 4;
+
+/// Where the queue lives: a handle, cheap to clone, from which each job type's storage
+/// is made when needed.
+#[derive(Clone)]
+pub enum Backend {
+    Redis(ConnectionManager),
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The queue of every job type, on one backend.
+///
+/// Each job type has its own queue (`RedisKeys::queue` of its kind); a job type's storage
+/// on any backend is made by `redis`, `sqlite` or `postgres`, so a new job kind is a
+/// `Job` impl and an entry in `OUTBOX_KINDS` (if the outbox carries it), nothing here.
+#[derive(Clone)]
+pub struct Queue {
+    backend: Backend,
+    keys: RedisKeys,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("unknown job kind {0:?}")]
+    UnknownKind(String),
+    #[error("the payload does not decode as its job type: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error("the queue refused the job: {0}")]
+    Push(String),
+}
+
+/// Checks that an outbox payload decodes as the job type of its kind.
+type Check = fn(&serde_json::Value) -> Result<(), serde_json::Error>;
+
+fn decodes<J: Job>(payload: &serde_json::Value) -> Result<(), serde_json::Error> {
+    J::deserialize(payload).map(drop)
+}
+
+impl Queue {
+    /// The job types the outbox carries (reminders are pushed by the ticker, with no
+    /// outbox row), and the check of each one's payload.
+    const OUTBOX_KINDS: [(&'static str, Check); 3] = [
+        (NotifyOwner::KIND, decodes::<NotifyOwner>),
+        (
+            InvalidateCredentials::KIND,
+            decodes::<InvalidateCredentials>,
+        ),
+        (NotifyStaleSecret::KIND, decodes::<NotifyStaleSecret>),
+    ];
+
+    /// The outbox kinds this release pushes.
+    pub const KINDS: [&'static str; 3] = [
+        NotifyOwner::KIND,
+        InvalidateCredentials::KIND,
+        NotifyStaleSecret::KIND,
+    ];
+
+    /// Every job type's kind, the ticker's included: the queues there are.
+    pub const ALL_KINDS: [&'static str; 4] = [
+        NotifyOwner::KIND,
+        InvalidateCredentials::KIND,
+        NotifyStaleSecret::KIND,
+        RemindOwner::KIND,
+    ];
+
+    /// `namespace` prefixes the queue names, so deployments (or tests) can share a Redis.
+    pub async fn connect(
+        db: &DatabaseConnection,
+        redis: Option<ConnectionManager>,
+        namespace: &str,
+    ) -> anyhow::Result<Self> {
+        let keys = RedisKeys::new(namespace);
+        let backend = match (redis, db.get_database_backend()) {
+            (Some(conn), _) => Backend::Redis(conn),
+            (None, DatabaseBackend::Postgres) => {
+                let pool = db.get_postgres_connection_pool();
+                // Only the queue's tables: `setup` would also change session settings.
+                PostgresStorage::<()>::migrations()
+                    .run(pool)
+                    .await
+                    .context("creating the queue tables")?;
+                Backend::Postgres(pool.clone())
+            }
+            (None, _) => {
+                let pool = db.get_sqlite_connection_pool();
+                // Only the queue's tables: `setup` would also turn `synchronous` off on
+                // the service's own database, trading durability of committed rotations.
+                SqliteStorage::<()>::migrations()
+                    .run(pool)
+                    .await
+                    .context("creating the queue tables")?;
+                Backend::Sqlite(pool.clone())
+            }
+        };
+        Ok(Self { backend, keys })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The Redis queue of `kind`: its name, and how workers beat on it.
+    pub fn redis_config(&self, kind: &str) -> RedisConfig {
+        RedisConfig::default()
+            .queue(self.keys.queue(kind))
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(MISSED_HEARTBEATS)
+    }
+
+    /// `J`'s storage on Redis.
+    pub fn redis<J: Job>(&self, conn: &ConnectionManager) -> RedisStorage<J> {
+        RedisStorage::new(conn.clone()).with_config(self.redis_config(J::KIND))
+    }
+
+    /// `J`'s storage on SQLite.
+    pub fn sqlite<J: Job>(&self, pool: &SqlitePool) -> SqliteStorage<J> {
+        let config = apalis_sqlite::Config::default()
+            .queue(self.keys.queue(J::KIND))
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(MISSED_HEARTBEATS);
+        SqliteStorage::new(pool).with_config(config)
+    }
+
+    /// `J`'s storage on PostgreSQL.
+    pub fn postgres<J: Job>(&self, pool: &PgPool) -> PostgresStorage<J> {
+        let config = apalis_postgres::Config::default()
+            .queue(self.keys.queue(J::KIND))
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(MISSED_HEARTBEATS);
+        PostgresStorage::new(pool).with_config(config)
+    }
+
+    /// Pushes an outbox row's payload as the job its `kind` names.
+    pub async fn push(&self, kind: &str, payload: serde_json::Value) -> Result<(), QueueError> {
+        let (kind, check) = Self::OUTBOX_KINDS
+            .iter()
+            .find(|(known, _)| *known == kind)
+            .ok_or_else(|| QueueError::UnknownKind(kind.to_owned()))?;
+        check(&payload)?;
+        self.push_payload(kind, payload).await
+    }
+
+    /// Pushes a reminder job (the ticker's; reminders have no outbox row).
+    pub async fn push_reminder(&self, job: RemindOwner) -> Result<(), QueueError> {
+        self.push_payload(RemindOwner::KIND, serde_json::to_value(job)?)
+            .await
+    }
+
+    /// Pushes a checked payload onto `kind`'s queue, as it is: a job is JSON on every
+    /// backend, so the worker of `kind` reads it as its own type.
+    async fn push_payload(&self, kind: &str, payload: serde_json::Value) -> Result<(), QueueError> {
+        let queue = self.keys.queue(kind);
+        match &self.backend {
+            Backend::Redis(conn) => {
+                let config = RedisConfig::default().queue(&queue);
+                let mut storage =
+                    RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(config);
+                storage.push(payload).await.map_err(refused)
+            }
+            Backend::Sqlite(pool) => {
+                let config = apalis_sqlite::Config::default().queue(&queue);
+                let mut storage = SqliteStorage::<serde_json::Value>::new(pool).with_config(config);
+                storage.push(payload).await.map_err(refused)
+            }
+            Backend::Postgres(pool) => {
+                let config = apalis_postgres::Config::default().queue(&queue);
+                let mut storage =
+                    PostgresStorage::<serde_json::Value>::new(pool).with_config(config);
+                storage.push(payload).await.map_err(refused)
+            }
+        }
+    }
+}
+
+fn refused(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Push(e.to_string())
+}
