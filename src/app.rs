@@ -121,6 +121,12 @@ impl Application {
             relay.clone(),
             config.actor_idle_timeout,
             config.secret_lifetime,
+            config.refresh_limit.map(|limit| {
+                RefreshBudget::new(
+                    limit,
+                    redis.as_ref().map(|r| (r.manager.clone(), keys.clone())),
+                )
+            }),
         );
         let sightings = tokio::spawn(keep_sightings(
             connections.clone(),
@@ -166,17 +172,10 @@ impl Application {
         readiness.extend(checks);
         let http_workers = config.http_workers;
         let shutdown_timeout = config.shutdown_timeout.as_secs();
-        let refresh_budget = config.refresh_limit.map(|limit| {
-            RefreshBudget::new(
-                limit,
-                redis.as_ref().map(|r| (r.manager.clone(), keys.clone())),
-            )
-        });
         let state = web::Data::new(AppState {
             config,
             authorizer,
             connections,
-            refresh_budget,
             relay,
             metrics,
             readiness,

@@ -10,9 +10,9 @@ use kernel::jobs;
 use kernel::queue::{Backend, Queue, QueueError};
 use sea_orm::sea_query::{Expr, ExprTrait as _, LockBehavior, LockType, SimpleExpr};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseConnection,
-    DbErr, EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _, Select, TransactionTrait as _,
+    ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
+    EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    Select, TransactionTrait as _,
 };
 use uuid::Uuid;
 
@@ -23,31 +23,6 @@ const SWEEP_BATCH: u64 = 200;
 const RECONCILE_BATCHES: usize = 50;
 /// Committed batches waiting for the dispatcher at most; past it the sweeper takes over.
 const DISPATCH_BACKLOG: usize = 4096;
-
-/// An outbox row for `job`, to insert in the transaction of the change that causes it.
-///
-/// CAUTION: payloads carry ids and digests only, never a plaintext secret.
-pub fn row(
-    kind: &str,
-    job: &impl serde::Serialize,
-    now: DateTime<Utc>,
-) -> Result<(Uuid, outbox::ActiveModel), serde_json::Error> {
-    let id = Uuid::now_v7();
-    let payload = serde_json::to_value(job)?;
-    Ok((
-        id,
-        outbox::ActiveModel {
-            id: Set(id),
-            kind: Set(kind.to_owned()),
-            payload: Set(payload),
-            created_at: Set(now),
-            dispatched_at: Set(None),
-            attempts: Set(0),
-            dead_at: Set(None),
-            settled_at: Set(None),
-        },
-    ))
-}
 
 #[derive(Clone)]
 pub struct OutboxRelay {

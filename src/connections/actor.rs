@@ -126,9 +126,7 @@ impl Handler<Rotate> for ConnectionActor {
             async move {
                 let _running = running;
                 let rotated = rotate(&db, &msg, lifetime).await?;
-                effects
-                    .publish(&rotated.change, rotated.outbox_ids.clone())
-                    .await;
+                effects.publish(&rotated.committed).await;
                 Ok(rotated)
             }
             .into_actor(self)

@@ -15,7 +15,7 @@ use crate::paging::{Page, PageRequest};
 
 /// Who made a change, and from where: what every audit event records about its caller.
 #[derive(Clone, Debug)]
-pub struct Actor {
+pub struct Initiator {
     pub user_id: Uuid,
     pub client_id: Uuid,
     pub request_id: String,
@@ -29,7 +29,7 @@ pub struct NewEvent<'a> {
     pub kind: &'static str,
     pub connection_id: Uuid,
     pub client_id: Uuid,
-    pub actor: &'a Actor,
+    pub actor: &'a Initiator,
     pub secret_version: Option<i64>,
     /// Seconds the previous secret stays valid (rotations only).
     pub grace_period: Option<i64>,

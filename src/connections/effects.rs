@@ -8,6 +8,13 @@ use uuid::Uuid;
 use crate::cache::CredentialsCache;
 use crate::outbox::OutboxRelay;
 
+/// What a committed write hands on: the change every cache must learn, and the outbox
+/// rows written with it, for the relay to push.
+pub struct Committed {
+    pub change: CredentialChange,
+    pub outbox_ids: Vec<Uuid>,
+}
+
 pub struct AfterCommit {
     pub cache: Arc<CredentialsCache>,
     pub relay: OutboxRelay,
@@ -19,8 +26,9 @@ impl AfterCommit {
     /// request's Redis budget; the `invalidate_credentials` job repeats it until it
     /// succeeds). The outbox rows are pushed in the background; the sweeper pushes what
     /// that misses.
-    pub async fn publish(&self, change: &CredentialChange, outbox_ids: Vec<Uuid>) {
-        self.cache.apply(change).await;
-        self.relay.dispatch_in_background(outbox_ids);
+    pub async fn publish(&self, committed: &Committed) {
+        self.cache.apply(&committed.change).await;
+        self.relay
+            .dispatch_in_background(committed.outbox_ids.clone());
     }
 }

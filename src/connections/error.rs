@@ -8,6 +8,10 @@ pub enum ConnectionError {
     NotFound,
     #[error("the database failed")]
     Store(#[from] DbErr),
+    /// The client's refresh budget is spent: 429, a refresh is possible again after
+    /// this long.
+    #[error("the client's refresh budget is spent")]
+    RateLimited { retry_after: std::time::Duration },
     /// This instance is shutting down and takes no new rotation.
     #[error("this instance is shutting down")]
     ShuttingDown,

@@ -5,6 +5,7 @@ mod actor;
 pub mod audit;
 mod effects;
 mod error;
+mod outbox_rows;
 pub mod policy;
 mod registry;
 pub mod retired;
@@ -15,7 +16,7 @@ pub mod store;
 pub mod validity;
 pub(crate) mod writes;
 
-pub use audit::Actor;
+pub use audit::Initiator;
 pub use error::ConnectionError;
 pub use rotation::{Rotate, Rotated};
 pub use service::Service;

@@ -15,7 +15,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::audit::{self, Actor, NewEvent};
+use super::audit::{self, Initiator, NewEvent};
 use super::{ConnectionError, kinds};
 
 /// Rows read and updated per transaction.
@@ -97,7 +97,7 @@ pub async fn apply(
         .and_then(|min| now.checked_add_signed(min))
         .ok_or_else(out_of_range)?;
     // The audit trail names the run: no user acts, an operator does.
-    let actor = Actor {
+    let actor = Initiator {
         user_id: Uuid::nil(),
         client_id: Uuid::nil(),
         request_id: format!("secrets-apply-policy-{}", Uuid::now_v7()),

@@ -3,16 +3,16 @@
 use actix::Message;
 use chrono::{Duration, Utc};
 use entity::{connection, outbox};
-use kernel::credentials::CredentialChange;
-use kernel::jobs::{self, NotifyOwner};
+use kernel::jobs::NotifyOwner;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _, TransactionTrait as _,
 };
 use uuid::Uuid;
 
-use super::audit::{self, Actor, NewEvent};
-use super::{ConnectionError, kinds, retired, store, validity, writes};
+use super::audit::{self, Initiator, NewEvent};
+use super::effects::Committed;
+use super::{ConnectionError, kinds, outbox_rows, retired, store, validity};
 use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
@@ -23,7 +23,7 @@ pub struct Rotate {
     pub connection_id: Uuid,
     /// Seconds the previous secret keeps working; already validated against the maximum.
     pub grace_period: i64,
-    pub actor: Actor,
+    pub actor: Initiator,
 }
 
 impl Message for Rotate {
@@ -34,10 +34,9 @@ impl Message for Rotate {
 pub struct Rotated {
     pub connection: connection::Model,
     pub secret: Plaintext,
-    /// What every cache must learn, applied right after commit and again by the job.
-    pub change: CredentialChange,
-    /// The outbox rows written with the rotation, for the relay to push after commit.
-    pub outbox_ids: Vec<Uuid>,
+    /// What every cache must learn (applied right after commit and again by the job),
+    /// and the outbox rows written with the rotation.
+    pub committed: Committed,
 }
 
 /// Runs one rotation in one transaction. Safe under any concurrency, on one instance or
@@ -140,8 +139,8 @@ pub async fn rotate(
         previous_secret_ends_at: Some(previous_until.unwrap_or(now)),
         secret_expires_at: updated.secret_expires_at,
     };
-    let (notify_id, notify) = crate::outbox::row(jobs::NOTIFY_OWNER, &notify, now)?;
-    let (invalidate_id, invalidate) = writes::change_job(event_id, &change, now)?;
+    let (notify_id, notify) = outbox_rows::row(&notify, now)?;
+    let (invalidate_id, invalidate) = outbox_rows::invalidation(event_id, &change, now)?;
     outbox::Entity::insert_many([notify, invalidate])
         .exec_without_returning(&txn)
         .await?;
@@ -151,7 +150,9 @@ pub async fn rotate(
     Ok(Rotated {
         connection: updated,
         secret,
-        change,
-        outbox_ids: vec![notify_id, invalidate_id],
+        committed: Committed {
+            change,
+            outbox_ids: vec![notify_id, invalidate_id],
+        },
     })
 }

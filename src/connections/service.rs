@@ -12,18 +12,19 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::actor::{ActorSetup, RotationGate};
-use super::audit::{self, Actor};
+use super::audit::{self, Initiator};
 use super::effects::AfterCommit;
 use super::registry::{ActiveActors, ActorFor, ConnectionRegistry};
 use super::rotation::{Rotate, Rotated};
 use super::sightings::{self, Reason, Sightings};
 use super::store::{self, ListFilter};
-use super::writes::{self, Changed, Upsert, Upserted};
+use super::writes::{self, Upsert, Upserted};
 use super::{ConnectionError, retired, validity};
 use crate::cache::{CredentialsCache, Layer};
 use crate::config::SecretLifetime;
 use crate::outbox::OutboxRelay;
 use crate::paging::{Page, PageRequest};
+use crate::ratelimit::{Decision, RefreshBudget};
 use crate::secrets::SecretDigest;
 
 #[derive(Clone)]
@@ -34,6 +35,8 @@ pub struct Service {
     gate: RotationGate,
     lifetime: SecretLifetime,
     sightings: Arc<Sightings>,
+    /// Each client's budget of refreshes; `None`: unlimited.
+    budget: Option<Arc<RefreshBudget>>,
 }
 
 impl Service {
@@ -45,6 +48,7 @@ impl Service {
         relay: OutboxRelay,
         idle_timeout: Duration,
         lifetime: SecretLifetime,
+        budget: Option<RefreshBudget>,
     ) -> Self {
         let sightings = Arc::new(Sightings::new(db.clone(), relay.clone()));
         let effects = Arc::new(AfterCommit { cache, relay });
@@ -64,6 +68,7 @@ impl Service {
             gate,
             lifetime,
             sightings,
+            budget: budget.map(Arc::new),
         }
     }
 
@@ -73,7 +78,14 @@ impl Service {
     /// CAUTION: the `Rotate` goes from this future straight to the actor, so if this
     /// future is dropped (the caller hung up) before the actor takes the message, the
     /// actor skips it: nothing is committed, mailed or audited for a caller who is gone.
+    ///
+    /// The client's refresh budget is taken first: a refresh over it commits nothing.
     pub async fn rotate(&self, cmd: Rotate) -> Result<Rotated, ConnectionError> {
+        if let Some(budget) = &self.budget
+            && let Decision::Limited { retry_after } = budget.take(cmd.client_id).await
+        {
+            return Err(ConnectionError::RateLimited { retry_after });
+        }
         if self.gate.is_closed() {
             return Err(ConnectionError::ShuttingDown);
         }
@@ -96,7 +108,7 @@ impl Service {
         self.detached(async move {
             let upserted = writes::upsert(&db, cmd, lifetime).await?;
             if let Upserted::Updated(changed) = &upserted {
-                publish(&effects, changed).await;
+                effects.publish(&changed.committed).await;
             }
             Ok(upserted)
         })
@@ -109,13 +121,13 @@ impl Service {
         client_id: Uuid,
         connection_id: Uuid,
         redirect_uri: String,
-        actor: Actor,
+        actor: Initiator,
     ) -> Result<connection::Model, ConnectionError> {
         let (db, effects) = (self.db.clone(), self.effects.clone());
         self.detached(async move {
             let changed =
                 writes::repoint(&db, client_id, connection_id, redirect_uri, &actor).await?;
-            publish(&effects, &changed).await;
+            effects.publish(&changed.committed).await;
             Ok(changed.connection)
         })
         .await
@@ -126,12 +138,12 @@ impl Service {
         &self,
         client_id: Uuid,
         connection_id: Uuid,
-        actor: Actor,
+        actor: Initiator,
     ) -> Result<connection::Model, ConnectionError> {
         let (db, effects) = (self.db.clone(), self.effects.clone());
         self.detached(async move {
             let changed = writes::delete(&db, client_id, connection_id, &actor).await?;
-            publish(&effects, &changed).await;
+            effects.publish(&changed.committed).await;
             Ok(changed.connection)
         })
         .await
@@ -267,12 +279,6 @@ impl Service {
     }
 }
 
-async fn publish(effects: &AfterCommit, changed: &Changed) {
-    effects
-        .publish(&changed.change, changed.outbox_ids.clone())
-        .await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +304,7 @@ mod tests {
             relay,
             Duration::from_secs(60),
             SecretLifetime::OFF,
+            None,
         );
         let client_id = Uuid::new_v4();
         let actor_for = || service.registry.send(ActorFor { client_id });

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, NaiveDate, Utc};
 use entity::{outbox, secret_sighting};
 use kernel::credentials::ConnectionIds;
-use kernel::jobs::{self, NotifyStaleSecret};
+use kernel::jobs::NotifyStaleSecret;
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
@@ -192,7 +192,7 @@ impl Sightings {
                     consumer_id: tally.consumer_id,
                     day: key.day,
                 };
-                let (id, row) = crate::outbox::row(jobs::NOTIFY_STALE_SECRET, &job, Utc::now())
+                let (id, row) = super::outbox_rows::row(&job, Utc::now())
                     .map_err(|e| DbErr::Custom(format!("encoding a notice: {e}")))?;
                 outbox::Entity::insert(row)
                     .exec_without_returning(&txn)

@@ -2,9 +2,7 @@
 //! in one transaction with its audit event and, where it changes what verify answers,
 //! its `invalidate_credentials` outbox row.
 use chrono::{DateTime, Utc};
-use entity::{connection, outbox};
-use kernel::credentials::CredentialChange;
-use kernel::jobs::{self, InvalidateCredentials};
+use entity::connection;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait as _, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait as _,
@@ -12,8 +10,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::audit::{self, Actor, NewEvent};
-use super::{ConnectionError, kinds, retired, store, validity};
+use super::audit::{self, Initiator, NewEvent};
+use super::effects::Committed;
+use super::{ConnectionError, kinds, outbox_rows, retired, store, validity};
 use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
@@ -23,15 +22,14 @@ pub struct Upsert {
     pub client_id: Uuid,
     pub consumer_id: Uuid,
     pub redirect_uri: String,
-    pub actor: Actor,
+    pub actor: Initiator,
 }
 
 /// A committed write that changed what verify answers: the change, for every cache, and
 /// the outbox row that repeats it.
 pub struct Changed {
     pub connection: connection::Model,
-    pub change: CredentialChange,
-    pub outbox_ids: Vec<Uuid>,
+    pub committed: Committed,
 }
 
 pub enum Upserted {
@@ -140,7 +138,7 @@ pub async fn repoint(
     client_id: Uuid,
     connection_id: Uuid,
     redirect_uri: String,
-    actor: &Actor,
+    actor: &Initiator,
 ) -> Result<Changed, ConnectionError> {
     let txn = db.begin().await?;
     let current = store::lock(&txn, client_id, connection_id)
@@ -158,7 +156,7 @@ pub async fn delete(
     db: &DatabaseConnection,
     client_id: Uuid,
     connection_id: Uuid,
-    actor: &Actor,
+    actor: &Initiator,
 ) -> Result<Changed, ConnectionError> {
     let txn = db.begin().await?;
     // Under the row lock, so a rotation committing meanwhile cannot leave a digest that
@@ -185,13 +183,15 @@ pub async fn delete(
     )
     .await?;
     let change = validity::change(&current, None, now);
-    let outbox_id = write_change_job(&txn, event_id, &change, now).await?;
+    let outbox_id = outbox_rows::write_invalidation(&txn, event_id, &change, now).await?;
     retired::record(&txn, &change, retired::Cause::Delete, now).await?;
     txn.commit().await?;
     Ok(Changed {
         connection: current,
-        change,
-        outbox_ids: vec![outbox_id],
+        committed: Committed {
+            change,
+            outbox_ids: vec![outbox_id],
+        },
     })
 }
 
@@ -201,7 +201,7 @@ async fn repoint_locked(
     txn: &DatabaseTransaction,
     current: connection::Model,
     redirect_uri: String,
-    actor: &Actor,
+    actor: &Initiator,
     now: DateTime<Utc>,
 ) -> Result<Changed, ConnectionError> {
     let updated = connection::Model {
@@ -238,38 +238,13 @@ async fn repoint_locked(
     )
     .await?;
     let change = validity::change(&current, Some(&updated), now);
-    let outbox_id = write_change_job(txn, event_id, &change, now).await?;
+    let outbox_id = outbox_rows::write_invalidation(txn, event_id, &change, now).await?;
     retired::record(txn, &change, retired::Cause::Rotation, now).await?;
     Ok(Changed {
         connection: updated,
-        change,
-        outbox_ids: vec![outbox_id],
+        committed: Committed {
+            change,
+            outbox_ids: vec![outbox_id],
+        },
     })
-}
-
-/// The `invalidate_credentials` outbox row that carries `change` to every cache.
-pub(crate) fn change_job(
-    event_id: Uuid,
-    change: &CredentialChange,
-    now: DateTime<Utc>,
-) -> Result<(Uuid, outbox::ActiveModel), ConnectionError> {
-    let job = InvalidateCredentials {
-        event_id,
-        change: change.clone(),
-    };
-    Ok(crate::outbox::row(jobs::INVALIDATE_CREDENTIALS, &job, now)?)
-}
-
-/// Writes `change_job` in `txn`; returns its row id.
-pub(crate) async fn write_change_job(
-    txn: &DatabaseTransaction,
-    event_id: Uuid,
-    change: &CredentialChange,
-    now: DateTime<Utc>,
-) -> Result<Uuid, ConnectionError> {
-    let (id, row) = change_job(event_id, change, now)?;
-    outbox::Entity::insert(row)
-        .exec_without_returning(txn)
-        .await?;
-    Ok(id)
 }

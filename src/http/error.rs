@@ -213,6 +213,9 @@ impl From<ConnectionError> for ApiError {
     fn from(err: ConnectionError) -> Self {
         match err {
             ConnectionError::NotFound => Self::NotFound,
+            ConnectionError::RateLimited { retry_after } => Self::TooManyRequests {
+                retry_after_secs: crate::ratelimit::retry_after_secs(retry_after),
+            },
             ConnectionError::Store(db) => db.into(),
             // Both pass: a retry reaches another instance, or this one's new actor.
             ConnectionError::ShuttingDown | ConnectionError::ActorStopped => {

@@ -7,7 +7,6 @@ use crate::auth::Authorizer;
 use crate::config::Config;
 use crate::connections::Service;
 use crate::outbox::OutboxRelay;
-use crate::ratelimit::RefreshBudget;
 use crate::readiness::ReadinessCheck;
 use crate::telemetry::Metrics;
 
@@ -15,8 +14,6 @@ pub struct AppState {
     pub config: Config,
     pub authorizer: Addr<Authorizer>,
     pub connections: Service,
-    /// Each client's budget of refreshes; `None` when `MITHRIL_REFRESH_LIMIT` is off.
-    pub refresh_budget: Option<RefreshBudget>,
     /// For `/metrics`' backlog gauge.
     pub relay: OutboxRelay,
     /// This application's own recorder: `/metrics` renders it.

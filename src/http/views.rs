@@ -1,4 +1,6 @@
-//! What handlers put in `data`: request and response shapes, never database models.
+//! The shapes of requests and responses. The connection service hands the HTTP layer its
+//! records (database models); they reach a caller only through these views, so no column
+//! is answered unshaped.
 use std::collections::BTreeMap;
 
 use actix_web::HttpResponse;

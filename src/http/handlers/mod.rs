@@ -7,11 +7,11 @@ pub mod verify;
 
 use super::RequestMeta;
 use crate::auth::Principal;
-use crate::connections::Actor;
+use crate::connections::Initiator;
 
 /// Who is making a change, and from where, as the audit trail records it.
-fn actor(principal: &Principal, meta: &RequestMeta) -> Actor {
-    Actor {
+fn initiator(principal: &Principal, meta: &RequestMeta) -> Initiator {
+    Initiator {
         user_id: principal.user_id,
         client_id: principal.client_id,
         request_id: meta.request_id.clone(),

@@ -2,7 +2,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::actor;
+use super::initiator;
 use crate::auth::scope;
 use crate::connections::Rotate;
 use crate::http::guard::{authorize_connection, existing_connection};
@@ -10,7 +10,6 @@ use crate::http::schemas::{ConnectionWithSecretResponse, ErrorResponse, RefreshR
 use crate::http::state::AppState;
 use crate::http::views::{ConnectionWithSecret, with_secret_expiry};
 use crate::http::{ApiError, RequestMeta, input};
-use crate::ratelimit::{Decision, retry_after_secs};
 
 /// `PATCH /api/clients/{id}/connections/{connection_id}/actions/refresh_secret`
 ///
@@ -76,9 +75,9 @@ impl Drop for Outcome<'_> {
     }
 }
 
-/// API.md's order: token, scope, context, existence (404), body (413/422), rate (429).
-/// The body is read only once the caller is known to be allowed and the connection to
-/// exist.
+/// API.md's order: token, scope, context, existence (404), body (413/422), then the
+/// service: rate (429) and the rotation. The body is read only once the caller is known
+/// to be allowed and the connection to exist.
 // CAUTION: the existence check comes before the budget and the actor on every path, with
 // or without a body: a refresh of a connection that is not there must take nothing from
 // the client's budget (a token that may name any client could otherwise spend it), start
@@ -99,20 +98,13 @@ async fn rotate(
     } else {
         0
     };
-    if let Some(budget) = &state.refresh_budget
-        && let Decision::Limited { retry_after } = budget.take(client_id).await
-    {
-        return Err(ApiError::TooManyRequests {
-            retry_after_secs: retry_after_secs(retry_after),
-        });
-    }
     let rotated = state
         .connections
         .rotate(Rotate {
             client_id,
             connection_id,
             grace_period,
-            actor: actor(&principal, meta),
+            actor: initiator(&principal, meta),
         })
         .await?;
     tracing::info!(

@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::actor;
+use super::initiator;
 use crate::auth::scope;
 use crate::connections::{Upsert, Upserted};
 use crate::http::guard::{
@@ -170,7 +170,7 @@ pub async fn upsert(
             client_id,
             consumer_id,
             redirect_uri,
-            actor: actor(&principal, &meta),
+            actor: initiator(&principal, &meta),
         })
         .await?;
     Ok(match upserted {
@@ -245,7 +245,7 @@ pub async fn update(
             client_id,
             connection_id,
             redirect_uri,
-            actor(&principal, &meta),
+            initiator(&principal, &meta),
         )
         .await?;
     tracing::info!(client_id = %client_id, connection_id = %connection_id, "connection re-pointed");
@@ -290,7 +290,7 @@ pub async fn delete(
     // this returns.
     let deleted = state
         .connections
-        .delete(client_id, connection_id, actor(&principal, &meta))
+        .delete(client_id, connection_id, initiator(&principal, &meta))
         .await?;
     tracing::info!(
         client_id = %client_id,
