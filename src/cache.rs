@@ -104,7 +104,7 @@ impl Layer {
 pub struct CredentialsCache {
     local: Cache<String, Arc<Local>>,
     /// Digests no connection has: a flood of invented or mistyped keys costs one query
-    /// each per `UNKNOWN_TTL`, not one per request.
+    /// each per `config::NEGATIVE_CACHE_TTL`, not one per request.
     ///
     /// CAUTION: safe because a secret issued later is a fresh random value, which cannot
     /// be among the digests seen before (the caller gets it only after its commit).
@@ -246,6 +246,18 @@ impl CredentialsCache {
     pub fn run_maintenance(&self) {
         self.local.run_pending_tasks();
         self.unknown.run_pending_tasks();
+    }
+
+    /// Runs `run_maintenance` every few seconds, for as long as the cache lives.
+    pub async fn maintain(cache: std::sync::Weak<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Some(cache) = cache.upgrade() else {
+                return;
+            };
+            cache.run_maintenance();
+        }
     }
 
     /// After a missed message (a subscription that dropped), nothing local is trusted.

@@ -8,8 +8,7 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use ipnet::IpNet;
 use kernel::settings::{WorkerSettings, check_bounds};
 
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mithril.db?mode=rwc";
-pub const DEFAULT_MAIL_FROM: &str = "Mithril <no-reply@localhost>";
+pub use kernel::settings::{DEFAULT_DATABASE_URL, DEFAULT_MAIL_FROM};
 pub const DEFAULT_BIND: &str = "127.0.0.1:4000";
 
 /// How long a digest that no token or connection has (or a token that was refused) is
@@ -187,134 +186,174 @@ impl ForwardedHeader {
     }
 }
 
+/// The whole configuration, nested by concern.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub database_url: String,
+    pub database: DatabaseConfig,
     /// Unset: jobs queue in the database and caches stay in-process.
     pub redis_url: Option<String>,
-    /// Unset: notices are written as `.eml` files under `workers.mail_dir`.
-    pub smtp_url: Option<String>,
-    pub mail_from: String,
-    pub bind: String,
-    /// Each client's budget of refreshes; `None` is unlimited.
-    pub refresh_limit: Option<RateLimit>,
-    /// Proxies whose forwarding header names the caller's address in the audit trail.
-    pub trusted_proxies: Vec<IpNet>,
-    /// The header those proxies write.
-    pub forwarded_header: ForwardedHeader,
-    /// Longest grace period a caller may ask for (API.md default: 7 days).
-    pub max_grace_period: Duration,
-    /// A per-client actor with no work for this long stops, so memory stays bounded.
-    pub actor_idle_timeout: Duration,
-    /// How long an authorized token stays in the Authorizer's cache (at most 60 s).
-    pub token_cache_ttl: Duration,
-    pub token_cache_capacity: u64,
-    pub credentials_cache_capacity: u64,
+    pub http: HttpConfig,
+    pub rotation: RotationConfig,
+    pub verify: VerifyConfig,
+    pub mail: MailConfig,
+    pub shutdown: ShutdownConfig,
     /// What the job workers read, in this process and in `mithril-workers` alike (the
     /// credentials cache's TTL and the queue's namespace among them).
     pub workers: WorkerSettings,
     /// Run the job workers in this process (`serve` without `--no-workers`).
     pub run_workers: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    pub url: String,
+    /// Connections of the API's pool.
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub bind: String,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Proxies whose forwarding header names the caller's address in the audit trail.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header those proxies write.
+    pub forwarded_header: ForwardedHeader,
+    /// How long an authorized token stays in the Authorizer's cache (at most 60 s).
+    pub token_cache_ttl: Duration,
+    pub token_cache_capacity: u64,
+    /// How long `/health/ready` waits for each backing service.
+    pub readiness_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RotationConfig {
+    /// Each client's budget of refreshes; `None` is unlimited.
+    pub refresh_limit: Option<RateLimit>,
+    /// Longest grace period a caller may ask for (API.md default: 7 days).
+    pub max_grace_period: Duration,
+    /// A per-client actor with no work for this long stops, so memory stays bounded.
+    pub actor_idle_timeout: Duration,
+    /// `MITHRIL_SECRET_LIFETIME`: every secret issued (rotation, creation, seed) expires
+    /// this long after issue; off by default.
+    pub secret_lifetime: SecretLifetime,
     /// A notice neither sent nor dead this long after its job was pushed is pushed again.
     pub reconcile_after: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct VerifyConfig {
+    pub credentials_cache_capacity: u64,
     /// How long retired digests (and the sightings of them) are remembered.
     pub sighting_window: Duration,
     /// How often the sightings counted in memory are written.
     pub sighting_flush: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct MailConfig {
+    /// Unset: notices are written as `.eml` files under `workers.mail_dir`.
+    pub smtp_url: Option<String>,
+    pub from: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShutdownConfig {
     /// On SIGTERM: how long `/health/ready` answers 503 while requests are still served,
     /// so the balancer stops sending before the listener closes.
     pub drain_delay: Duration,
     /// How long in-flight requests and jobs get to finish after the drain delay.
-    pub shutdown_timeout: Duration,
-    /// HTTP worker threads; 0 means one per core.
-    pub http_workers: usize,
-    pub db_max_connections: u32,
-    /// How long `/health/ready` waits for each backing service.
-    pub readiness_timeout: Duration,
-    /// `MITHRIL_SECRET_LIFETIME`: every secret issued (rotation, creation, seed) expires
-    /// this long after issue; off by default.
-    pub secret_lifetime: SecretLifetime,
+    pub timeout: Duration,
 }
 
 impl Config {
-    /// The embedded default: no PostgreSQL, Redis or mail server needed.
+    /// The embedded default: no PostgreSQL, Redis or mail server needed. The same
+    /// defaults as the command line's (a test in `main.rs` holds them together).
     pub fn embedded(database_url: impl Into<String>) -> Self {
         Self {
-            database_url: database_url.into(),
+            database: DatabaseConfig {
+                url: database_url.into(),
+                max_connections: 20,
+            },
             redis_url: None,
-            smtp_url: None,
-            mail_from: DEFAULT_MAIL_FROM.to_owned(),
-            bind: DEFAULT_BIND.to_owned(),
-            refresh_limit: Some(RateLimit::DEFAULT),
-            trusted_proxies: Vec::new(),
-            forwarded_header: ForwardedHeader::XForwardedFor,
-            max_grace_period: Duration::from_secs(7 * 24 * 3600),
-            actor_idle_timeout: Duration::from_secs(60),
-            token_cache_ttl: Duration::from_secs(30),
-            token_cache_capacity: 100_000,
-            credentials_cache_capacity: 100_000,
+            http: HttpConfig {
+                bind: DEFAULT_BIND.to_owned(),
+                workers: 0,
+                trusted_proxies: Vec::new(),
+                forwarded_header: ForwardedHeader::XForwardedFor,
+                token_cache_ttl: Duration::from_secs(30),
+                token_cache_capacity: 100_000,
+                readiness_timeout: Duration::from_secs(1),
+            },
+            rotation: RotationConfig {
+                refresh_limit: Some(RateLimit::DEFAULT),
+                max_grace_period: Duration::from_secs(7 * 24 * 3600),
+                actor_idle_timeout: Duration::from_secs(60),
+                secret_lifetime: SecretLifetime::OFF,
+                reconcile_after: Duration::from_secs(600),
+            },
+            verify: VerifyConfig {
+                credentials_cache_capacity: 100_000,
+                sighting_window: Duration::from_secs(30 * 24 * 3600),
+                sighting_flush: Duration::from_secs(2),
+            },
+            mail: MailConfig {
+                smtp_url: None,
+                from: DEFAULT_MAIL_FROM.to_owned(),
+            },
+            shutdown: ShutdownConfig {
+                drain_delay: Duration::from_secs(5),
+                timeout: Duration::from_secs(30),
+            },
             workers: WorkerSettings::default(),
             run_workers: true,
-            reconcile_after: Duration::from_secs(600),
-            sighting_window: Duration::from_secs(30 * 24 * 3600),
-            sighting_flush: Duration::from_secs(2),
-            drain_delay: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(30),
-            http_workers: 0,
-            db_max_connections: 20,
-            readiness_timeout: Duration::from_secs(1),
-            secret_lifetime: SecretLifetime::OFF,
         }
-    }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.database_url.starts_with("sqlite:")
     }
 
     /// Refuses settings no deployment should run with, with a message that says which
     /// and why; checked once at start-up.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.max_grace_period > MAX_GRACE_PERIOD_BOUND {
+        if self.rotation.max_grace_period > MAX_GRACE_PERIOD_BOUND {
             bail!(
                 "MITHRIL_MAX_GRACE_PERIOD is {} s; at most {} s (one year) is allowed: a \
                  previous secret valid for longer is a second secret, not a grace period",
-                self.max_grace_period.as_secs(),
+                self.rotation.max_grace_period.as_secs(),
                 MAX_GRACE_PERIOD_BOUND.as_secs()
             );
         }
-        let (second, minute, hour, day) = (
+        let (second, minute, day) = (
             Duration::from_secs(1),
             Duration::from_secs(60),
-            Duration::from_secs(3600),
             Duration::from_secs(86_400),
         );
         check_bounds(
             "MITHRIL_ACTOR_IDLE_TIMEOUT",
-            self.actor_idle_timeout,
+            self.rotation.actor_idle_timeout,
             second,
             day,
         )?;
         check_bounds(
             "MITHRIL_SHUTDOWN_TIMEOUT",
-            self.shutdown_timeout,
+            self.shutdown.timeout,
             Duration::ZERO,
-            hour,
+            kernel::settings::MAX_SHUTDOWN_TIMEOUT,
         )?;
         check_bounds(
             "MITHRIL_DRAIN_DELAY",
-            self.drain_delay,
+            self.shutdown.drain_delay,
             Duration::ZERO,
             10 * minute,
         )?;
         check_bounds(
             "MITHRIL_RECONCILE_AFTER",
-            self.reconcile_after,
+            self.rotation.reconcile_after,
             second,
             7 * day,
         )?;
         check_bounds(
             "MITHRIL_SIGHTING_WINDOW",
-            self.sighting_window,
+            self.verify.sighting_window,
             second,
             MAX_SIGHTING_WINDOW,
         )?;
@@ -352,9 +391,9 @@ mod tests {
     fn a_grace_period_above_a_year_is_refused_at_start() {
         let mut config = Config::embedded("sqlite::memory:");
         assert!(config.validate().is_ok());
-        config.max_grace_period = MAX_GRACE_PERIOD_BOUND;
+        config.rotation.max_grace_period = MAX_GRACE_PERIOD_BOUND;
         assert!(config.validate().is_ok());
-        config.max_grace_period = MAX_GRACE_PERIOD_BOUND + Duration::from_secs(1);
+        config.rotation.max_grace_period = MAX_GRACE_PERIOD_BOUND + Duration::from_secs(1);
         let refused = config.validate().unwrap_err().to_string();
         assert!(refused.contains("MITHRIL_MAX_GRACE_PERIOD"), "{refused}");
     }

@@ -10,7 +10,7 @@ use crate::config::Config;
 const MIGRATION_LOCK: i64 = 0x006d_6974_6872_696c;
 
 pub async fn connect(config: &Config) -> anyhow::Result<DatabaseConnection> {
-    kernel::db::connect(&config.database_url, config.db_max_connections).await
+    kernel::db::connect(&config.database.url, config.database.max_connections).await
 }
 
 /// Applies pending migrations.

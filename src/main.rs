@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kernel::settings::WorkerSettings;
+use kernel::settings::{Common, WorkerSettings};
 use mithril::config::{self, Config, SecretLifetime};
 use mithril::connections::policy;
 use mithril::{Application, db, seed};
@@ -25,14 +25,8 @@ struct Cli {
 /// Settings shared by every command; each also reads its environment variable.
 #[derive(Args)]
 struct Settings {
-    #[arg(long, global = true, env = "DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
-    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
-    #[arg(long, global = true, env = "SMTP_URL", hide_env_values = true)]
-    smtp_url: Option<String>,
-    #[arg(long, global = true, env = "MAIL_FROM", default_value = config::DEFAULT_MAIL_FROM)]
-    mail_from: String,
+    #[command(flatten)]
+    common: Common,
     /// Each client's budget of refreshes: `N/unit` (`s`, `min`, `h`), optionally
     /// `,burst=M`; `off` for none.
     #[arg(long, global = true, env = "MITHRIL_REFRESH_LIMIT", default_value = "60/min", value_parser = RefreshLimit::parse)]
@@ -55,15 +49,6 @@ struct Settings {
         default_value_t = 60
     )]
     actor_idle_timeout: u64,
-    /// On SIGTERM or Ctrl-C, seconds that requests in flight get to finish (after the
-    /// drain delay).
-    #[arg(
-        long,
-        global = true,
-        env = "MITHRIL_SHUTDOWN_TIMEOUT",
-        default_value_t = 30
-    )]
-    shutdown_timeout: u64,
     /// On SIGTERM: how long `/health/ready` answers 503 while requests are still served,
     /// before the listener closes (`5s`, `500ms`, `0s`).
     #[arg(long, global = true, env = "MITHRIL_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -92,14 +77,6 @@ struct Settings {
     db_max_connections: u32,
     #[command(flatten)]
     workers: WorkerSettings,
-    /// `json` for one JSON object per log line.
-    #[arg(
-        long,
-        global = true,
-        env = "MITHRIL_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -167,24 +144,25 @@ impl TrustedProxies {
 
 impl Settings {
     fn config(&self, bind: Option<&str>) -> Config {
-        let mut config = Config::embedded(self.database_url.clone());
-        config.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
-        config.smtp_url = self.smtp_url.clone().filter(|u| !u.is_empty());
-        config.mail_from = self.mail_from.clone();
-        config.max_grace_period = Duration::from_secs(self.max_grace_period);
-        config.actor_idle_timeout = Duration::from_secs(self.actor_idle_timeout.max(1));
-        config.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
-        config.drain_delay = self.drain_delay;
-        config.refresh_limit = self.refresh_limit.0;
-        config.trusted_proxies = self.trusted_proxies.0.clone();
-        config.forwarded_header = self.forwarded_header;
-        config.reconcile_after = self.reconcile_after;
-        config.sighting_window = self.sighting_window;
-        config.secret_lifetime = self.secret_lifetime;
+        let common = &self.common;
+        let mut config = Config::embedded(common.database_url.clone());
+        config.redis_url = common.redis_url().map(str::to_owned);
+        config.mail.smtp_url = common.smtp_url().map(str::to_owned);
+        config.mail.from = common.mail_from.clone();
+        config.rotation.max_grace_period = Duration::from_secs(self.max_grace_period);
+        config.rotation.actor_idle_timeout = Duration::from_secs(self.actor_idle_timeout.max(1));
+        config.shutdown.timeout = common.shutdown_timeout();
+        config.shutdown.drain_delay = self.drain_delay;
+        config.rotation.refresh_limit = self.refresh_limit.0;
+        config.http.trusted_proxies = self.trusted_proxies.0.clone();
+        config.http.forwarded_header = self.forwarded_header;
+        config.rotation.reconcile_after = self.reconcile_after;
+        config.verify.sighting_window = self.sighting_window;
+        config.rotation.secret_lifetime = self.secret_lifetime;
         config.workers = self.workers.clone();
-        config.db_max_connections = self.db_max_connections.max(1);
+        config.database.max_connections = self.db_max_connections.max(1);
         if let Some(bind) = bind {
-            config.bind = bind.to_owned();
+            config.http.bind = bind.to_owned();
         }
         config
     }
@@ -193,7 +171,7 @@ impl Settings {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    kernel::logs::init(&cli.settings.log_format);
+    kernel::logs::init(&cli.settings.common.log_format);
     match cli.command {
         Command::Serve {
             bind,
@@ -206,16 +184,25 @@ async fn main() -> anyhow::Result<()> {
             let database = db::connect(&config).await?;
             db::migrate(&database).await?;
             if demo {
-                print_demo(&database, &config.bind, config.secret_lifetime).await?;
+                print_demo(
+                    &database,
+                    &config.http.bind,
+                    config.rotation.secret_lifetime,
+                )
+                .await?;
             }
             let app = Application::build_with_db(config, database).await?;
             app.state().metrics.install_global();
             let config = &app.state().config;
             tracing::info!(
                 port = app.port(),
-                database = kernel::settings::redacted(&config.database_url),
+                database = kernel::settings::redacted(&config.database.url),
                 redis = config.redis_url.as_deref().map(kernel::settings::redacted),
-                smtp = config.smtp_url.as_deref().map(kernel::settings::redacted),
+                smtp = config
+                    .mail
+                    .smtp_url
+                    .as_deref()
+                    .map(kernel::settings::redacted),
                 "mithril listening"
             );
             // Returns once requests have drained, the outbox is flushed and the in-process
@@ -233,14 +220,15 @@ async fn main() -> anyhow::Result<()> {
             let database = db::connect(&config).await?;
             db::migrate(&database).await?;
             if demo {
-                print_demo(&database, &bind, config.secret_lifetime).await?;
+                print_demo(&database, &bind, config.rotation.secret_lifetime).await?;
             } else if let Some(file) = file {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?;
                 let seed: seed::SeedFile = serde_json::from_str(&text)
                     .with_context(|| format!("parsing {}", file.display()))?;
                 let seeded =
-                    seed::load_with_lifetime(&database, seed, config.secret_lifetime).await?;
+                    seed::load_with_lifetime(&database, seed, config.rotation.secret_lifetime)
+                        .await?;
                 for generated in seeded.generated {
                     // Shown once: only its digest is stored.
                     println!(
@@ -262,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
             command: SecretsCommand::ApplyPolicy { min_remaining },
         } => {
             let config = cli.settings.config(None);
-            let Some(lifetime) = config.secret_lifetime.duration() else {
+            let Some(lifetime) = config.rotation.secret_lifetime.duration() else {
                 anyhow::bail!(
                     "MITHRIL_SECRET_LIFETIME is off: set the lifetime (e.g. 180d) here and on \
                      every `mithril serve` first, then apply it to the secrets issued before"
@@ -274,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
             let report = policy::apply(&database, lifetime, min_remaining, now)
                 .await
                 .context("applying the lifetime policy")?;
-            print_policy_report(&report, config.secret_lifetime, min_remaining, now);
+            print_policy_report(&report, config.rotation.secret_lifetime, min_remaining, now);
         }
     }
     Ok(())
@@ -340,10 +328,10 @@ mod tests {
         let cli = Cli::try_parse_from(["mithril", "serve"]).unwrap();
         let config = cli.settings.config(None);
         assert_eq!(
-            config.refresh_limit,
+            config.rotation.refresh_limit,
             Some(mithril::config::RateLimit::DEFAULT)
         );
-        assert!(config.trusted_proxies.is_empty());
+        assert!(config.http.trusted_proxies.is_empty());
         let cli = Cli::try_parse_from([
             "mithril",
             "serve",
@@ -354,7 +342,17 @@ mod tests {
         ])
         .unwrap();
         let config = cli.settings.config(None);
-        assert_eq!(config.refresh_limit, None);
-        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.rotation.refresh_limit, None);
+        assert_eq!(config.http.trusted_proxies.len(), 2);
+    }
+
+    /// Tests and the embedded mode build `Config::embedded`; operators get the command
+    /// line's defaults. They are one set.
+    #[test]
+    fn the_embedded_defaults_are_the_command_lines() {
+        let cli = Cli::try_parse_from(["mithril", "serve"]).unwrap();
+        let parsed = cli.settings.config(None);
+        let embedded = mithril::config::Config::embedded(kernel::settings::DEFAULT_DATABASE_URL);
+        assert_eq!(format!("{parsed:?}"), format!("{embedded:?}"));
     }
 }

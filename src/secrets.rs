@@ -57,11 +57,6 @@ impl SecretDigest {
         Self(hex)
     }
 
-    /// Wraps a digest read back from storage.
-    pub fn from_stored(hex: String) -> Self {
-        Self(hex)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -128,6 +128,23 @@ impl Metrics {
         }
     }
 
+    /// Logs, once a minute, how many verifies there were by outcome (their successes are
+    /// not logged one by one at info), for as long as the recorder is in use.
+    pub fn summarize_verifies(&self) -> impl Future<Output = ()> + Send + 'static {
+        let metrics = self.clone();
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let [ok, retired, expired, unknown] = metrics.take_verify_summary();
+                if ok + retired + expired + unknown > 0 {
+                    tracing::info!(ok, retired, expired, unknown, "verifies in the last minute");
+                }
+            }
+        }
+    }
+
     /// Verifies since the last call, by outcome (`VERIFY_OUTCOMES`'s order).
     pub fn take_verify_summary(&self) -> [u64; 4] {
         std::array::from_fn(|i| self.verifies[i].swap(0, Ordering::Relaxed))

@@ -115,8 +115,8 @@ impl Instance {
             "sqlite://{}/mithril.db?mode=rwc",
             dir.path().display()
         ));
-        config.bind = "127.0.0.1:0".to_owned();
-        config.http_workers = 2;
+        config.http.bind = "127.0.0.1:0".to_owned();
+        config.http.workers = 2;
         config.run_workers = false;
         config.workers.mail_dir = dir.path().join("mail");
         let app = Application::build(config).await.unwrap();

@@ -6,6 +6,61 @@ use std::time::Duration;
 
 use crate::thresholds::Thresholds;
 
+/// The embedded default: a SQLite file under `data/`.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mithril.db?mode=rwc";
+pub const DEFAULT_MAIL_FROM: &str = "Mithril <no-reply@localhost>";
+/// The longest `MITHRIL_SHUTDOWN_TIMEOUT`: an hour.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What every process of mithril (`mithril` and `mithril-workers`) connects to, and how
+/// it logs and stops: read by both from the same variables, with the same defaults.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Common {
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Unset: jobs queue in the database and caches stay in-process.
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Unset: notices are written as `.eml` files under MITHRIL_MAIL_DIR.
+    #[arg(long, global = true, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    #[arg(long, global = true, env = "MAIL_FROM", default_value = DEFAULT_MAIL_FROM)]
+    pub mail_from: String,
+    /// On SIGTERM or Ctrl-C, seconds that requests and jobs in flight get to finish (the
+    /// API's requests after its drain delay).
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_SHUTDOWN_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub shutdown_timeout: u64,
+    /// `json` for one JSON object per log line.
+    #[arg(
+        long,
+        global = true,
+        env = "MITHRIL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: String,
+}
+
+impl Common {
+    /// `REDIS_URL`, unless unset or empty.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// `SMTP_URL`, unless unset or empty.
+    pub fn smtp_url(&self) -> Option<&str> {
+        self.smtp_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
+}
+
 /// How transient failures are retried: exponential backoff from `min` to `max`, then
 /// the job is dead-lettered.
 #[derive(Clone, Debug)]

@@ -230,6 +230,43 @@ impl Service {
         Ok(audit::events(&self.db, client_id, connection_id, page).await?)
     }
 
+    /// Writes the sightings verify counts, every `flush`, and forgets retired digests
+    /// and sightings older than `window`, every hour, until `stop` turns true.
+    pub async fn keep_sightings(
+        self,
+        flush: Duration,
+        window: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut flushing = tokio::time::interval(flush.max(Duration::from_millis(10)));
+        let mut pruning = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            // Chosen first, done after: the stop's watch guard must not live across awaits.
+            let prune = tokio::select! {
+                _ = flushing.tick() => false,
+                _ = pruning.tick() => true,
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            };
+            if prune {
+                match self.forget_older_than(window).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        rows = n,
+                        "forgot retired digests and sightings past the window"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "forgetting old sightings failed; will retry")
+                    }
+                }
+            } else if let Err(e) = self.flush_sightings().await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "writing sightings failed; kept for the next flush"
+                );
+            }
+        }
+    }
+
     /// Writes the sightings counted since the last flush (every few seconds, and at
     /// shutdown).
     pub async fn flush_sightings(&self) -> anyhow::Result<usize> {

@@ -184,9 +184,15 @@ mod tests {
         );
         let current = entry_for(&row, &SecretDigest::of("new"), now).unwrap();
         assert_eq!(current.version, 3);
-        assert!(current.accepted(now).is_some());
+        assert!(matches!(
+            current.verdict(now),
+            kernel::credentials::Verdict::Accepted(_)
+        ));
         let previous = entry_for(&row, &SecretDigest::of("old"), now).unwrap();
-        assert!(previous.accepted(until).is_none());
+        assert!(!matches!(
+            previous.verdict(until),
+            kernel::credentials::Verdict::Accepted(_)
+        ));
         assert!(entry_for(&row, &SecretDigest::of("old"), until).is_none());
         assert!(entry_for(&row, &SecretDigest::of("other"), now).is_none());
     }

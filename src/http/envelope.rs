@@ -64,8 +64,8 @@ impl RequestMeta {
             .app_data::<actix_web::web::Data<AppState>>()
             .map(|state| {
                 (
-                    state.config.trusted_proxies.as_slice(),
-                    state.config.forwarded_header,
+                    state.config.http.trusted_proxies.as_slice(),
+                    state.config.http.forwarded_header,
                 )
             })
             .unwrap_or_default();

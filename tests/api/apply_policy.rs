@@ -20,7 +20,7 @@ async fn apply_policy(app: &TestApp, lifetime: Option<&str>, args: &[&str]) -> O
     command
         .args(["secrets", "apply-policy"])
         .args(args)
-        .env("DATABASE_URL", &app.state.config.database_url)
+        .env("DATABASE_URL", &app.state.config.database.url)
         .env_remove("REDIS_URL")
         .env_remove("SMTP_URL")
         .env_remove("MITHRIL_SECRET_LIFETIME");

@@ -78,7 +78,7 @@ async fn hundred_concurrent_refreshes_over_two_instances_lose_nothing() {
 #[actix_web::test]
 async fn per_client_actors_stop_after_their_idle_timeout() {
     // The shortest idle timeout the settings allow (MITHRIL_ACTOR_IDLE_TIMEOUT ≥ 1s).
-    let app = TestApp::spawn_with(|c| c.actor_idle_timeout = Duration::from_secs(1)).await;
+    let app = TestApp::spawn_with(|c| c.rotation.actor_idle_timeout = Duration::from_secs(1)).await;
     let a = app.owned("MSP").await;
     let b = app.owned("MSP").await;
     for me in [&a, &b] {

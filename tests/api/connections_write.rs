@@ -481,13 +481,17 @@ async fn events_are_newest_first_paged_and_carry_no_secret() {
 /// page, on either backend, holds the right entries in the right order.
 #[actix_web::test]
 async fn events_and_sightings_merge_newest_first_across_pages() {
-    use chrono::{Duration, TimeZone as _, Utc};
+    use chrono::{Datelike as _, Duration, TimeZone as _, Utc};
     use entity::secret_sighting;
     use sea_orm::ActiveValue::Set;
 
     let app = TestApp::spawn().await;
     let me = app.owned("MSP").await;
-    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    // Inside the sighting window: the sightings' writer forgets older ones (at start, too).
+    let start = Utc::now() - Duration::days(20);
+    let start = Utc
+        .with_ymd_and_hms(start.year(), start.month(), start.day(), 0, 0, 0)
+        .unwrap();
     // 120 events an hour apart, and 5 sightings a day apart, each 30 s after an event;
     // what the trail must show, newest first.
     let mut expected: Vec<(chrono::DateTime<Utc>, String)> = Vec::new();

@@ -167,7 +167,7 @@ async fn invented_methods_and_paths_leave_a_bounded_set_of_metrics() {
 #[actix_web::test]
 async fn a_client_that_spent_its_refresh_budget_gets_429_and_nothing_happens() {
     let app = TestApp::spawn_with(|c| {
-        c.refresh_limit = mithril::config::RateLimit::parse("3/min").unwrap();
+        c.rotation.refresh_limit = mithril::config::RateLimit::parse("3/min").unwrap();
     })
     .await;
     let me = app.owned("MSP").await;
@@ -233,12 +233,12 @@ async fn instances_sharing_redis_share_one_budget() {
     let limit = mithril::config::RateLimit::parse("4/min").unwrap();
     let first = TestApp::spawn_with(|c| {
         c.redis_url = Some(redis_url.clone());
-        c.refresh_limit = limit;
+        c.rotation.refresh_limit = limit;
     })
     .await;
     let second = TestApp::spawn_on(first.database.clone(), |c| {
         c.redis_url = Some(redis_url.clone());
-        c.refresh_limit = limit;
+        c.rotation.refresh_limit = limit;
     })
     .await;
     let me = first.owned("MSP").await;
@@ -261,7 +261,7 @@ async fn without_an_answer_from_redis_the_local_budget_decides() {
     redis.wait_ready().await;
     let app = TestApp::spawn_with(|c| {
         c.redis_url = Some(redis.url());
-        c.refresh_limit = mithril::config::RateLimit::parse("2/min").unwrap();
+        c.rotation.refresh_limit = mithril::config::RateLimit::parse("2/min").unwrap();
     })
     .await;
     let me = app.owned("MSP").await;
@@ -330,7 +330,7 @@ async fn unknown_tokens_and_keys_are_remembered_as_unknown_for_a_moment() {
 #[actix_web::test]
 async fn the_audited_address_comes_from_forwarding_headers_of_trusted_proxies_only() {
     let trusting = TestApp::spawn_with(|c| {
-        c.trusted_proxies = mithril::config::parse_networks("127.0.0.1/32").unwrap();
+        c.http.trusted_proxies = mithril::config::parse_networks("127.0.0.1/32").unwrap();
     })
     .await;
     let distrusting = TestApp::spawn_on(trusting.database.clone(), |_| {}).await;
@@ -384,7 +384,7 @@ async fn a_database_that_drops_every_connection_is_503_never_500() {
     }
     // Another session holds every row, so the refreshes below are in the middle of a
     // query (waiting on the lock) when their connections are cut.
-    let outsider = sea_orm::Database::connect(app.state.config.database_url.as_str())
+    let outsider = sea_orm::Database::connect(app.state.config.database.url.as_str())
         .await
         .unwrap();
     let held = outsider.begin().await.unwrap();
@@ -398,7 +398,8 @@ async fn a_database_that_drops_every_connection_is_503_never_500() {
     let database = app
         .state
         .config
-        .database_url
+        .database
+        .url
         .rsplit('/')
         .next()
         .unwrap()

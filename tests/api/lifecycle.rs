@@ -305,7 +305,7 @@ async fn two_workers_handed_the_same_notice_send_one_e_mail() {
     let smtp_state = SmtpState::default();
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         c.run_workers = false;
     })
     .await;
@@ -407,10 +407,10 @@ async fn a_queue_that_forgot_its_jobs_still_delivers_within_the_reconcile_window
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let namespace = fresh_namespace();
     let settings = |c: &mut mithril::Config| {
-        c.reconcile_after = Duration::from_secs(1);
+        c.rotation.reconcile_after = Duration::from_secs(1);
         c.redis_url = Some(redis_url.clone());
         c.workers.queue_namespace = namespace.clone();
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
     };
     // No workers yet: the jobs wait in Redis.
     let api = TestApp::spawn_with(|c| {
@@ -583,8 +583,8 @@ async fn a_notice_that_is_only_slow_is_not_pushed_again() {
     smtp_state.fail_transient.store(true, Ordering::SeqCst);
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
-        c.reconcile_after = Duration::from_secs(1);
+        c.mail.smtp_url = Some(smtp.url());
+        c.rotation.reconcile_after = Duration::from_secs(1);
         c.workers.retries = 20;
     })
     .await;
@@ -629,9 +629,9 @@ async fn a_notice_sent_while_the_queue_goes_away_is_sent_once() {
     let app = TestApp::spawn_with(|c| {
         c.redis_url = Some(redis.url());
         c.workers.queue_namespace = fresh_namespace();
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         c.workers.notice_lease = 2;
-        c.reconcile_after = Duration::from_secs(1);
+        c.rotation.reconcile_after = Duration::from_secs(1);
     })
     .await;
     let me = app.owned("MSP").await;
@@ -751,7 +751,7 @@ async fn notices_still_retrying_do_not_starve_a_lost_one_in_the_reconcilers_scan
     let app = TestApp::spawn_with(|c| {
         // Nothing runs the jobs: the notices' states are set by hand below.
         c.run_workers = false;
-        c.reconcile_after = Duration::from_secs(60);
+        c.rotation.reconcile_after = Duration::from_secs(60);
     })
     .await;
     for _ in 0..201 {
@@ -838,7 +838,7 @@ async fn a_notice_held_by_a_killed_worker_is_sent_within_a_minute() {
         c.run_workers = false;
         c.redis_url = Some(redis_url.clone());
         c.workers.queue_namespace = namespace.clone();
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
     })
     .await;
     let first = crate::support::start_workers(1, &api, &redis_url, &smtp.url());
@@ -874,9 +874,9 @@ async fn a_send_slower_than_its_lease_keeps_its_claim() {
     smtp_state.answer_delay_ms.store(5_000, Ordering::SeqCst);
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         c.workers.notice_lease = 2;
-        c.reconcile_after = Duration::from_secs(1);
+        c.rotation.reconcile_after = Duration::from_secs(1);
     })
     .await;
     let me = app.owned("MSP").await;

@@ -108,7 +108,7 @@ async fn refused_from_the_instant(
 async fn a_secret_expires_at_issue_plus_lifetime_through_every_cache() {
     let redis_url = optional_test_redis().await;
     let with_redis = |c: &mut mithril::Config| {
-        c.secret_lifetime = lifetime("3s");
+        c.rotation.secret_lifetime = lifetime("3s");
         c.redis_url = redis_url.clone();
     };
     let first = TestApp::spawn_with(with_redis).await;
@@ -169,7 +169,7 @@ async fn a_secret_expires_at_issue_plus_lifetime_through_every_cache() {
 
 #[actix_web::test]
 async fn a_grace_period_never_outlives_the_replaced_secrets_lifetime() {
-    let app = TestApp::spawn_with(|c| c.secret_lifetime = lifetime("3s")).await;
+    let app = TestApp::spawn_with(|c| c.rotation.secret_lifetime = lifetime("3s")).await;
     let me = app.owned("MSP").await;
     let (old, old_expires) = rotate(&app, &me, 0).await;
     let old_expires = old_expires.unwrap();
@@ -187,7 +187,7 @@ async fn a_grace_period_never_outlives_the_replaced_secrets_lifetime() {
 
 #[actix_web::test]
 async fn callers_see_the_expiry_in_a_header_and_the_audit_trail() {
-    let app = TestApp::spawn_with(|c| c.secret_lifetime = lifetime("180d")).await;
+    let app = TestApp::spawn_with(|c| c.rotation.secret_lifetime = lifetime("180d")).await;
     let client_id = app.client("MSP").await;
     let token = app.token(client_id, ALL_SCOPES).await;
     let consumer = app.client("MIS").await;
@@ -391,7 +391,7 @@ async fn seed_issues_secrets_under_the_policy() {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mithril"));
     command
         .args(["seed", "--demo"])
-        .env("DATABASE_URL", &app.state.config.database_url)
+        .env("DATABASE_URL", &app.state.config.database.url)
         .env("MITHRIL_SECRET_LIFETIME", "90d")
         .env_remove("REDIS_URL")
         .env_remove("SMTP_URL");

@@ -40,7 +40,7 @@ async fn measure_commit_to_smtp_acceptance() {
         c.redis_url = Some(redis_url.clone());
         c.workers.queue_namespace = fresh_namespace();
         c.run_workers = false;
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
     })
     .await;
     let _workers = start_workers(2, &app, &redis_url, &smtp.url());

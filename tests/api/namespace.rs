@@ -68,7 +68,7 @@ async fn deployment(redis_url: &str, namespace: &str) -> TestApp {
     TestApp::spawn_with(|c| {
         c.redis_url = Some(redis_url.to_owned());
         c.workers.queue_namespace = namespace.to_owned();
-        c.refresh_limit = Some(RateLimit::DEFAULT);
+        c.rotation.refresh_limit = Some(RateLimit::DEFAULT);
     })
     .await
 }

@@ -67,8 +67,8 @@ async fn one_refresh_sends_one_notice_to_the_owner_in_their_language() {
     let smtp_state = SmtpState::default();
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
-        c.mail_from = "Mithril Test <mithril@example.org>".to_owned();
+        c.mail.smtp_url = Some(smtp.url());
+        c.mail.from = "Mithril Test <mithril@example.org>".to_owned();
     })
     .await;
 
@@ -187,7 +187,7 @@ async fn smtp_down_then_up_delivers_after_backoff() {
     let smtp_state = SmtpState::default();
     smtp_state.fail_transient.store(true, Ordering::SeqCst);
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
-    let app = TestApp::spawn_with(|c| c.smtp_url = Some(smtp.url())).await;
+    let app = TestApp::spawn_with(|c| c.mail.smtp_url = Some(smtp.url())).await;
     let c = clinic(&app, "en").await;
     refresh(&app, &c, "smtp-down").await;
     assert!(
@@ -216,7 +216,7 @@ async fn a_mail_from_refused_with_554_is_retried_and_the_notice_arrives_once() {
     // Three refusals, then accepted: fits within the test's 5 retries.
     smtp_state.refuse_mail_from.store(3, Ordering::SeqCst);
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
-    let app = TestApp::spawn_with(|c| c.smtp_url = Some(smtp.url())).await;
+    let app = TestApp::spawn_with(|c| c.mail.smtp_url = Some(smtp.url())).await;
     let c = clinic(&app, "en").await;
     refresh(&app, &c, "relay-refused").await;
     assert!(
@@ -255,7 +255,7 @@ async fn a_mail_from_refused_with_554_is_retried_and_the_notice_arrives_once() {
 async fn a_permanently_refused_owner_dead_letters_without_retrying() {
     let smtp_state = SmtpState::default();
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
-    let app = TestApp::spawn_with(|c| c.smtp_url = Some(smtp.url())).await;
+    let app = TestApp::spawn_with(|c| c.mail.smtp_url = Some(smtp.url())).await;
     let c = clinic(&app, "en").await;
     smtp_state
         .reject_rcpt
@@ -294,7 +294,7 @@ async fn two_worker_processes_on_redis_deliver_fifty_notices_exactly_once() {
         c.redis_url = Some(redis_url.clone());
         c.workers.queue_namespace = namespace.clone();
         c.run_workers = false;
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
     })
     .await;
     let _workers = start_workers(2, &app, &redis_url, &smtp.url());
@@ -363,7 +363,7 @@ async fn redis_down_during_refreshes_loses_no_notice_and_sends_none_twice() {
     let app = TestApp::spawn_with(|c| {
         c.redis_url = Some(redis.url());
         c.workers.queue_namespace = fresh_namespace();
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
     })
     .await;
     let c = clinic(&app, "en").await;

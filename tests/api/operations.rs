@@ -83,7 +83,7 @@ async fn ready_is_503_within_the_timeout_when_an_added_check_hangs_or_fails() {
     let database = TestDatabase::new().await;
     for check in [Arc::new(Hangs) as Arc<dyn ReadinessCheck>, Arc::new(Fails)] {
         let mut config = test_config(&database);
-        config.readiness_timeout = Duration::from_millis(300);
+        config.http.readiness_timeout = Duration::from_millis(300);
         let db = mithril::db::connect(&config).await.unwrap();
         mithril::db::migrate(&db).await.unwrap();
         let app = Application::build_with_checks(config, db, vec![check])

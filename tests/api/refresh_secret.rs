@@ -308,7 +308,8 @@ async fn grace_period_out_of_range_is_422_and_changes_nothing() {
 #[actix_web::test]
 async fn grace_period_at_the_maximum_is_accepted() {
     let app =
-        TestApp::spawn_with(|c| c.max_grace_period = std::time::Duration::from_secs(600)).await;
+        TestApp::spawn_with(|c| c.rotation.max_grace_period = std::time::Duration::from_secs(600))
+            .await;
     let me = app.owned("MSP").await;
     let (status, _) = app
         .refresh_with_grace(me.client_id, me.connection_id, &me.token, 600)
@@ -396,7 +397,7 @@ async fn checks_answer_in_api_order() {
 async fn refreshes_of_missing_connections_take_nothing_from_the_clients_budget() {
     // API.md's default budget (the test configuration turns it off).
     let app = TestApp::spawn_with(|c| {
-        c.refresh_limit = Some(mithril::config::RateLimit::DEFAULT);
+        c.rotation.refresh_limit = Some(mithril::config::RateLimit::DEFAULT);
     })
     .await;
     let nhs = app.owned("NHS").await;

@@ -140,7 +140,7 @@ fn assert_no_secret(messages: &[ReceivedMail], secrets: &[&String]) {
 }
 
 fn policy(c: &mut mithril::Config, lifetime: &str, thresholds: &str) {
-    c.secret_lifetime = mithril::config::SecretLifetime::parse(lifetime).unwrap();
+    c.rotation.secret_lifetime = mithril::config::SecretLifetime::parse(lifetime).unwrap();
     c.workers.reminder_thresholds = kernel::thresholds::Thresholds::parse(thresholds).unwrap();
     c.workers.reminder_interval = Duration::from_millis(100);
 }
@@ -150,7 +150,7 @@ async fn reminders_go_once_per_threshold_in_the_owners_language_and_never_hold_a
     let smtp_state = SmtpState::default();
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         policy(c, "12s", "8s,4s");
     })
     .await;
@@ -267,7 +267,7 @@ async fn rotating_a_secret_ends_its_reminders() {
     let smtp_state = SmtpState::default();
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         policy(c, "8s", "6s,3s");
     })
     .await;
@@ -317,7 +317,7 @@ async fn two_worker_processes_send_each_reminder_once() {
         c.redis_url = Some(redis_url.clone());
         c.workers.queue_namespace = namespace.clone();
         c.run_workers = false;
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         policy(c, "10s", "6s,3s");
     })
     .await;
@@ -382,7 +382,7 @@ async fn a_secret_first_seen_inside_several_thresholds_gets_only_the_nearest() {
     let smtp_state = SmtpState::default();
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         // Issued with 12 s to live: inside 30 s and 20 s from the start.
         policy(c, "12s", "30s,20s");
     })
@@ -422,7 +422,7 @@ async fn a_reminder_being_retried_is_not_pushed_again() {
     smtp_state.fail_transient.store(true, Ordering::SeqCst);
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         // Issued with an hour to live, reminded two hours ahead: due at once; a tick
         // every 100 ms.
         policy(c, "1h", "2h");

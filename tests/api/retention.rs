@@ -56,10 +56,10 @@ async fn finished_work_is_pruned_after_the_retention() {
     let smtp_state = SmtpState::default();
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
         c.redis_url = redis_url.clone();
         c.workers.queue_namespace = namespace.clone();
-        c.reconcile_after = Duration::from_secs(1);
+        c.rotation.reconcile_after = Duration::from_secs(1);
         c.workers.retention = Duration::from_secs(1);
     })
     .await;

@@ -79,7 +79,7 @@ async fn stale_notices(smtp: &SmtpState) -> Vec<String> {
 async fn a_retired_secret_still_presented_is_counted_shown_and_mailed_once() {
     let smtp_state = SmtpState::default();
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
-    let app = TestApp::spawn_with(|c| c.smtp_url = Some(smtp.url())).await;
+    let app = TestApp::spawn_with(|c| c.mail.smtp_url = Some(smtp.url())).await;
     let (client_id, connection_id, token, old_secret, new_secret, owner_email) =
         retired_secret(&app).await;
 
@@ -191,7 +191,7 @@ async fn a_retired_secret_still_presented_is_counted_shown_and_mailed_once() {
 #[actix_web::test]
 async fn a_deleted_connections_secret_and_an_expired_one_are_told_apart() {
     let app = TestApp::spawn_with(|c| {
-        c.secret_lifetime = mithril::config::SecretLifetime::parse("2s").unwrap();
+        c.rotation.secret_lifetime = mithril::config::SecretLifetime::parse("2s").unwrap();
     })
     .await;
     let me = app.owned("MSP").await;
@@ -241,7 +241,7 @@ async fn two_instances_count_into_one_sighting_and_one_notice() {
     let settings = |c: &mut mithril::Config| {
         c.redis_url = Some(redis_url.clone());
         c.workers.queue_namespace = namespace.clone();
-        c.smtp_url = Some(smtp.url());
+        c.mail.smtp_url = Some(smtp.url());
     };
     let first = TestApp::spawn_with(settings).await;
     let second = TestApp::spawn_on(first.database.clone(), settings).await;

@@ -404,7 +404,7 @@ async fn secrets_of_the_release_before_lifetimes_keep_verifying_under_the_policy
     // The new release, with the policy on and reminders every 100 ms.
     let redis_url = optional_test_redis().await;
     let app = TestApp::spawn_on(database, |c| {
-        c.secret_lifetime = mithril::config::SecretLifetime::parse("2s").unwrap();
+        c.rotation.secret_lifetime = mithril::config::SecretLifetime::parse("2s").unwrap();
         c.workers.reminder_interval = Duration::from_millis(100);
         c.redis_url = redis_url;
         c.workers.queue_namespace = crate::support::fresh_namespace();

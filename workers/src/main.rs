@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kernel::queue::Queue;
-use kernel::settings::WorkerSettings;
+use kernel::settings::{Common, MAX_SHUTDOWN_TIMEOUT, WorkerSettings, check_bounds, redacted};
 use workers::remind::GlobalMetrics;
 use workers::run::{Workers, run};
 
@@ -17,48 +17,28 @@ use workers::run::{Workers, run};
     about = "Runs mithril's job workers"
 )]
 struct Cli {
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://data/mithril.db?mode=rwc",
-        hide_env_values = true
-    )]
-    database_url: String,
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
-    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
-    smtp_url: Option<String>,
-    #[arg(
-        long,
-        env = "MAIL_FROM",
-        default_value = "Mithril <no-reply@localhost>"
-    )]
-    mail_from: String,
+    #[command(flatten)]
+    common: Common,
     #[command(flatten)]
     workers: WorkerSettings,
-    /// Seconds jobs in flight get to finish after SIGTERM or Ctrl-C.
-    #[arg(long, env = "MITHRIL_SHUTDOWN_TIMEOUT", default_value_t = 30)]
-    shutdown_timeout: u64,
-    #[arg(long, env = "MITHRIL_LOG_FORMAT", default_value = "text")]
-    log_format: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    kernel::logs::init(&cli.log_format);
+    let common = &cli.common;
+    kernel::logs::init(&common.log_format);
     cli.workers.validate()?;
-    kernel::settings::check_bounds(
+    check_bounds(
         "MITHRIL_SHUTDOWN_TIMEOUT",
-        Duration::from_secs(cli.shutdown_timeout),
+        common.shutdown_timeout(),
         Duration::ZERO,
-        Duration::from_secs(3600),
+        MAX_SHUTDOWN_TIMEOUT,
     )?;
 
-    let redis_url = cli.redis_url.filter(|u| !u.is_empty());
-    let smtp_url = cli.smtp_url.filter(|u| !u.is_empty());
-    let db = kernel::db::connect(&cli.database_url, 10).await?;
-    let redis = match &redis_url {
+    let (redis_url, smtp_url) = (common.redis_url(), common.smtp_url());
+    let db = kernel::db::connect(&common.database_url, 10).await?;
+    let redis = match redis_url {
         Some(url) => Some(kernel::redis_connect::connect(url).await?),
         None => None,
     };
@@ -72,15 +52,15 @@ async fn main() -> anyhow::Result<()> {
         &cli.workers,
         &db,
         redis.as_ref(),
-        smtp_url.as_deref(),
-        &cli.mail_from,
+        smtp_url,
+        &common.mail_from,
         None,
         Arc::new(GlobalMetrics),
     )?;
     tracing::info!(
-        database = kernel::settings::redacted(&cli.database_url),
-        redis = redis_url.as_deref().map(kernel::settings::redacted),
-        smtp = smtp_url.as_deref().map(kernel::settings::redacted),
+        database = redacted(&common.database_url),
+        redis = redis_url.map(redacted),
+        smtp = smtp_url.map(redacted),
         namespace = cli.workers.queue_namespace,
         "mithril-workers running"
     );
@@ -90,13 +70,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("stopping: jobs in flight get to finish");
         let _ = stop.send(true);
     });
-    run(
-        queue,
-        workers,
-        Duration::from_secs(cli.shutdown_timeout),
-        stopped,
-    )
-    .await?;
+    run(queue, workers, common.shutdown_timeout(), stopped).await?;
     tracing::info!("mithril-workers stopped");
     Ok(())
 }

@@ -13,6 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+pub use crate::claim::NotifyError;
 use crate::claim::{Claim, Claimable, Claims};
 use crate::local_time::ShownTime;
 use crate::mail::{
@@ -35,23 +36,6 @@ pub enum Notified {
     Sent,
     /// A redelivered job whose notice already went out, or was dead-lettered.
     AlreadyDone,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    /// Retrying cannot help (no such owner, an address the server refuses): dead-letter.
-    #[error("permanent: {0}")]
-    Permanent(String),
-    /// Database, SMTP or file system trouble, or another worker holds the claim: retry
-    /// with backoff.
-    #[error("transient: {0}")]
-    Transient(String),
-}
-
-impl From<sea_orm::DbErr> for NotifyError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        Self::Transient(format!("database: {e}"))
-    }
 }
 
 impl From<DeliveryError> for NotifyError {

@@ -104,14 +104,6 @@ impl CachedCredential {
         }
     }
 
-    /// The connection this entry authenticates at `now`, if it is accepted.
-    pub fn accepted(&self, now: DateTime<Utc>) -> Option<ConnectionIdentity> {
-        match self.verdict(now) {
-            Verdict::Accepted(connection) => Some(connection),
-            Verdict::Expired(_) | Verdict::Retired(_) | Verdict::Unknown => None,
-        }
-    }
-
     /// The forward-only rule, the same in every cache (and in `CAS_SCRIPT` for Redis):
     /// an entry replaces what a cache holds only if that is absent, or is not retired and
     /// describes an older state. At equal versions only a retirement replaces (both were
@@ -227,13 +219,18 @@ impl CredentialChange {
 mod tests {
     use super::*;
 
-    fn identity() -> ConnectionIdentity {
+    /// A connection of nil ids (`redis_cache`'s tests use it too).
+    pub(super) fn identity() -> ConnectionIdentity {
         ConnectionIdentity {
             id: Uuid::nil(),
             client_id: Uuid::nil(),
             consumer_id: Uuid::nil(),
             redirect_uri: "https://x".into(),
         }
+    }
+
+    fn accepts(entry: &CachedCredential, now: DateTime<Utc>) -> bool {
+        matches!(entry.verdict(now), Verdict::Accepted(_))
     }
 
     fn valid(version: i64, valid_until: Option<DateTime<Utc>>) -> CachedCredential {
@@ -271,7 +268,7 @@ mod tests {
             expiring(now).verdict(now + second),
             Verdict::Expired(identity())
         );
-        assert!(expiring(now).accepted(now).is_none());
+        assert!(!accepts(&expiring(now), now));
         // A grace period that ended refuses, whatever the lifetime says.
         let mut previous = expiring(now + second);
         if let CredentialState::Valid { valid_until, .. } = &mut previous.state {
@@ -291,11 +288,7 @@ mod tests {
     fn entries_of_the_previous_release_still_decode_and_never_expire() {
         let old = json_of_previous_release();
         let entry: CachedCredential = serde_json::from_str(&old).unwrap();
-        assert!(
-            entry
-                .accepted(Utc::now() + chrono::Duration::days(3650))
-                .is_some()
-        );
+        assert!(accepts(&entry, Utc::now() + chrono::Duration::days(3650)));
         let written = serde_json::to_string(&entry).unwrap();
         assert!(!written.contains("expires_at"), "{written}");
         let change: CredentialChange = serde_json::from_str(
@@ -312,14 +305,13 @@ mod tests {
     #[test]
     fn grace_entries_end_by_the_clock() {
         let now = Utc::now();
-        assert!(valid(1, None).accepted(now).is_some());
-        assert!(valid(1, Some(now)).accepted(now).is_none());
-        assert!(
-            valid(1, Some(now))
-                .accepted(now - chrono::Duration::seconds(1))
-                .is_some()
-        );
-        assert!(CachedCredential::retired(1, None).accepted(now).is_none());
+        assert!(accepts(&valid(1, None), now));
+        assert!(!accepts(&valid(1, Some(now)), now));
+        assert!(accepts(
+            &valid(1, Some(now)),
+            now - chrono::Duration::seconds(1)
+        ));
+        assert!(!accepts(&CachedCredential::retired(1, None), now));
     }
 
     #[test]

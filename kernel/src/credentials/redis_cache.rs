@@ -180,19 +180,8 @@ fn json_error(e: serde_json::Error) -> redis::RedisError {
 
 #[cfg(test)]
 mod tests {
-    use uuid::Uuid;
-
     use super::*;
-    use crate::credentials::ConnectionIdentity;
-
-    fn identity() -> ConnectionIdentity {
-        ConnectionIdentity {
-            id: Uuid::nil(),
-            client_id: Uuid::nil(),
-            consumer_id: Uuid::nil(),
-            redirect_uri: "https://x".into(),
-        }
-    }
+    use crate::credentials::tests::identity;
 
     #[test]
     fn old_eviction_messages_still_decode() {

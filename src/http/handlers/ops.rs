@@ -46,7 +46,7 @@ pub async fn ready(
     state: web::Data<AppState>,
     meta: RequestMeta,
 ) -> Result<HttpResponse, ApiError> {
-    let outcomes = readiness::run(&state.readiness, state.config.readiness_timeout).await;
+    let outcomes = readiness::run(&state.readiness, state.config.http.readiness_timeout).await;
     let failed: Vec<String> = outcomes
         .iter()
         .filter_map(|o| o.failure.as_ref().map(|why| format!("{}: {why}", o.name)))
@@ -79,7 +79,9 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Outbox rows not yet pushed to the queue: the backlog the relay and sweeper owe.
     // Best effort: a slow or absent database leaves the last value.
     let pending = state.relay.pending();
-    if let Ok(Ok(pending)) = tokio::time::timeout(state.config.readiness_timeout, pending).await {
+    if let Ok(Ok(pending)) =
+        tokio::time::timeout(state.config.http.readiness_timeout, pending).await
+    {
         state.metrics.outbox_pending(pending);
     }
     HttpResponse::Ok()

@@ -94,7 +94,7 @@ async fn rotate(
     existing_connection(state, client_id, connection_id).await?;
     let grace_period = if input::has_body(req) {
         let body = input::body(req, payload).await?;
-        input::grace_period(&body, state.config.max_grace_period.as_secs())?
+        input::grace_period(&body, state.config.rotation.max_grace_period.as_secs())?
     } else {
         0
     };

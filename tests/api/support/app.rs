@@ -87,9 +87,9 @@ impl TestDatabase {
 
 pub fn test_config(database: &TestDatabase) -> Config {
     let mut config = Config::embedded(database.url.clone());
-    config.bind = "127.0.0.1:0".to_owned();
-    config.http_workers = 2;
-    config.db_max_connections = 10;
+    config.http.bind = "127.0.0.1:0".to_owned();
+    config.http.workers = 2;
+    config.database.max_connections = 10;
     config.workers.mail_dir = database.dir.path().join("mail");
     config.workers.retries = 5;
     config.workers.retry_min_ms = 50;
@@ -97,10 +97,10 @@ pub fn test_config(database: &TestDatabase) -> Config {
     config.workers.poll_interval_ms = 50;
     // Tests stop their apps from outside, not by signal; the drain delay is for
     // balancers.
-    config.drain_delay = Duration::ZERO;
+    config.shutdown.drain_delay = Duration::ZERO;
     // Storms of refreshes are the point of many tests; the budget has tests of its own.
-    config.refresh_limit = None;
-    config.sighting_flush = Duration::from_millis(200);
+    config.rotation.refresh_limit = None;
+    config.verify.sighting_flush = Duration::from_millis(200);
     config
 }
 

@@ -34,7 +34,11 @@ pub fn assert_error(actual: &(u16, Value), status: u16, error_type: &str, messag
     assert!(body.get("data").is_none(), "{body}");
 }
 
-/// Polls `check` until it holds or `deadline` passes.
+/// Polls `check` until it holds or `deadline` passes; whether it did.
+///
+/// `must_use` applies to the awaited answer: a poll whose answer nobody asserts proves
+/// nothing, and is refused at compile time (`-D warnings`).
+#[must_use = "assert it: a poll nobody asserts proves nothing"]
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,

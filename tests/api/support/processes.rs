@@ -56,7 +56,7 @@ pub fn start_workers_with(
             .map(|_| {
                 Command::new(workers_binary())
                     .envs(env.iter().copied())
-                    .env("DATABASE_URL", &config.database_url)
+                    .env("DATABASE_URL", &config.database.url)
                     .env("REDIS_URL", redis_url)
                     .env("SMTP_URL", smtp_url)
                     .env("MITHRIL_QUEUE_NAMESPACE", &config.workers.queue_namespace)

@@ -1,0 +1,253 @@
+//! The job handlers: one for every mail job (notices, stale-secret notices, reminders:
+//! `MailJob`), one for invalidations; and what an attempt comes to (done, retried, or
+//! dead-lettered).
+use std::sync::Arc;
+
+use apalis::prelude::*;
+use entity::connection;
+use kernel::credentials::CredentialChange;
+use kernel::credentials::redis_cache::RedisCredentials;
+use kernel::jobs::{self, InvalidateCredentials, Job, NotifyOwner, NotifyStaleSecret, RemindOwner};
+use kernel::settings::RetrySettings;
+use sea_orm::{DatabaseConnection, EntityTrait as _};
+
+use crate::notify::{Notified, Notifier, NotifyError};
+use crate::remind::{Reminded, Reminders};
+
+/// Applies a change to an in-process cache (only `mithril serve` has one).
+pub type LocalApply = Arc<dyn Fn(&CredentialChange) + Send + Sync>;
+
+/// The `InvalidateCredentials` handler's means: the shared Redis cache and its channel,
+/// this process's own cache where there is one, and the database to tell a stale job.
+pub struct Invalidator {
+    pub db: DatabaseConnection,
+    pub redis: Option<RedisCredentials>,
+    pub local: Option<LocalApply>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidateError {
+    #[error("database: {0}")]
+    Store(#[from] sea_orm::DbErr),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl Invalidator {
+    /// Brings every cache up to `job`'s change.
+    ///
+    /// CAUTION: a job can land long after its change (retries, sweeper re-pushes), when
+    /// the retirement that would refuse its older "still valid" entries has left the
+    /// caches by TTL. So when the connection has since moved on (or is gone), only the
+    /// job's retirements are applied: they are never out of date.
+    pub async fn apply(&self, job: &InvalidateCredentials) -> Result<(), InvalidateError> {
+        let current = connection::Entity::find_by_id(job.change.connection.id)
+            .one(&self.db)
+            .await?
+            .map(|row| row.state_version);
+        let stale = current.is_none_or(|version| version > job.change.version);
+        let change = if stale {
+            job.change.retirements_only()
+        } else {
+            job.change.clone()
+        };
+        if let Some(local) = &self.local {
+            local(&change);
+        }
+        if let Some(redis) = &self.redis {
+            redis.apply(&change).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A job that sends one mail through the claim protocol: a notice, a stale-secret
+/// notice or a reminder. One handler (`send_mail`) runs them all.
+pub(crate) trait MailJob: Job + Clone {
+    /// What sends it (the `Workers` field the handler gets).
+    type Sender: Send + Sync + 'static;
+    /// The id logs name it by.
+    fn id(&self) -> uuid::Uuid;
+    /// Sends it; the outcome as `mithril_jobs_total` counts it.
+    fn send(
+        self,
+        sender: Arc<Self::Sender>,
+    ) -> impl Future<Output = Result<&'static str, NotifyError>> + Send;
+    /// Marks it dead once its retries ran out.
+    fn give_up(&self, sender: &Self::Sender) -> impl Future<Output = Result<(), NotifyError>>;
+}
+
+impl MailJob for NotifyOwner {
+    type Sender = Notifier;
+    fn id(&self) -> uuid::Uuid {
+        self.event_id
+    }
+    async fn send(self, notifier: Arc<Notifier>) -> Result<&'static str, NotifyError> {
+        notifier.notify(&self).await.map(notified)
+    }
+    async fn give_up(&self, notifier: &Notifier) -> Result<(), NotifyError> {
+        notifier.give_up(self.event_id).await
+    }
+}
+
+impl MailJob for NotifyStaleSecret {
+    type Sender = Notifier;
+    fn id(&self) -> uuid::Uuid {
+        self.event_id
+    }
+    async fn send(self, notifier: Arc<Notifier>) -> Result<&'static str, NotifyError> {
+        notifier.notify_stale(&self).await.map(notified)
+    }
+    async fn give_up(&self, notifier: &Notifier) -> Result<(), NotifyError> {
+        notifier.give_up(self.event_id).await
+    }
+}
+
+impl MailJob for RemindOwner {
+    type Sender = Reminders;
+    fn id(&self) -> uuid::Uuid {
+        self.connection_id
+    }
+    async fn send(self, reminders: Arc<Reminders>) -> Result<&'static str, NotifyError> {
+        reminders
+            .remind(&self)
+            .await
+            .map(|reminded| match reminded {
+                Reminded::Sent => "ok",
+                Reminded::AlreadyDone => "duplicate",
+                Reminded::Moot => "moot",
+            })
+    }
+    async fn give_up(&self, reminders: &Reminders) -> Result<(), NotifyError> {
+        reminders.give_up(self).await
+    }
+}
+
+/// The handler of every `MailJob`.
+pub(crate) async fn send_mail<J: MailJob>(
+    job: J,
+    sender: Data<Arc<J::Sender>>,
+    retry: Data<RetrySettings>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    let id = job.id();
+    let (sending, sent_job) = (Arc::clone(&sender), job.clone());
+    let sent = unbroken(sent_job.send(sending)).await;
+    let give_up = || job.give_up(&sender);
+    conclude(J::KIND, &id, sent, &attempt, &retry, give_up).await
+}
+
+/// A notice's outcome, as `mithril_jobs_total` counts it.
+fn notified(sent: Notified) -> &'static str {
+    match sent {
+        Notified::Sent => "ok",
+        Notified::AlreadyDone => "duplicate",
+    }
+}
+
+/// Runs a notice's or reminder's claim, send and settle on a task of its own and waits
+/// for it.
+///
+/// CAUTION: apalis drops a job's future when its worker stops mid-job (its queue went
+/// away: Redis restarting). A notice dropped between the mail server's acceptance and
+/// `sent` would keep its claim until the lease ends and then go out twice (seen in the
+/// redis-restart drill). On a task of its own it finishes whatever the worker does.
+async fn unbroken<T: Send + 'static>(
+    send: impl Future<Output = Result<T, NotifyError>> + Send + 'static,
+) -> Result<T, NotifyError> {
+    tokio::spawn(send)
+        .await
+        .map_err(|e| NotifyError::Transient(format!("the notice's task failed: {e}")))?
+}
+
+/// What a notice or reminder job's attempt comes to: done (counted as `done`'s
+/// outcome), retried, or dead-lettered, and then marked dead by `give_up` so that
+/// neither the reconciler nor the ticker sends it again.
+async fn conclude<Fut>(
+    job: &'static str,
+    id: &uuid::Uuid,
+    done: Result<&'static str, NotifyError>,
+    attempt: &Attempt,
+    retry: &RetrySettings,
+    give_up: impl FnOnce() -> Fut,
+) -> Result<(), BoxDynError>
+where
+    Fut: Future<Output = Result<(), NotifyError>>,
+{
+    match done {
+        Ok(label) => {
+            outcome(job, label);
+            Ok(())
+        }
+        Err(NotifyError::Permanent(reason)) => Err(dead_letter(job, id, &reason)),
+        Err(NotifyError::Transient(reason)) => {
+            let result = retry_or_dead_letter(job, id, reason, attempt, retry);
+            if is_final(&result)
+                && let Err(e) = give_up().await
+            {
+                tracing::warn!(job, %id, error = %e, "marking it dead failed");
+            }
+            result
+        }
+    }
+}
+
+pub(crate) async fn invalidate_credentials(
+    job: InvalidateCredentials,
+    invalidator: Data<Arc<Invalidator>>,
+    retry: Data<RetrySettings>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    match invalidator.apply(&job).await {
+        Ok(()) => {
+            outcome(jobs::INVALIDATE_CREDENTIALS, "ok");
+            Ok(())
+        }
+        Err(e) => retry_or_dead_letter(
+            jobs::INVALIDATE_CREDENTIALS,
+            &job.event_id,
+            e.to_string(),
+            &attempt,
+            &retry,
+        ),
+    }
+}
+
+/// Whether a handler's error ends the job (dead-lettered) rather than asking a retry.
+fn is_final(result: &Result<(), BoxDynError>) -> bool {
+    result
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.downcast_ref::<AbortError>().is_some())
+}
+
+fn outcome(job: &'static str, outcome: &'static str) {
+    metrics::counter!("mithril_jobs_total", "job" => job, "outcome" => outcome).increment(1);
+}
+
+fn retry_or_dead_letter(
+    job: &'static str,
+    event_id: &uuid::Uuid,
+    reason: String,
+    attempt: &Attempt,
+    retry: &RetrySettings,
+) -> Result<(), BoxDynError> {
+    if attempt.current() > retry.retries {
+        return Err(dead_letter(
+            job,
+            event_id,
+            &format!("gave up after {} attempts: {reason}", attempt.current()),
+        ));
+    }
+    outcome(job, "retry");
+    tracing::warn!(job, %event_id, attempt = attempt.current(), reason, "job failed; retrying with backoff");
+    Err(reason.into())
+}
+
+/// CAUTION: a dead-lettered job is visible in the log and in
+/// `mithril_jobs_total{outcome="dead"}`; apalis keeps it in its dead set.
+fn dead_letter(job: &'static str, event_id: &uuid::Uuid, reason: &str) -> BoxDynError {
+    outcome(job, "dead");
+    tracing::error!(job, %event_id, reason, "job dead-lettered");
+    AbortError::new(reason.to_owned()).into()
+}

@@ -1,0 +1,386 @@
+//! Owner notices: rendering from the template files, and the message they make; their
+//! delivery (SMTP or `.eml` files) is `deliver`.
+
+use lettre::Message;
+use lettre::message::{Mailbox, MultiPart};
+use minijinja::{AutoEscape, Environment};
+use serde::Serialize;
+
+use crate::local_time::ShownTime;
+
+mod deliver;
+
+pub use deliver::{DeliveryError, Failure, Mailer, smtp_failure};
+
+/// Everything a notice says. There is deliberately no field for a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct NoticeFields {
+    pub client_name: String,
+    pub consumer_name: String,
+    pub connection_id: String,
+    pub consumer_id: String,
+    pub occurred_at: ShownTime,
+    /// Who rotated: the acting user's e-mail, or their id when they have none on file.
+    pub actor: String,
+    pub request_id: String,
+    pub secret_version: i64,
+    /// Until when the previous secret keeps working; `None`: it stopped at once.
+    pub previous_ends_at: Option<ShownTime>,
+    /// When the new secret expires under the lifetime policy; `None`: never.
+    pub secret_expires_at: Option<ShownTime>,
+}
+
+/// Everything a reminder says: which secret expires (or has expired) when, and how to
+/// rotate it. There is deliberately no field for a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReminderFields {
+    pub client_name: String,
+    pub consumer_name: String,
+    pub connection_id: String,
+    pub consumer_id: String,
+    pub secret_version: i64,
+    pub expires_at: ShownTime,
+    /// The secret has expired already (the `expired` reminder).
+    pub expired: bool,
+    /// The refresh call that rotates it: method and path. The path is built from two
+    /// UUIDs, so the HTML template shows it unescaped (minijinja would escape its `/`).
+    pub rotate_method: String,
+    pub rotate_path: String,
+}
+
+/// Everything a stale-secret notice says: which connection's retired secret some system
+/// still presents, how often, since when and from where. There is deliberately no field
+/// for a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleFields {
+    pub client_name: String,
+    pub consumer_name: String,
+    pub connection_id: String,
+    pub consumer_id: String,
+    /// Presentations counted so far that day.
+    pub count: i64,
+    pub first_seen_at: ShownTime,
+    pub last_seen_at: ShownTime,
+    /// The address it came from last, as the service saw it.
+    pub last_address: Option<String>,
+}
+
+/// The languages notices are written in; anything else falls back to Ukrainian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locale {
+    Uk,
+    En,
+}
+
+impl Locale {
+    pub fn parse(value: &str) -> Self {
+        if value.eq_ignore_ascii_case("en") {
+            Self::En
+        } else {
+            Self::Uk
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Self::Uk => "uk",
+            Self::En => "en",
+        }
+    }
+}
+
+/// The notice templates, kept as files under `workers/templates/` and compiled in.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+pub struct RenderedNotice {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Templates {
+    pub fn load() -> Result<Self, minijinja::Error> {
+        let mut env = Environment::new();
+        env.set_auto_escape_callback(|name| {
+            if name.contains(".html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        for (name, source) in [
+            (
+                "notice.uk.subject",
+                include_str!("../../templates/notice.uk.subject.j2"),
+            ),
+            (
+                "notice.uk.txt",
+                include_str!("../../templates/notice.uk.txt.j2"),
+            ),
+            (
+                "notice.uk.html",
+                include_str!("../../templates/notice.uk.html.j2"),
+            ),
+            (
+                "notice.en.subject",
+                include_str!("../../templates/notice.en.subject.j2"),
+            ),
+            (
+                "notice.en.txt",
+                include_str!("../../templates/notice.en.txt.j2"),
+            ),
+            (
+                "notice.en.html",
+                include_str!("../../templates/notice.en.html.j2"),
+            ),
+            (
+                "reminder.uk.subject",
+                include_str!("../../templates/reminder.uk.subject.j2"),
+            ),
+            (
+                "reminder.uk.txt",
+                include_str!("../../templates/reminder.uk.txt.j2"),
+            ),
+            (
+                "reminder.uk.html",
+                include_str!("../../templates/reminder.uk.html.j2"),
+            ),
+            (
+                "reminder.en.subject",
+                include_str!("../../templates/reminder.en.subject.j2"),
+            ),
+            (
+                "reminder.en.txt",
+                include_str!("../../templates/reminder.en.txt.j2"),
+            ),
+            (
+                "reminder.en.html",
+                include_str!("../../templates/reminder.en.html.j2"),
+            ),
+            (
+                "stale.uk.subject",
+                include_str!("../../templates/stale.uk.subject.j2"),
+            ),
+            (
+                "stale.uk.txt",
+                include_str!("../../templates/stale.uk.txt.j2"),
+            ),
+            (
+                "stale.uk.html",
+                include_str!("../../templates/stale.uk.html.j2"),
+            ),
+            (
+                "stale.en.subject",
+                include_str!("../../templates/stale.en.subject.j2"),
+            ),
+            (
+                "stale.en.txt",
+                include_str!("../../templates/stale.en.txt.j2"),
+            ),
+            (
+                "stale.en.html",
+                include_str!("../../templates/stale.en.html.j2"),
+            ),
+        ] {
+            env.add_template(name, source)?;
+        }
+        Ok(Self { env })
+    }
+
+    /// The rotation notice.
+    pub fn render(
+        &self,
+        locale: Locale,
+        fields: &NoticeFields,
+    ) -> Result<RenderedNotice, minijinja::Error> {
+        self.render_named("notice", locale, fields)
+    }
+
+    /// A reminder that a secret expires soon, or has expired.
+    pub fn render_reminder(
+        &self,
+        locale: Locale,
+        fields: &ReminderFields,
+    ) -> Result<RenderedNotice, minijinja::Error> {
+        self.render_named("reminder", locale, fields)
+    }
+
+    /// The owner's notice that a retired secret is still presented.
+    pub fn render_stale(
+        &self,
+        locale: Locale,
+        fields: &StaleFields,
+    ) -> Result<RenderedNotice, minijinja::Error> {
+        self.render_named("stale", locale, fields)
+    }
+
+    fn render_named(
+        &self,
+        kind: &str,
+        locale: Locale,
+        fields: &impl Serialize,
+    ) -> Result<RenderedNotice, minijinja::Error> {
+        let render = |part: &str| {
+            self.env
+                .get_template(&format!("{kind}.{}.{part}", locale.code()))?
+                .render(fields)
+        };
+        Ok(RenderedNotice {
+            subject: render("subject")?.trim().to_owned(),
+            text: render("txt")?,
+            html: render("html")?,
+        })
+    }
+}
+
+/// Builds the multipart (text + HTML) notice.
+pub fn compose(
+    from: &str,
+    to: &str,
+    message_id: &str,
+    rendered: RenderedNotice,
+) -> Result<Message, DeliveryError> {
+    let from: Mailbox = from
+        .parse()
+        .map_err(|e| DeliveryError::Permanent(format!("MAIL_FROM is not an address: {e}")))?;
+    let to: Mailbox = to.parse().map_err(|e| {
+        DeliveryError::Permanent(format!("the owner's e-mail is not an address: {e}"))
+    })?;
+    Message::builder()
+        .from(from)
+        .to(to)
+        .subject(rendered.subject)
+        .message_id(Some(message_id.to_owned()))
+        .multipart(MultiPart::alternative_plain_html(
+            rendered.text,
+            rendered.html,
+        ))
+        .map_err(|e| DeliveryError::Permanent(format!("building the message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> NoticeFields {
+        NoticeFields {
+            client_name: "Clinic <One>".into(),
+            consumer_name: "MIS".into(),
+            connection_id: "c1".into(),
+            consumer_id: "m1".into(),
+            occurred_at: ShownTime {
+                kyiv: "2026-11-28 12:00 EET".into(),
+                utc: "2026-11-28 10:00 UTC".into(),
+            },
+            actor: "doctor@example.org".into(),
+            request_id: "req-1".into(),
+            secret_version: 3,
+            previous_ends_at: None,
+            secret_expires_at: None,
+        }
+    }
+
+    #[test]
+    fn both_languages_render_every_field_and_escape_html() {
+        let templates = Templates::load().unwrap();
+        for locale in [Locale::Uk, Locale::En] {
+            let notice = templates.render(locale, &fields()).unwrap();
+            for part in [&notice.text, &notice.html] {
+                for value in [
+                    "c1",
+                    "m1",
+                    "2026-11-28 12:00 EET",
+                    "2026-11-28 10:00 UTC",
+                    "doctor@example.org",
+                    "req-1",
+                ] {
+                    assert!(part.contains(value), "{locale:?} lacks {value}");
+                }
+            }
+            assert!(notice.html.contains("Clinic &lt;One&gt;"));
+            assert!(notice.text.contains("Clinic <One>"));
+        }
+        assert!(
+            templates
+                .render(Locale::Uk, &fields())
+                .unwrap()
+                .subject
+                .contains("змінено")
+        );
+        assert_eq!(Locale::parse("EN"), Locale::En);
+        assert_eq!(Locale::parse("fr"), Locale::Uk);
+    }
+
+    #[test]
+    fn a_notice_tells_when_the_previous_secret_stops_and_the_new_one_expires() {
+        let templates = Templates::load().unwrap();
+        let shown = |kyiv: &str, utc: &str| ShownTime {
+            kyiv: kyiv.into(),
+            utc: utc.into(),
+        };
+        let fields = NoticeFields {
+            previous_ends_at: Some(shown("2026-11-28 13:00 EET", "2026-11-28 11:00 UTC")),
+            secret_expires_at: Some(shown("2027-05-27 13:00 EEST", "2027-05-27 10:00 UTC")),
+            ..fields()
+        };
+        for locale in [Locale::Uk, Locale::En] {
+            let notice = templates.render(locale, &fields).unwrap();
+            for part in [&notice.text, &notice.html] {
+                for value in [
+                    "2026-11-28 13:00 EET",
+                    "2026-11-28 11:00 UTC",
+                    "2027-05-27 13:00 EEST",
+                    "2027-05-27 10:00 UTC",
+                ] {
+                    assert!(part.contains(value), "{locale:?} lacks {value}:\n{part}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reminders_render_in_both_languages_with_the_way_to_rotate() {
+        let templates = Templates::load().unwrap();
+        let reminder = |expired| ReminderFields {
+            client_name: "Clinic <One>".into(),
+            consumer_name: "MIS".into(),
+            connection_id: "c1".into(),
+            consumer_id: "m1".into(),
+            secret_version: 4,
+            expires_at: ShownTime {
+                kyiv: "2026-12-14 12:00 EET".into(),
+                utc: "2026-12-14 10:00 UTC".into(),
+            },
+            expired,
+            rotate_method: "PATCH".into(),
+            rotate_path: "/api/clients/k1/connections/c1/actions/refresh_secret".into(),
+        };
+        for (locale, soon, past) in [
+            (Locale::Uk, "спливає", "сплив"),
+            (Locale::En, "expires", "expired"),
+        ] {
+            for expired in [false, true] {
+                let mail = templates
+                    .render_reminder(locale, &reminder(expired))
+                    .unwrap();
+                let word = if expired { past } else { soon };
+                assert!(mail.subject.contains(word), "{locale:?}: {}", mail.subject);
+                assert!(mail.subject.contains("MIS"), "{}", mail.subject);
+                for part in [&mail.text, &mail.html] {
+                    for value in [
+                        "c1",
+                        "m1",
+                        "2026-12-14 12:00 EET",
+                        "2026-12-14 10:00 UTC",
+                        "PATCH /api/clients/k1/connections/c1/actions/refresh_secret",
+                    ] {
+                        assert!(part.contains(value), "{locale:?} lacks {value}:\n{part}");
+                    }
+                }
+                assert!(mail.html.contains("Clinic &lt;One&gt;"));
+            }
+        }
+    }
+}
