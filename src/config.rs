@@ -240,6 +240,9 @@ pub struct RotationConfig {
     pub secret_lifetime: SecretLifetime,
     /// A notice neither sent nor dead this long after its job was pushed is pushed again.
     pub reconcile_after: Duration,
+    /// `MITHRIL_IDEMPOTENCY_TTL`: how long the answer of a refresh with an
+    /// `Idempotency-Key` is remembered (at most a day).
+    pub idempotency_ttl: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -292,6 +295,7 @@ impl Config {
                 actor_idle_timeout: Duration::from_secs(60),
                 secret_lifetime: SecretLifetime::OFF,
                 reconcile_after: Duration::from_secs(600),
+                idempotency_ttl: Duration::from_secs(3600),
             },
             verify: VerifyConfig {
                 credentials_cache_capacity: 100_000,
@@ -350,6 +354,12 @@ impl Config {
             self.rotation.reconcile_after,
             second,
             7 * day,
+        )?;
+        check_bounds(
+            "MITHRIL_IDEMPOTENCY_TTL",
+            self.rotation.idempotency_ttl,
+            second,
+            day,
         )?;
         check_bounds(
             "MITHRIL_SIGHTING_WINDOW",

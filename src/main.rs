@@ -57,6 +57,10 @@ struct Settings {
     /// (a queue that lost it: Redis restarted without persistence).
     #[arg(long, global = true, env = "MITHRIL_RECONCILE_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
     reconcile_after: Duration,
+    /// How long the answer of a refresh with an `Idempotency-Key` is remembered, so a
+    /// retry gets it again (`1h`; at most `24h`).
+    #[arg(long, global = true, env = "MITHRIL_IDEMPOTENCY_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    idempotency_ttl: Duration,
     /// How long a retired secret's digest is remembered, so a system still presenting it
     /// is told apart from a wrong guess (and its owner told).
     #[arg(long, global = true, env = "MITHRIL_SIGHTING_WINDOW", default_value = "30d", value_parser = humantime::parse_duration)]
@@ -157,6 +161,7 @@ impl Settings {
         config.http.trusted_proxies = self.trusted_proxies.0.clone();
         config.http.forwarded_header = self.forwarded_header;
         config.rotation.reconcile_after = self.reconcile_after;
+        config.rotation.idempotency_ttl = self.idempotency_ttl;
         config.verify.sighting_window = self.sighting_window;
         config.rotation.secret_lifetime = self.secret_lifetime;
         config.workers = self.workers.clone();

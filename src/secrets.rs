@@ -42,19 +42,37 @@ impl Plaintext {
     }
 }
 
+/// The hex SHA-256 digest of `parts`, one after the other.
+pub fn hex_sha256(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut hex = String::with_capacity(64);
+    for byte in digest.iter() {
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    hex
+}
+
+/// `N` bytes from the operating system's generator.
+pub fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the OS random generator failed: {e}"))?;
+    Ok(bytes)
+}
+
 /// Hex SHA-256 digest of a secret or token: what the database and caches hold.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SecretDigest(String);
 
 impl SecretDigest {
     pub fn of(plaintext: &str) -> Self {
-        let digest = Sha256::digest(plaintext.as_bytes());
-        let mut hex = String::with_capacity(64);
-        for byte in digest.iter() {
-            hex.push(char::from(HEX[usize::from(byte >> 4)]));
-            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
-        Self(hex)
+        Self(hex_sha256(&[plaintext.as_bytes()]))
     }
 
     pub fn as_str(&self) -> &str {

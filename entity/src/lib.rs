@@ -3,6 +3,7 @@ pub mod client;
 pub mod client_type;
 pub mod connection;
 pub mod connection_event;
+pub mod idempotent_refresh;
 pub mod outbox;
 pub mod retired_digest;
 pub mod secret_reminder;

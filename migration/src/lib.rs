@@ -18,6 +18,7 @@ mod m20261129_000013_create_secret_reminders;
 mod m20261130_000014_create_retired_digests;
 mod m20261130_000015_create_secret_sightings;
 mod m20261203_000016_widen_outbox_notices_index;
+mod m20261203_000017_create_idempotent_refreshes;
 
 pub struct Migrator;
 
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000014_create_retired_digests::Migration),
             Box::new(m20261130_000015_create_secret_sightings::Migration),
             Box::new(m20261203_000016_widen_outbox_notices_index::Migration),
+            Box::new(m20261203_000017_create_idempotent_refreshes::Migration),
         ]
     }
 }

@@ -65,8 +65,7 @@ pub(super) fn start_domain(
         db.clone(),
         infra.cache.clone(),
         relay.clone(),
-        config.rotation.actor_idle_timeout,
-        config.rotation.secret_lifetime,
+        &config.rotation,
         config.rotation.refresh_limit.map(|limit| {
             RefreshBudget::new(
                 limit,

@@ -12,6 +12,10 @@ pub enum ConnectionError {
     /// this long.
     #[error("the client's refresh budget is spent")]
     RateLimited { retry_after: std::time::Duration },
+    /// Another request took this one's `Idempotency-Key` over (this one ran past the
+    /// marker's lease): its rotation rolled back. 409.
+    #[error("another request holds this idempotency key")]
+    KeyTakenOver,
     /// This instance is shutting down and takes no new rotation.
     #[error("this instance is shutting down")]
     ShuttingDown,

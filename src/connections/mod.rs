@@ -5,6 +5,7 @@ mod actor;
 pub mod audit;
 mod effects;
 mod error;
+pub mod idempotency;
 mod outbox_rows;
 pub mod policy;
 mod registry;
@@ -18,7 +19,7 @@ pub(crate) mod writes;
 
 pub use audit::Initiator;
 pub use error::ConnectionError;
-pub use rotation::{Rotate, Rotated};
+pub use rotation::{Remember, Rotate, Rotated};
 pub use service::Service;
 pub use store::ListFilter;
 pub use writes::{Changed, Upsert, Upserted};

@@ -1,5 +1,7 @@
 //! One rotation: a new secret, the old one kept for its grace period, the audit event
 //! and the outbox rows, all in one transaction.
+use std::sync::Arc;
+
 use actix::Message;
 use chrono::{Duration, Utc};
 use entity::{connection, outbox};
@@ -12,6 +14,7 @@ use uuid::Uuid;
 
 use super::audit::{self, Initiator, NewEvent};
 use super::effects::Committed;
+use super::idempotency::{self, Answer, Ticket};
 use super::{ConnectionError, kinds, outbox_rows, retired, store, validity};
 use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
@@ -24,6 +27,29 @@ pub struct Rotate {
     /// Seconds the previous secret keeps working; already validated against the maximum.
     pub grace_period: i64,
     pub actor: Initiator,
+    /// A refresh with an `Idempotency-Key`: its answer is remembered in the rotation's
+    /// own transaction.
+    pub remember: Option<Remember>,
+}
+
+/// The answer's `data` for a connection and its new secret (the HTTP layer's view).
+pub type RenderAnswer =
+    Arc<dyn Fn(&connection::Model, &str) -> serde_json::Result<serde_json::Value> + Send + Sync>;
+
+/// How a rotation remembers its answer: the key it holds, and how the answer's `data`
+/// reads (the HTTP layer's view of the connection and its new secret).
+#[derive(Clone)]
+pub struct Remember {
+    pub ticket: Arc<Ticket>,
+    pub render: RenderAnswer,
+}
+
+impl std::fmt::Debug for Remember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remember")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Message for Rotate {
@@ -145,6 +171,13 @@ pub async fn rotate(
         .exec_without_returning(&txn)
         .await?;
     retired::record(&txn, &change, retired::Cause::Rotation, now).await?;
+    if let Some(remember) = &cmd.remember {
+        let answer = Answer {
+            data: (remember.render)(&updated, secret.expose())?,
+            secret_expires_at: updated.secret_expires_at,
+        };
+        idempotency::complete(&txn, &remember.ticket, &answer).await?;
+    }
 
     txn.commit().await?;
     Ok(Rotated {

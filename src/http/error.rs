@@ -11,7 +11,7 @@ use crate::connections::ConnectionError;
 /// One broken rule of a request body or query, in eHealth's `invalid` shape.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Invalid {
-    /// `json_data_property` (a body field) or `query_parameter`.
+    /// `json_data_property` (a body field), `query_parameter` or `header`.
     #[schema(value_type = String)]
     pub entry_type: &'static str,
     /// JSONPath of the field, such as `$.redirect_uri`.
@@ -42,6 +42,17 @@ impl Invalid {
                 description: description.into(),
                 params,
             }],
+        }
+    }
+
+    pub fn header(
+        entry: impl Into<String>,
+        rule: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            entry_type: "header",
+            ..Self::json_property(entry, rule, description, Vec::new())
         }
     }
 
@@ -79,6 +90,9 @@ pub enum ApiError {
     /// A body over the route's limit.
     #[error("request entity too large")]
     PayloadTooLarge,
+    /// A refresh with an `Idempotency-Key` whose first request is still running.
+    #[error("conflict")]
+    Conflict,
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
     #[error("a backing service is unavailable")]
@@ -106,6 +120,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Validation(_) => "validation_failed",
             Self::PayloadTooLarge => "request_entity_too_large",
+            Self::Conflict => "conflict",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable(_) => "service_unavailable",
             Self::Internal(_) => "internal_error",
@@ -124,6 +139,7 @@ impl ApiError {
                 "Validation failed. You can find validators description at our API Manifest: http://docs.uaehealthapi.apiary.io/#introduction/interacting-with-api/errors."
             }
             Self::PayloadTooLarge => "Request entity too large",
+            Self::Conflict => "A request with this Idempotency-Key is in progress; retry later",
             Self::TooManyRequests { .. } => "Too many requests",
             Self::Unavailable(_) => "Service unavailable",
             Self::Internal(_) => "Internal server error",
@@ -162,6 +178,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -213,6 +230,7 @@ impl From<ConnectionError> for ApiError {
     fn from(err: ConnectionError) -> Self {
         match err {
             ConnectionError::NotFound => Self::NotFound,
+            ConnectionError::KeyTakenOver => Self::Conflict,
             ConnectionError::RateLimited { retry_after } => Self::TooManyRequests {
                 retry_after_secs: crate::ratelimit::retry_after_secs(retry_after),
             },

@@ -101,6 +101,7 @@ fn serve_refuses_durations_outside_their_bounds_naming_the_setting() {
         ("MITHRIL_DRAIN_DELAY", HUGE_DURATION),
         ("MITHRIL_RECONCILE_AFTER", HUGE_DURATION),
         ("MITHRIL_SIGHTING_WINDOW", HUGE_DURATION),
+        ("MITHRIL_IDEMPOTENCY_TTL", "25h"),
     ];
     refuse_all(serve, &args, &cases);
 }

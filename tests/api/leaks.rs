@@ -72,6 +72,21 @@ async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
             assert_eq!(status, 200, "{rotated}");
             issued.push(rotated["data"]["secret"].as_str().unwrap().to_owned());
         }
+        // A refresh with an Idempotency-Key, and its replay: neither the key nor the
+        // secret may be logged, queued, cached or mailed either.
+        let key = "leak-scan-idempotency-key-7f3a9c";
+        let mut keyed = String::new();
+        for _ in 0..2 {
+            let (status, rotated) = send(
+                http.patch(format!("{base}/{connection_id}/actions/refresh_secret"))
+                    .bearer_auth(&seeded.token)
+                    .header("idempotency-key", format!("\"{key}\"")),
+            )
+            .await;
+            assert_eq!(status, 200, "{rotated}");
+            keyed = rotated["data"]["secret"].as_str().unwrap().to_owned();
+        }
+        issued.push(keyed);
         // The verify path and its caches see every one of them.
         for secret in &issued {
             send(
@@ -114,7 +129,8 @@ async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
             .iter()
             .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
             .collect();
-        for secret in issued.iter().chain([&seeded.token]) {
+        let key = key.to_owned();
+        for secret in issued.iter().chain([&seeded.token, &key]) {
             for line in &lines {
                 assert!(
                     !line.contains(secret.as_str()),

@@ -13,6 +13,7 @@ mod connections_write;
 mod context;
 mod edge;
 mod envelope;
+mod idempotency;
 mod leaks;
 mod lifecycle;
 mod lifetime;

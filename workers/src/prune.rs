@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use apalis_redis::{Config as RedisConfig, ConnectionManager};
 use chrono::{DateTime, Utc};
-use entity::{outbox, sent_notification};
+use entity::{idempotent_refresh, outbox, sent_notification};
 use sea_orm::{
     ColumnTrait as _, Condition, ConnectionTrait as _, DatabaseBackend, DatabaseConnection,
     EntityTrait as _, QueryFilter as _, QuerySelect as _, Statement,
@@ -36,6 +36,9 @@ pub struct Pruned {
     pub notices: u64,
     pub jobs: u64,
     pub gone_workers: u64,
+    /// Remembered refresh answers past their own TTL (`MITHRIL_IDEMPOTENCY_TTL`, not
+    /// the retention).
+    pub idempotency_keys: u64,
 }
 
 impl Pruned {
@@ -77,6 +80,12 @@ impl Pruner {
             return Ok(Pruned::default());
         };
         let (outbox_rows, notices) = self.outbox(cutoff).await?;
+        let idempotency_keys = idempotent_refresh::Entity::delete_many()
+            .filter(idempotent_refresh::Column::ExpiresAt.lt(Utc::now()))
+            .exec(&self.db)
+            .await
+            .context("prune: idempotency keys")?
+            .rows_affected;
         let (jobs, gone_workers) = match queue.backend() {
             Backend::Redis(conn) => {
                 let mut jobs = 0;
@@ -95,6 +104,7 @@ impl Pruner {
             notices,
             jobs,
             gone_workers,
+            idempotency_keys,
         })
     }
 
