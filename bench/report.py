@@ -93,6 +93,28 @@ if have("p1.json"):
     series += [("P1 refresh", ms(p1["p50_us"]), ms(p1["p99_us"])),
                ("P1 pgbench", pgb_p50, pgb_p99)]
 
+    # P9 ---------------------------------------------------------------------------------
+    if have("p9_replay.json"):
+        keyed, replay = wrk("p9_keyed"), wrk("p9_replay")
+        replay_rotations = int(read("p9_replay_rotations").strip() or 0)
+        keyed_ratio = rps(keyed) / p1_rps
+        replay_ratio = rps(replay) / p1_rps
+        rows.append(dict(
+            id="P9", scenario="refresh with an Idempotency-Key, then replays of it",
+            p50=ms(replay["p50_us"]), p99=ms(replay["p99_us"]),
+            tput=f"{rps(replay):.0f} replays/s; {rps(keyed):.0f} keyed refreshes/s",
+            base=f"P1 refresh: {p1_rps:.0f}/s, p50 {ms(p1['p50_us']):.1f} / p99 {ms(p1['p99_us']):.1f} ms",
+            ratio=f"replay {replay_ratio:.2f} ×, keyed refresh {keyed_ratio:.2f} × P1",
+            target="a replay costs less than a rotation (> 1 ×)",
+            ok=replay_ratio > 1 and replay["status5xx"] == 0 and replay_rotations == 0,
+            note=f"{replay['status5xx']} 5xx, {replay['status4xx']} 4xx on replays; "
+                 f"{replay_rotations} rotations during the replays; "
+                 f"{cpu_per_1000(*cpu('p9_replay_cpu'), replay['ok']):.2f} CPU s / 1 000 replays, "
+                 f"{cpu_per_1000(*cpu('p9_keyed_cpu'), keyed['ok']):.2f} / 1 000 keyed refreshes "
+                 f"({p1_cpu:.2f} unkeyed)"))
+        series += [("P9 replay", ms(replay["p50_us"]), ms(replay["p99_us"])),
+                   ("P9 keyed refresh", ms(keyed["p50_us"]), ms(keyed["p99_us"]))]
+
     # P2 ---------------------------------------------------------------------------------
     p2b, p2m, p2h = wrk("p2_base"), wrk("p2_mixed"), wrk("p2_hot")
     gaps, refreshed, hot_versions = map(int, read("p2_versions").split("|"))

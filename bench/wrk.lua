@@ -6,6 +6,9 @@
 --   BENCH_RID    x-request-id prefix (P5 finds its events by it)
 --   BENCH_DELAY  milliseconds between requests of one connection (0: closed loop)
 --   BENCH_OUT    where done() writes its JSON summary
+--   BENCH_IDEMPOTENCY  refreshes only: `unique` (a new Idempotency-Key per request: each
+--                rotates and remembers its answer) or `per-connection` (one key per
+--                connection: its first request rotates, every later one is a replay)
 -- Tokens and secrets are derived from the index the way scripts/bench seeds them.
 local kind = os.getenv("BENCH_KIND") or "refresh"
 local lo = tonumber(os.getenv("BENCH_LO") or "1")
@@ -13,6 +16,7 @@ local hi = tonumber(os.getenv("BENCH_HI") or "1")
 local mode = os.getenv("BENCH_MODE") or "random"
 local rid = os.getenv("BENCH_RID") or "bench"
 local delay_ms = tonumber(os.getenv("BENCH_DELAY") or "0")
+local idempotency = os.getenv("BENCH_IDEMPOTENCY")
 
 local threads = {}
 local counter = 1
@@ -68,10 +72,16 @@ function request()
       { ["api-key"] = "bench-secret-" .. i }, "")
   end
   local path = "/api/clients/" .. clients[i] .. "/connections/" .. conns[i] .. "/actions/refresh_secret"
-  return wrk.format("PATCH", path, {
+  local headers = {
     ["Authorization"] = "Bearer bench-token-" .. i,
     ["x-request-id"] = rid .. "-" .. tid .. "-" .. n,
-  }, "")
+  }
+  if idempotency == "unique" then
+    headers["Idempotency-Key"] = '"bench-key-' .. rid .. "-" .. tid .. "-" .. n .. '"'
+  elseif idempotency == "per-connection" then
+    headers["Idempotency-Key"] = '"bench-replay-key-' .. i .. '"'
+  end
+  return wrk.format("PATCH", path, headers, "")
 end
 
 function delay()

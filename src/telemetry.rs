@@ -33,7 +33,7 @@ pub const VERIFY: &str = "mithril_verify_total";
 /// 1 while the instance follows Redis's eviction channel, 0 while Redis is unreachable.
 pub const REDIS_LINK_UP: &str = "mithril_redis_link_up";
 /// The lifetime policy's gauges and counter, named where `mithril-workers` records them.
-pub use kernel::metrics::{REMINDERS, SECRETS_EXPIRED, SECRETS_EXPIRING};
+pub use kernel::metrics::{REMINDER_TICKS, REMINDERS, SECRETS_EXPIRED, SECRETS_EXPIRING};
 
 /// Latency buckets, in seconds, for request histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -251,6 +251,10 @@ impl ReminderMetrics for Metrics {
             &[Label::new("threshold", threshold.to_owned())],
             1,
         );
+    }
+
+    fn ticked(&self) {
+        self.counter(REMINDER_TICKS, &[], 1);
     }
 }
 

@@ -10,8 +10,12 @@ pub trait ReminderMetrics: Send + Sync {
     fn secrets_expired(&self, count: u64);
     /// One reminder sent, of `threshold` (a label, or `expired`).
     fn reminder_sent(&self, threshold: &str);
+    /// One pass of the reminder ticker ended (whether or not it found work): a ticker
+    /// that stopped ticking shows as a counter that stopped.
+    fn ticked(&self);
 }
 
 pub const SECRETS_EXPIRING: &str = "mithril_secrets_expiring";
 pub const SECRETS_EXPIRED: &str = "mithril_secrets_expired";
 pub const REMINDERS: &str = "mithril_reminders_total";
+pub const REMINDER_TICKS: &str = "mithril_reminder_ticks_total";

@@ -13,7 +13,9 @@ use workers::local_time::ShownTime;
 
 use crate::support::smtp::{ReceivedMail, SmtpServer, SmtpState};
 use crate::support::start_workers_with;
-use crate::support::{ALL_SCOPES, TestApp, dump_redis, eventually, fresh_namespace, test_redis};
+use crate::support::{
+    ALL_SCOPES, TestApp, dump_redis, eventually, fresh_namespace, metric, test_redis,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -170,7 +172,17 @@ async fn reminders_go_once_per_threshold_in_the_owners_language_and_never_hold_a
         thresholds_by_connection(&reminders(&smtp_state.messages()))
     );
     // Ten more ticks: nothing more goes out.
-    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    let ticks = || async {
+        metric(
+            &app.get_text("/metrics").await.1,
+            "mithril_reminder_ticks_total",
+        )
+    };
+    let from = ticks().await;
+    assert!(
+        eventually(DEADLINE, || async { ticks().await >= from + 10 }).await,
+        "the ticker goes on ticking"
+    );
     let messages = smtp_state.messages();
     let got = reminders(&messages);
     let by = thresholds_by_connection(&got);

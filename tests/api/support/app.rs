@@ -1,17 +1,12 @@
-//! The application under test: a fresh database per test, the real app on port 0, seed
-//! data, and the database read back.
+//! The application under test: a fresh database per test, the real app on port 0, and
+//! the database read back. Its calls are in `calls.rs`, its seed data in `seeding.rs`.
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use mithril::config::Config;
-use mithril::seed::{self, SeedClient, SeedConnection, SeedFile, SeedToken, SeedUser};
 use mithril::{AppState, Application};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
-use serde_json::Value;
 use uuid::Uuid;
-
-use super::into_parts;
 
 pub const ALL_SCOPES: &str =
     "connection:refresh_secret connection:read connection:write connection:delete";
@@ -158,162 +153,6 @@ impl TestApp {
             .expect("the application stops cleanly");
     }
 
-    pub fn refresh_url(&self, client_id: &str, connection_id: &str) -> String {
-        format!("{}{}", self.address, refresh_path(client_id, connection_id))
-    }
-
-    /// PATCH refresh_secret with an optional bearer token and raw body.
-    pub async fn refresh_raw(
-        &self,
-        client_id: &str,
-        connection_id: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> (u16, Value) {
-        let path = refresh_path(client_id, connection_id);
-        self.call(reqwest::Method::PATCH, &path, token, body).await
-    }
-
-    pub async fn refresh(&self, client_id: Uuid, connection_id: Uuid, token: &str) -> (u16, Value) {
-        self.refresh_raw(
-            &client_id.to_string(),
-            &connection_id.to_string(),
-            Some(token),
-            None,
-        )
-        .await
-    }
-
-    pub async fn refresh_with_grace(
-        &self,
-        client_id: Uuid,
-        connection_id: Uuid,
-        token: &str,
-        grace: u64,
-    ) -> (u16, Value) {
-        let body = format!(r#"{{"grace_period": {grace}}}"#);
-        self.refresh_raw(
-            &client_id.to_string(),
-            &connection_id.to_string(),
-            Some(token),
-            Some(&body),
-        )
-        .await
-    }
-
-    pub async fn verify(&self, secret: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}/api/connections/actions/verify", self.address))
-            .header("api-key", secret)
-            .send()
-            .await
-            .unwrap();
-        into_parts(response).await
-    }
-
-    pub async fn verifies(&self, secret: &str) -> bool {
-        self.verify(secret).await.0 == 200
-    }
-
-    /// A user who owns a new client of `client_type`.
-    pub async fn client(&self, client_type: &str) -> Uuid {
-        self.client_owned_by(client_type, "uk").await.0
-    }
-
-    /// A client of `client_type` whose owner reads notices in `locale`; returns the
-    /// client id and the owner's e-mail.
-    pub async fn client_owned_by(&self, client_type: &str, locale: &str) -> (Uuid, String) {
-        let owner = Uuid::new_v4();
-        let client = Uuid::new_v4();
-        let mut owner_user = user(owner, false);
-        owner_user.locale = locale.to_owned();
-        let email = owner_user.email.clone();
-        self.load(SeedFile {
-            users: vec![owner_user],
-            clients: vec![SeedClient {
-                id: client,
-                name: format!("{client_type} {client}"),
-                client_type: client_type.to_owned(),
-                user_id: owner,
-                is_blocked: false,
-            }],
-            ..SeedFile::default()
-        })
-        .await;
-        (client, email)
-    }
-
-    /// A connection of `client_id` to a new MIS consumer, with a known secret.
-    pub async fn connection(&self, client_id: Uuid) -> (Uuid, String) {
-        let consumer = self.client("MIS").await;
-        let id = Uuid::new_v4();
-        let secret = format!("seeded-{}", Uuid::new_v4().simple());
-        self.load(SeedFile {
-            connections: vec![SeedConnection {
-                id,
-                client_id,
-                consumer_id: consumer,
-                redirect_uri: "https://mis.example.org/cb".to_owned(),
-                secret: Some(secret.clone()),
-            }],
-            ..SeedFile::default()
-        })
-        .await;
-        (id, secret)
-    }
-
-    /// A token for a new user acting through `client_id`.
-    pub async fn token(&self, client_id: Uuid, scope: &str) -> String {
-        self.token_with(
-            client_id,
-            scope,
-            Utc::now() + chrono::Duration::hours(1),
-            false,
-        )
-        .await
-    }
-
-    pub async fn token_with(
-        &self,
-        client_id: Uuid,
-        scope: &str,
-        expires_at: DateTime<Utc>,
-        user_blocked: bool,
-    ) -> String {
-        let user_id = Uuid::new_v4();
-        let value = format!("token-{}", Uuid::new_v4().simple());
-        self.load(SeedFile {
-            users: vec![user(user_id, user_blocked)],
-            tokens: vec![SeedToken {
-                value: value.clone(),
-                user_id,
-                client_id,
-                scope: scope.to_owned(),
-                expires_at,
-            }],
-            ..SeedFile::default()
-        })
-        .await;
-        value
-    }
-
-    /// The scope list of a client type, as an operator would set it.
-    pub async fn set_type_scopes(&self, client_type: &str, scopes: &str) {
-        use sea_orm::sea_query::Expr;
-        use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
-        entity::client_type::Entity::update_many()
-            .col_expr(entity::client_type::Column::Scope, Expr::value(scopes))
-            .filter(entity::client_type::Column::Name.eq(client_type))
-            .exec(&self.db)
-            .await
-            .unwrap();
-    }
-
-    pub async fn load(&self, seed: SeedFile) {
-        seed::load(&self.db, seed).await.unwrap();
-    }
-
     pub async fn query_i64(&self, sql: &str) -> i64 {
         let row = self
             .db
@@ -380,31 +219,6 @@ impl TestApp {
     }
 }
 
-fn user(id: Uuid, is_blocked: bool) -> SeedUser {
-    SeedUser {
-        id,
-        email: format!("owner-{}@example.org", id.simple()),
-        locale: "uk".to_owned(),
-        is_blocked,
-    }
-}
-
-/// The refresh_secret path of one connection.
-pub fn refresh_path(
-    client_id: impl std::fmt::Display,
-    connection_id: impl std::fmt::Display,
-) -> String {
-    format!("/api/clients/{client_id}/connections/{connection_id}/actions/refresh_secret")
-}
-
-/// A client with one connection and a token carrying every connection scope.
-pub struct Owned {
-    pub client_id: Uuid,
-    pub connection_id: Uuid,
-    pub secret: String,
-    pub token: String,
-}
-
 /// Two instances on one database, sharing `redis_url` under a queue namespace of their
 /// own (so no other test's workers take their jobs).
 pub async fn two_instances_on_redis(redis_url: &str) -> (TestApp, TestApp) {
@@ -427,20 +241,6 @@ pub async fn warm(apps: &[&TestApp], secret: &str) {
     for app in apps {
         for _ in 0..2 {
             assert!(app.verifies(secret).await);
-        }
-    }
-}
-
-impl TestApp {
-    pub async fn owned(&self, client_type: &str) -> Owned {
-        let client_id = self.client(client_type).await;
-        let (connection_id, secret) = self.connection(client_id).await;
-        let token = self.token(client_id, ALL_SCOPES).await;
-        Owned {
-            client_id,
-            connection_id,
-            secret,
-            token,
         }
     }
 }

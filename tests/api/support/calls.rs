@@ -1,4 +1,5 @@
-//! Calls of the connection resource beside refresh and verify.
+//! The harness's calls over HTTP: refresh, verify and the rest of the connection
+//! resource.
 use reqwest::Method;
 use serde_json::Value;
 use uuid::Uuid;
@@ -6,6 +7,64 @@ use uuid::Uuid;
 use super::{TestApp, into_parts};
 
 impl TestApp {
+    pub fn refresh_url(&self, client_id: &str, connection_id: &str) -> String {
+        format!("{}{}", self.address, refresh_path(client_id, connection_id))
+    }
+
+    /// PATCH refresh_secret with an optional bearer token and raw body.
+    pub async fn refresh_raw(
+        &self,
+        client_id: &str,
+        connection_id: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let path = refresh_path(client_id, connection_id);
+        self.call(reqwest::Method::PATCH, &path, token, body).await
+    }
+
+    pub async fn refresh(&self, client_id: Uuid, connection_id: Uuid, token: &str) -> (u16, Value) {
+        self.refresh_raw(
+            &client_id.to_string(),
+            &connection_id.to_string(),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    pub async fn refresh_with_grace(
+        &self,
+        client_id: Uuid,
+        connection_id: Uuid,
+        token: &str,
+        grace: u64,
+    ) -> (u16, Value) {
+        let body = format!(r#"{{"grace_period": {grace}}}"#);
+        self.refresh_raw(
+            &client_id.to_string(),
+            &connection_id.to_string(),
+            Some(token),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn verify(&self, secret: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/connections/actions/verify", self.address))
+            .header("api-key", secret)
+            .send()
+            .await
+            .unwrap();
+        into_parts(response).await
+    }
+
+    pub async fn verifies(&self, secret: &str) -> bool {
+        self.verify(secret).await.0 == 200
+    }
+
     /// Any call: `path` starts with `/`; `body` is sent as JSON text when given.
     pub async fn call(
         &self,
@@ -116,4 +175,12 @@ impl TestApp {
             .unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     }
+}
+
+/// The refresh_secret path of one connection.
+pub fn refresh_path(
+    client_id: impl std::fmt::Display,
+    connection_id: impl std::fmt::Display,
+) -> String {
+    format!("/api/clients/{client_id}/connections/{connection_id}/actions/refresh_secret")
 }

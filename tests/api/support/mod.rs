@@ -4,11 +4,14 @@ mod app;
 mod assert;
 mod calls;
 mod processes;
+mod seeding;
 pub mod serve;
 mod shared_redis;
 pub mod smtp;
 
 pub use app::*;
 pub use assert::*;
+pub use calls::*;
 pub use processes::*;
+pub use seeding::*;
 pub use shared_redis::*;

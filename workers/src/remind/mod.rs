@@ -21,7 +21,9 @@ use crate::local_time::ShownTime;
 use crate::mail::ReminderFields;
 use crate::notify::{Notifier, NotifyError};
 use kernel::jobs::RemindOwner;
-use kernel::metrics::{REMINDERS, ReminderMetrics, SECRETS_EXPIRED, SECRETS_EXPIRING};
+use kernel::metrics::{
+    REMINDER_TICKS, REMINDERS, ReminderMetrics, SECRETS_EXPIRED, SECRETS_EXPIRING,
+};
 use kernel::thresholds::Thresholds;
 
 /// A queued reminder whose job has not started this long after it was pushed is pushed
@@ -48,6 +50,10 @@ impl ReminderMetrics for GlobalMetrics {
 
     fn reminder_sent(&self, threshold: &str) {
         metrics::counter!(REMINDERS, "threshold" => threshold.to_owned()).increment(1);
+    }
+
+    fn ticked(&self) {
+        metrics::counter!(REMINDER_TICKS).increment(1);
     }
 }
 

@@ -49,6 +49,7 @@ impl Ticker {
                     "reminder tick failed; the next one retries"
                 );
             }
+            self.metrics.ticked();
         }
     }
 
