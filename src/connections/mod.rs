@@ -6,6 +6,7 @@ pub mod audit;
 mod effects;
 mod error;
 pub mod idempotency;
+mod once;
 mod outbox_rows;
 pub mod policy;
 mod registry;

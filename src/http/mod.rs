@@ -3,6 +3,7 @@ mod envelope;
 mod error;
 mod guard;
 mod handlers;
+mod headers;
 mod input;
 mod observe;
 pub mod openapi;

@@ -9,29 +9,12 @@
 //! lost. A claim is told from a later one by another worker by the lease it wrote.
 use std::time::Duration;
 
+pub use crate::failure::NotifyError;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
 };
-
-/// Why a mail was not sent, and whether trying again can help.
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    /// Retrying cannot help (no such owner, an address the server refuses): dead-letter.
-    #[error("permanent: {0}")]
-    Permanent(String),
-    /// Database, SMTP or file system trouble, or another worker holds the claim: retry
-    /// with backoff.
-    #[error("transient: {0}")]
-    Transient(String),
-}
-
-impl From<sea_orm::DbErr> for NotifyError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        Self::Transient(format!("database: {e}"))
-    }
-}
 
 /// How many times a job waits for another worker's live claim to end before it hands
 /// the mail back to the queue's retries.

@@ -3,6 +3,7 @@
 //! `mithril-workers` binary. What the API shares with it (job payloads, the queue, the
 //! credential rule, settings) is in `kernel`.
 pub mod claim;
+mod failure;
 mod handle;
 pub mod local_time;
 pub mod mail;

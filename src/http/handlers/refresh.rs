@@ -8,12 +8,12 @@ use super::initiator;
 use crate::auth::scope;
 use crate::connections::Rotate;
 use crate::connections::idempotency::{Begun, KeyMaterial};
-use crate::http::error::Invalid;
+use crate::http::Invalid;
 use crate::http::guard::{authorize_connection, existing_connection};
 use crate::http::schemas::{ConnectionWithSecretResponse, ErrorResponse, RefreshRequest};
 use crate::http::state::AppState;
 use crate::http::views::{ConnectionWithSecret, with_secret_expiry};
-use crate::http::{ApiError, RequestMeta, input};
+use crate::http::{ApiError, RequestMeta, headers, input};
 
 /// Set on a refresh answered again for its `Idempotency-Key`.
 const IDEMPOTENT_REPLAYED: actix_web::http::header::HeaderName =
@@ -119,7 +119,7 @@ async fn rotate(
         actor: initiator(&principal, meta),
         remember: None,
     };
-    let rotated = match input::idempotency_key(req)? {
+    let rotated = match headers::idempotency_key(req)? {
         None => state.connections.rotate(cmd).await?,
         Some(key) => {
             let key = KeyMaterial::derive(&key, client_id, connection_id);

@@ -1,0 +1,76 @@
+//! Refreshing once per `Idempotency-Key`: the connection service's side of
+//! `idempotency`, holding a key until its rotation commits and letting it go otherwise.
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use super::idempotency::{self, Begun, KeyMaterial, Ticket};
+use super::rotation::{Remember, RenderAnswer, Rotate, Rotated};
+use super::{ConnectionError, Service};
+
+impl Service {
+    /// What a refresh with `key` (and the grace period asked for) is to do: rotate (the
+    /// key is this request's now), replay the first request's answer, or neither yet.
+    pub async fn begin_once(
+        &self,
+        key: KeyMaterial,
+        grace_period: i64,
+    ) -> Result<Begun, ConnectionError> {
+        idempotency::begin(
+            &self.db,
+            key,
+            idempotency::fingerprint(grace_period),
+            self.idempotency_ttl,
+        )
+        .await
+    }
+
+    /// `rotate`, remembering its answer (`render` gives its `data`) under `ticket`'s key
+    /// in the rotation's own transaction. A rotation that does not commit (an error, or
+    /// a caller who left before its turn, when this future is dropped) lets the key go.
+    pub async fn rotate_once(
+        &self,
+        mut cmd: Rotate,
+        ticket: Ticket,
+        render: RenderAnswer,
+    ) -> Result<Rotated, ConnectionError> {
+        let ticket = Arc::new(ticket);
+        let mut hold = KeyHold {
+            db: self.db.clone(),
+            ticket: Some(ticket.clone()),
+        };
+        cmd.remember = Some(Remember { ticket, render });
+        let rotated = self.rotate(cmd).await;
+        let ticket = hold.ticket.take();
+        if let (Err(_), Some(ticket)) = (&rotated, ticket) {
+            // Let go before answering, so the caller's retry finds the key free.
+            if let Err(e) = idempotency::release(&self.db, &ticket).await {
+                tracing::warn!(error = %e, "letting an idempotency key go failed");
+            }
+        }
+        // Ok: done, in the rotation's transaction; nothing to let go.
+        rotated
+    }
+}
+
+/// A request's hold on its `Idempotency-Key` until its rotation commits: let go when it
+/// does not (dropped on an error, or with the request of a caller who left).
+struct KeyHold {
+    db: DatabaseConnection,
+    ticket: Option<Arc<Ticket>>,
+}
+
+impl Drop for KeyHold {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            let db = self.db.clone();
+            // On a task of its own: a drop cannot wait. Should it fail, the marker's lease
+            // lets the key go a minute later.
+            tokio::spawn(async move {
+                if let Err(e) = idempotency::release(&db, &ticket).await {
+                    tracing::warn!(error = %e, "letting an idempotency key go failed");
+                }
+            });
+        }
+    }
+}
