@@ -196,6 +196,15 @@ async fn a_replay_checks_the_caller_again() {
     assert_eq!(status, 200);
     let (status, body, _) = refresh_keyed(&app, &owned, "no-such-token", KEY, None).await;
     assert_eq!(status, 401, "{body}");
+    let scope = "connection:refresh_secret";
+    let past = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let expired = app.token_with(owned.client_id, scope, past, false).await;
+    let (status, body, _) = refresh_keyed(&app, &owned, &expired, KEY, None).await;
+    assert_eq!(status, 401, "an expired token: {body}");
+    let soon = chrono::Utc::now() + chrono::Duration::hours(1);
+    let blocked = app.token_with(owned.client_id, scope, soon, true).await;
+    let (status, body, _) = refresh_keyed(&app, &owned, &blocked, KEY, None).await;
+    assert_eq!(status, 401, "a blocked user's token: {body}");
     let stranger = app.owned("MSP").await;
     let (status, body, _) = refresh_keyed(&app, &owned, &stranger.token, KEY, None).await;
     assert_eq!(status, 403, "{body}");
