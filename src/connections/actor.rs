@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::ConnectionError;
 use super::effects::AfterCommit;
+use super::idempotency;
 use super::rotation::{Rotate, Rotated, rotate};
 use crate::config::SecretLifetime;
 
@@ -120,12 +121,28 @@ impl Handler<Rotate> for ConnectionActor {
         if self.setup.gate.is_closed() {
             return AtomicResponse::new(Box::pin(fut::ready(Err(ConnectionError::ShuttingDown))));
         }
+        if let Some(remember) = &msg.remember {
+            // The key is this rotation's to settle now, whatever its caller does.
+            remember
+                .started
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let (db, effects) = (self.setup.db.clone(), self.setup.effects.clone());
         let lifetime = self.setup.lifetime;
         AtomicResponse::new(Box::pin(
             async move {
                 let _running = running;
-                let rotated = rotate(&db, &msg, lifetime).await?;
+                let rotated = match rotate(&db, &msg, lifetime).await {
+                    Ok(rotated) => rotated,
+                    Err(e) => {
+                        if let Some(remember) = &msg.remember
+                            && let Err(release) = idempotency::release(&db, &remember.ticket).await
+                        {
+                            tracing::warn!(error = %release, "letting an idempotency key go failed");
+                        }
+                        return Err(e);
+                    }
+                };
                 effects.publish(&rotated.committed).await;
                 Ok(rotated)
             }

@@ -85,6 +85,11 @@ impl KeyMaterial {
         }
     }
 
+    /// The row's key in `idempotent_refreshes`: a digest, never the key.
+    pub fn lookup(&self) -> &str {
+        &self.lookup
+    }
+
     fn cipher(&self) -> Result<ChaCha20Poly1305, ConnectionError> {
         ChaCha20Poly1305::new_from_slice(self.sealing.as_ref())
             .map_err(|e| ConnectionError::Internal(anyhow::anyhow!("sealing key: {e}")))
@@ -180,6 +185,12 @@ fn after(now: DateTime<Utc>, length: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// When a `running` marker may be forgotten: never before its lease ends, however short
+/// the TTL, or a retry (or the pruner) would take the key from a rotation still running.
+fn running_until(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    after(now, ttl.max(RUNNING_LEASE))
+}
+
 /// Finds `key`'s row and says what this request is to do; takes the key when it is free
 /// (no row, a row past its TTL, or a `running` marker whose lease lapsed).
 pub async fn begin(
@@ -188,7 +199,8 @@ pub async fn begin(
     fingerprint: String,
     ttl: Duration,
 ) -> Result<Begun, ConnectionError> {
-    // Twice at most: a row that changed between the read and the write is read again.
+    // A few times at most: a row that changed between the read and the write is read
+    // again.
     for _ in 0..3 {
         let now = Utc::now();
         let row = idempotent_refresh::Entity::find_by_id(key.lookup.clone())
@@ -199,12 +211,23 @@ pub async fn begin(
             None => insert_running(db, &key, &fingerprint, attempt, ttl, now).await?,
             Some(row) if row.expires_at <= now => {
                 // Forgotten: the key rotates again.
+                // CAUTION: only while it is still expired. A request that completed in
+                // between moved `expires_at` on (keeping its attempt): its answer stays.
                 idempotent_refresh::Entity::delete_many()
                     .filter(idempotent_refresh::Column::Lookup.eq(&key.lookup))
                     .filter(idempotent_refresh::Column::Attempt.eq(row.attempt))
+                    .filter(idempotent_refresh::Column::ExpiresAt.lte(now))
                     .exec(db)
                     .await?;
                 continue;
+            }
+            Some(row)
+                if row.state == state::RUNNING
+                    && row.lease_until.is_none_or(|until| until <= now) =>
+            {
+                // Its first request died before it rotated: the key is free, whatever
+                // body that request had.
+                take_over(db, &key, &fingerprint, row.attempt, attempt, ttl, now).await?
             }
             Some(row) if row.fingerprint != fingerprint => return Ok(Begun::OtherBody),
             Some(row) if row.state == state::DONE => {
@@ -218,10 +241,7 @@ pub async fn begin(
                     ))),
                 };
             }
-            Some(row) if row.lease_until.is_some_and(|until| until > now) => {
-                return Ok(Begun::InProgress);
-            }
-            Some(row) => take_over(db, &key, row.attempt, attempt, ttl, now).await?,
+            Some(_) => return Ok(Begun::InProgress),
         };
         if taken {
             return Ok(Begun::Fresh(Ticket { key, attempt, ttl }));
@@ -247,7 +267,7 @@ async fn insert_running(
         attempt: Set(attempt),
         sealed: Set(None),
         lease_until: Set(Some(after(now, RUNNING_LEASE))),
-        expires_at: Set(after(now, ttl)),
+        expires_at: Set(running_until(now, ttl)),
         created_at: Set(now),
     })
     .on_conflict(
@@ -265,6 +285,7 @@ async fn insert_running(
 async fn take_over(
     db: &DatabaseConnection,
     key: &KeyMaterial,
+    fingerprint: &str,
     previous: Uuid,
     attempt: Uuid,
     ttl: Duration,
@@ -281,7 +302,11 @@ async fn take_over(
         )
         .col_expr(
             idempotent_refresh::Column::ExpiresAt,
-            sea_orm::sea_query::Expr::value(after(now, ttl)),
+            sea_orm::sea_query::Expr::value(running_until(now, ttl)),
+        )
+        .col_expr(
+            idempotent_refresh::Column::Fingerprint,
+            sea_orm::sea_query::Expr::value(fingerprint),
         )
         .filter(idempotent_refresh::Column::Lookup.eq(&key.lookup))
         .filter(idempotent_refresh::Column::Attempt.eq(previous))

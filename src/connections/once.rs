@@ -1,6 +1,7 @@
 //! Refreshing once per `Idempotency-Key`: the connection service's side of
 //! `idempotency`, holding a key until its rotation commits and letting it go otherwise.
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sea_orm::DatabaseConnection;
 
@@ -26,8 +27,13 @@ impl Service {
     }
 
     /// `rotate`, remembering its answer (`render` gives its `data`) under `ticket`'s key
-    /// in the rotation's own transaction. A rotation that does not commit (an error, or
-    /// a caller who left before its turn, when this future is dropped) lets the key go.
+    /// in the rotation's own transaction. A rotation that does not commit lets the key go:
+    /// here when it failed before the actor took it (or this future was dropped before
+    /// then: the caller left before its turn), in the actor when it failed there.
+    ///
+    // CAUTION: once the actor has taken the rotation, it finishes whatever the caller
+    // does (the actor's rule); letting the key go from here then would race its
+    // `complete` and roll a rotation back by chance.
     pub async fn rotate_once(
         &self,
         mut cmd: Rotate,
@@ -35,20 +41,27 @@ impl Service {
         render: RenderAnswer,
     ) -> Result<Rotated, ConnectionError> {
         let ticket = Arc::new(ticket);
+        let started = Arc::new(AtomicBool::new(false));
         let mut hold = KeyHold {
             db: self.db.clone(),
             ticket: Some(ticket.clone()),
+            started: started.clone(),
         };
-        cmd.remember = Some(Remember { ticket, render });
+        cmd.remember = Some(Remember {
+            ticket,
+            render,
+            started,
+        });
         let rotated = self.rotate(cmd).await;
-        let ticket = hold.ticket.take();
-        if let (Err(_), Some(ticket)) = (&rotated, ticket) {
-            // Let go before answering, so the caller's retry finds the key free.
-            if let Err(e) = idempotency::release(&self.db, &ticket).await {
+        if let (Err(_), Some(ticket)) = (&rotated, &hold.ticket) {
+            // Let go before answering, so the caller's retry finds the key free (a
+            // second release, after the actor's, finds nothing).
+            if let Err(e) = idempotency::release(&self.db, ticket).await {
                 tracing::warn!(error = %e, "letting an idempotency key go failed");
             }
         }
         // Ok: done, in the rotation's transaction; nothing to let go.
+        hold.ticket = None;
         rotated
     }
 }
@@ -58,11 +71,15 @@ impl Service {
 struct KeyHold {
     db: DatabaseConnection,
     ticket: Option<Arc<Ticket>>,
+    /// Set by the actor as it takes the rotation: from then on the key is its to settle.
+    started: Arc<AtomicBool>,
 }
 
 impl Drop for KeyHold {
     fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
+        if let Some(ticket) = self.ticket.take()
+            && !self.started.load(Ordering::SeqCst)
+        {
             let db = self.db.clone();
             // On a task of its own: a drop cannot wait. Should it fail, the marker's lease
             // lets the key go a minute later.

@@ -42,6 +42,8 @@ pub type RenderAnswer =
 pub struct Remember {
     pub ticket: Arc<Ticket>,
     pub render: RenderAnswer,
+    /// Set by the actor as it takes the rotation (see `Service::rotate_once`).
+    pub started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Remember {

@@ -317,3 +317,96 @@ async fn neither_the_key_nor_the_secret_is_stored_readable() {
         .await;
     assert_eq!(rows, 1);
 }
+
+/// A `running` marker as a first request leaves it: its lease until `lease_until`, its
+/// body `fingerprint`.
+async fn first_request_marker(
+    app: &TestApp,
+    owned: &Owned,
+    key: &str,
+    fingerprint: String,
+    lease_until: chrono::DateTime<chrono::Utc>,
+) {
+    use entity::idempotent_refresh;
+    use sea_orm::ActiveValue::Set;
+    let material = mithril::connections::idempotency::KeyMaterial::derive(
+        key,
+        owned.client_id,
+        owned.connection_id,
+    );
+    let now = chrono::Utc::now();
+    idempotent_refresh::Entity::insert(idempotent_refresh::ActiveModel {
+        lookup: Set(material.lookup().to_owned()),
+        client_id: Set(owned.client_id),
+        connection_id: Set(owned.connection_id),
+        fingerprint: Set(fingerprint),
+        state: Set(idempotent_refresh::state::RUNNING.to_owned()),
+        attempt: Set(uuid::Uuid::now_v7()),
+        sealed: Set(None),
+        lease_until: Set(Some(lease_until)),
+        expires_at: Set(now + chrono::Duration::hours(1)),
+        created_at: Set(now),
+    })
+    .exec_without_returning(&app.db)
+    .await
+    .unwrap();
+}
+
+#[actix_web::test]
+async fn a_first_request_that_died_lets_its_key_go_after_its_lease_whatever_its_body() {
+    use mithril::connections::idempotency::fingerprint;
+    let app = TestApp::spawn().await;
+    let owned = app.owned("MSP").await;
+    let key = "8e03978e-40d5-43e8-bc93-6894a57f9324";
+    // Its lease still runs: in progress.
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(30);
+    first_request_marker(&app, &owned, key, fingerprint(0), soon).await;
+    let (status, body, _) = refresh_keyed(&app, &owned, &owned.token, KEY, None).await;
+    assert_eq!(status, 409, "{body}");
+    // Another key whose first request died (lease over), with another body: processed.
+    let other = "another-first-request-that-died";
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    first_request_marker(&app, &owned, other, fingerprint(60), past).await;
+    let (status, body, replayed) =
+        refresh_keyed(&app, &owned, &owned.token, &format!("\"{other}\""), None).await;
+    assert_eq!((status, replayed), (200, None), "{body}");
+    assert_eq!(rotations(&app, &owned).await, 1);
+}
+
+#[actix_web::test]
+async fn a_short_ttl_does_not_cut_a_running_rotations_marker() {
+    // The setting is the point: a TTL shorter than the running marker's lease.
+    let app = TestApp::spawn_with(|c| {
+        c.rotation.idempotency_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let owned = app.owned("MSP").await;
+    let key = "8e03978e-40d5-43e8-bc93-6894a57f9324";
+    let material = mithril::connections::idempotency::KeyMaterial::derive(
+        key,
+        owned.client_id,
+        owned.connection_id,
+    );
+    // What `begin` writes for a first request, through the service itself.
+    let begun = app.state.connections.begin_once(material, 0).await.unwrap();
+    assert!(matches!(
+        begun,
+        mithril::connections::idempotency::Begun::Fresh(_)
+    ));
+    // Past the TTL, the first request (still running) holds the key: 409, not a
+    // second rotation.
+    let (status, body, _) = refresh_keyed(&app, &owned, &owned.token, KEY, None).await;
+    assert_eq!(status, 409, "{body}");
+    // Its marker outlives the TTL for as long as its lease: a retry past the TTL finds it.
+    let marker = entity::idempotent_refresh::Entity::find()
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = mithril::connections::idempotency::RUNNING_LEASE;
+    assert!(
+        marker.expires_at >= marker.created_at + chrono::Duration::from_std(lease).unwrap(),
+        "{marker:?}"
+    );
+    assert_eq!(rotations(&app, &owned).await, 0);
+}

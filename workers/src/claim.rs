@@ -159,7 +159,7 @@ impl Claims<'_> {
     // CAUTION: a claim whose insert committed but whose answer was lost (a connection cut
     // mid-statement) is still this worker's: the lease it wrote says so. Without that
     // check the job's retry would find its own claim "held" and wait out the lease.
-    async fn claim<K: Claimable>(&self, key: &K) -> Result<Claim, NotifyError>
+    pub async fn claim<K: Claimable>(&self, key: &K) -> Result<Claim, NotifyError>
     where
         <K::Entity as EntityTrait>::ActiveModel: ActiveModelTrait<Entity = K::Entity> + Send,
     {

@@ -80,12 +80,7 @@ impl Pruner {
             return Ok(Pruned::default());
         };
         let (outbox_rows, notices) = self.outbox(cutoff).await?;
-        let idempotency_keys = idempotent_refresh::Entity::delete_many()
-            .filter(idempotent_refresh::Column::ExpiresAt.lt(Utc::now()))
-            .exec(&self.db)
-            .await
-            .context("prune: idempotency keys")?
-            .rows_affected;
+        let idempotency_keys = self.idempotency_keys(Utc::now()).await?;
         let (jobs, gone_workers) = match queue.backend() {
             Backend::Redis(conn) => {
                 let mut jobs = 0;
@@ -106,6 +101,35 @@ impl Pruner {
             gone_workers,
             idempotency_keys,
         })
+    }
+
+    /// Remembered refresh answers past their own expiry, a batch at a time.
+    async fn idempotency_keys(&self, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let mut pruned = 0;
+        loop {
+            let expired: Vec<String> = idempotent_refresh::Entity::find()
+                .select_only()
+                .column(idempotent_refresh::Column::Lookup)
+                .filter(idempotent_refresh::Column::ExpiresAt.lt(now))
+                .limit(BATCH)
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .context("prune: idempotency keys")?;
+            let found = expired.len();
+            if found > 0 {
+                pruned += idempotent_refresh::Entity::delete_many()
+                    .filter(idempotent_refresh::Column::Lookup.is_in(expired))
+                    .filter(idempotent_refresh::Column::ExpiresAt.lt(now))
+                    .exec(&self.db)
+                    .await
+                    .context("prune: idempotency keys")?
+                    .rows_affected;
+            }
+            if (found as u64) < BATCH {
+                return Ok(pruned);
+            }
+        }
     }
 
     /// Outbox rows done with before `cutoff`: notices the reconciler settled (with their

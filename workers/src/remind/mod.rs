@@ -134,7 +134,10 @@ impl Reminders {
             return Ok(Reminded::Moot);
         }
         let claims = self.notifier.claims();
-        let lease = match claims.claim_when_free(&key).await? {
+        // CAUTION: no wait on a held claim here (notices wait): the checks above would be
+        // stale by the time it ended. A held reminder goes back to the job's retry,
+        // which runs them again.
+        let lease = match claims.claim(&key).await? {
             Claim::Ours(lease) => lease,
             Claim::Done => return Ok(Reminded::AlreadyDone),
             Claim::Held => {
