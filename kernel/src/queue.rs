@@ -127,22 +127,36 @@ impl Queue {
 
     /// `J`'s storage on Redis.
     pub fn redis<J: Job>(&self, conn: &ConnectionManager) -> RedisStorage<J> {
-        RedisStorage::new(conn.clone()).with_config(self.redis_config(J::KIND))
+        self.redis_of(conn, J::KIND)
     }
 
     /// `J`'s storage on SQLite.
     pub fn sqlite<J: Job>(&self, pool: &SqlitePool) -> SqliteStorage<J> {
+        self.sqlite_of(pool, J::KIND)
+    }
+
+    /// `J`'s storage on PostgreSQL.
+    pub fn postgres<J: Job>(&self, pool: &PgPool) -> PostgresStorage<J> {
+        self.postgres_of(pool, J::KIND)
+    }
+
+    /// The storage of `kind`'s queue on Redis, holding `T`s: a job type for its workers,
+    /// JSON for the push of a checked payload.
+    fn redis_of<T>(&self, conn: &ConnectionManager, kind: &str) -> RedisStorage<T> {
+        RedisStorage::new(conn.clone()).with_config(self.redis_config(kind))
+    }
+
+    fn sqlite_of<T>(&self, pool: &SqlitePool, kind: &str) -> SqliteStorage<T> {
         let config = apalis_sqlite::Config::default()
-            .queue(self.keys.queue(J::KIND))
+            .queue(self.keys.queue(kind))
             .heartbeat_interval(HEARTBEAT)
             .missed_heartbeats(MISSED_HEARTBEATS);
         SqliteStorage::new(pool).with_config(config)
     }
 
-    /// `J`'s storage on PostgreSQL.
-    pub fn postgres<J: Job>(&self, pool: &PgPool) -> PostgresStorage<J> {
+    fn postgres_of<T>(&self, pool: &PgPool, kind: &str) -> PostgresStorage<T> {
         let config = apalis_postgres::Config::default()
-            .queue(self.keys.queue(J::KIND))
+            .queue(self.keys.queue(kind))
             .heartbeat_interval(HEARTBEAT)
             .missed_heartbeats(MISSED_HEARTBEATS);
         PostgresStorage::new(pool).with_config(config)
@@ -167,25 +181,23 @@ impl Queue {
     /// Pushes a checked payload onto `kind`'s queue, as it is: a job is JSON on every
     /// backend, so the worker of `kind` reads it as its own type.
     async fn push_payload(&self, kind: &str, payload: serde_json::Value) -> Result<(), QueueError> {
-        let queue = self.keys.queue(kind);
+        use serde_json::Value;
         match &self.backend {
-            Backend::Redis(conn) => {
-                let config = RedisConfig::default().queue(&queue);
-                let mut storage =
-                    RedisStorage::<serde_json::Value>::new(conn.clone()).with_config(config);
-                storage.push(payload).await.map_err(refused)
-            }
-            Backend::Sqlite(pool) => {
-                let config = apalis_sqlite::Config::default().queue(&queue);
-                let mut storage = SqliteStorage::<serde_json::Value>::new(pool).with_config(config);
-                storage.push(payload).await.map_err(refused)
-            }
-            Backend::Postgres(pool) => {
-                let config = apalis_postgres::Config::default().queue(&queue);
-                let mut storage =
-                    PostgresStorage::<serde_json::Value>::new(pool).with_config(config);
-                storage.push(payload).await.map_err(refused)
-            }
+            Backend::Redis(conn) => self
+                .redis_of::<Value>(conn, kind)
+                .push(payload)
+                .await
+                .map_err(refused),
+            Backend::Sqlite(pool) => self
+                .sqlite_of::<Value>(pool, kind)
+                .push(payload)
+                .await
+                .map_err(refused),
+            Backend::Postgres(pool) => self
+                .postgres_of::<Value>(pool, kind)
+                .push(payload)
+                .await
+                .map_err(refused),
         }
     }
 }

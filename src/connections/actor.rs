@@ -135,10 +135,8 @@ impl Handler<Rotate> for ConnectionActor {
                 let rotated = match rotate(&db, &msg, lifetime).await {
                     Ok(rotated) => rotated,
                     Err(e) => {
-                        if let Some(remember) = &msg.remember
-                            && let Err(release) = idempotency::release(&db, &remember.ticket).await
-                        {
-                            tracing::warn!(error = %release, "letting an idempotency key go failed");
+                        if let Some(remember) = &msg.remember {
+                            idempotency::release(&db, &remember.ticket).await;
                         }
                         return Err(e);
                     }

@@ -60,7 +60,11 @@ impl fmt::Debug for KeyMaterial {
 impl KeyMaterial {
     /// Derives the lookup and the sealing key of `key` (the header's characters) on the
     /// connection `connection_id` of `client_id`: the same key elsewhere is another key.
-    pub fn derive(key: &str, client_id: Uuid, connection_id: Uuid) -> Self {
+    pub fn derive(
+        key: &str,
+        client_id: Uuid,
+        connection_id: Uuid,
+    ) -> Result<Self, ConnectionError> {
         let lookup = hex_sha256(&[
             LOOKUP_LABEL,
             client_id.as_bytes(),
@@ -71,18 +75,19 @@ impl KeyMaterial {
         context[..16].copy_from_slice(client_id.as_bytes());
         context[16..].copy_from_slice(connection_id.as_bytes());
         let mut sealing = Zeroizing::new([0u8; 32]);
-        // CAUTION: 32 bytes is far below HKDF-SHA256's limit (255 × 32), so this cannot
-        // fail; were it to, an all-zero key would seal, so it is checked all the same.
-        let expanded = Hkdf::<Sha256>::new(Some(SEALING_SALT), key.as_bytes())
+        // 32 bytes is far below HKDF-SHA256's limit (255 × 32); were it ever refused, the
+        // all-zero key must not seal anything, so the refusal is an error.
+        Hkdf::<Sha256>::new(Some(SEALING_SALT), key.as_bytes())
             .expand(&context, sealing.as_mut())
-            .is_ok();
-        debug_assert!(expanded);
-        Self {
+            .map_err(|e| {
+                ConnectionError::Internal(anyhow::anyhow!("deriving a sealing key: {e}"))
+            })?;
+        Ok(Self {
             lookup,
             sealing,
             client_id,
             connection_id,
-        }
+        })
     }
 
     /// The row's key in `idempotent_refreshes`: a digest, never the key.
@@ -360,15 +365,18 @@ pub async fn complete(
 }
 
 /// Lets the key go after a request that did not rotate (an error, or a caller who left
-/// before its turn): the key may be used again at once.
-pub async fn release(db: &DatabaseConnection, ticket: &Ticket) -> Result<(), DbErr> {
-    idempotent_refresh::Entity::delete_many()
+/// before its turn): the key may be used again at once. Best effort: should it fail, the
+/// marker's lease lets the key go a minute later.
+pub async fn release(db: &DatabaseConnection, ticket: &Ticket) {
+    let released = idempotent_refresh::Entity::delete_many()
         .filter(idempotent_refresh::Column::Lookup.eq(&ticket.key.lookup))
         .filter(idempotent_refresh::Column::Attempt.eq(ticket.attempt))
         .filter(idempotent_refresh::Column::State.eq(state::RUNNING))
         .exec(db)
-        .await?;
-    Ok(())
+        .await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "letting an idempotency key go failed");
+    }
 }
 
 #[cfg(test)]
@@ -385,13 +393,14 @@ mod tests {
     #[test]
     fn only_the_callers_key_opens_its_answer() {
         let (client, connection) = (Uuid::new_v4(), Uuid::new_v4());
-        let key = KeyMaterial::derive("a-key-of-sixteen-chars", client, connection);
+        let key = KeyMaterial::derive("a-key-of-sixteen-chars", client, connection).unwrap();
         let sealed = key.seal(&answer()).unwrap();
         assert!(!sealed.contains("s3cr3t"));
         assert_eq!(key.open(&sealed).unwrap().data, answer().data);
-        let other = KeyMaterial::derive("a-key-of-sixteen-chars!", client, connection);
+        let other = KeyMaterial::derive("a-key-of-sixteen-chars!", client, connection).unwrap();
         assert!(other.open(&sealed).is_none(), "another key opens nothing");
-        let elsewhere = KeyMaterial::derive("a-key-of-sixteen-chars", client, Uuid::new_v4());
+        let elsewhere =
+            KeyMaterial::derive("a-key-of-sixteen-chars", client, Uuid::new_v4()).unwrap();
         assert!(
             elsewhere.open(&sealed).is_none(),
             "nor the same key elsewhere"
@@ -408,7 +417,7 @@ mod tests {
 
     #[test]
     fn the_lookup_and_the_debug_output_hold_no_key() {
-        let key = KeyMaterial::derive("my-idempotency-key-123", Uuid::nil(), Uuid::nil());
+        let key = KeyMaterial::derive("my-idempotency-key-123", Uuid::nil(), Uuid::nil()).unwrap();
         assert!(!key.lookup.contains("my-idempotency"));
         assert!(!format!("{key:?}").contains("my-idempotency"));
         assert_eq!(fingerprint(0), fingerprint(0));

@@ -56,9 +56,7 @@ impl Service {
         if let (Err(_), Some(ticket)) = (&rotated, &hold.ticket) {
             // Let go before answering, so the caller's retry finds the key free (a
             // second release, after the actor's, finds nothing).
-            if let Err(e) = idempotency::release(&self.db, ticket).await {
-                tracing::warn!(error = %e, "letting an idempotency key go failed");
-            }
+            idempotency::release(&self.db, ticket).await;
         }
         // Ok: done, in the rotation's transaction; nothing to let go.
         hold.ticket = None;
@@ -83,11 +81,7 @@ impl Drop for KeyHold {
             let db = self.db.clone();
             // On a task of its own: a drop cannot wait. Should it fail, the marker's lease
             // lets the key go a minute later.
-            tokio::spawn(async move {
-                if let Err(e) = idempotency::release(&db, &ticket).await {
-                    tracing::warn!(error = %e, "letting an idempotency key go failed");
-                }
-            });
+            tokio::spawn(async move { idempotency::release(&db, &ticket).await });
         }
     }
 }

@@ -333,7 +333,8 @@ async fn first_request_marker(
         key,
         owned.client_id,
         owned.connection_id,
-    );
+    )
+    .unwrap();
     let now = chrono::Utc::now();
     idempotent_refresh::Entity::insert(idempotent_refresh::ActiveModel {
         lookup: Set(material.lookup().to_owned()),
@@ -386,7 +387,8 @@ async fn a_short_ttl_does_not_cut_a_running_rotations_marker() {
         key,
         owned.client_id,
         owned.connection_id,
-    );
+    )
+    .unwrap();
     // What `begin` writes for a first request, through the service itself.
     let begun = app.state.connections.begin_once(material, 0).await.unwrap();
     assert!(matches!(

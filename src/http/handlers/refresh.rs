@@ -122,7 +122,7 @@ async fn rotate(
     let rotated = match headers::idempotency_key(req)? {
         None => state.connections.rotate(cmd).await?,
         Some(key) => {
-            let key = KeyMaterial::derive(&key, client_id, connection_id);
+            let key = KeyMaterial::derive(&key, client_id, connection_id)?;
             match state.connections.begin_once(key, grace_period).await? {
                 Begun::Fresh(ticket) => {
                     let render =
