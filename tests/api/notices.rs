@@ -62,6 +62,25 @@ pub async fn sent_count(app: &TestApp) -> u64 {
         .unwrap()
 }
 
+/// Rotation notices the mail server accepted: not the stale-secret notices that a test
+/// presenting a retired secret also causes, a flush later.
+pub async fn sent_rotation_notices(app: &TestApp) -> u64 {
+    let rotations: Vec<Uuid> = connection_event::Entity::find()
+        .filter(connection_event::Column::Kind.eq("secret_refreshed"))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.id)
+        .collect();
+    sent_notification::Entity::find()
+        .filter(sent_notification::Column::State.eq(sent_notification::state::SENT))
+        .filter(sent_notification::Column::EventId.is_in(rotations))
+        .count(&app.db)
+        .await
+        .unwrap()
+}
+
 #[actix_web::test]
 async fn one_refresh_sends_one_notice_to_the_owner_in_their_language() {
     let smtp_state = SmtpState::default();
