@@ -25,6 +25,10 @@ pub struct NotifyStaleSecret {
     pub consumer_id: Uuid,
     /// The UTC day of the sightings it tells of.
     pub day: chrono::NaiveDate,
+    /// When the flush that found the day's first sighting committed: the delivery SLI
+    /// counts from it. Absent in jobs of releases before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
 }
 
 impl NotifyStaleSecret {
@@ -78,6 +82,10 @@ pub struct RemindOwner {
     pub threshold: String,
     /// The expiry the ticker saw, for the logs; the handler reads the row again.
     pub expires_at: DateTime<Utc>,
+    /// When the ticker pushed it: a reminder has no commit, so the delivery SLI counts
+    /// from the push. Absent in jobs of releases before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
 }
 
 /// A job type: its kind names its outbox rows and its queue.

@@ -4,6 +4,7 @@
 //! and the log set-up. It knows nothing of HTTP or of how a job is handled.
 pub mod credentials;
 pub mod db;
+pub mod health;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;

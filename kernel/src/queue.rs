@@ -162,6 +162,52 @@ impl Queue {
         PostgresStorage::new(pool).with_config(config)
     }
 
+    /// Jobs of `kind` waiting to be taken (neither running, done nor dead).
+    pub async fn depth(&self, kind: &str) -> anyhow::Result<u64> {
+        let queue = self.keys.queue(kind);
+        let waiting: i64 =
+            match &self.backend {
+                // apalis keeps a Redis queue's waiting jobs in the list `<queue>:active`.
+                Backend::Redis(conn) => {
+                    redis::cmd("LLEN")
+                        .arg(format!("{queue}:active"))
+                        .query_async(&mut conn.clone())
+                        .await?
+                }
+                Backend::Sqlite(pool) => {
+                    sea_orm::sqlx::query_scalar(
+                        "SELECT count(*) FROM Jobs WHERE job_type = ?1 AND status = 'Pending'",
+                    )
+                    .bind(queue)
+                    .fetch_one(pool)
+                    .await?
+                }
+                Backend::Postgres(pool) => sea_orm::sqlx::query_scalar(
+                    "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending'",
+                )
+                .bind(queue)
+                .fetch_one(pool)
+                .await?,
+            };
+        Ok(u64::try_from(waiting).unwrap_or(0))
+    }
+
+    /// Succeeds when the queue's backend answers.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redis(conn) => redis::cmd("PING").query_async(&mut conn.clone()).await?,
+            Backend::Sqlite(pool) => sea_orm::sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(drop)?,
+            Backend::Postgres(pool) => sea_orm::sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(drop)?,
+        }
+        Ok(())
+    }
+
     /// Pushes an outbox row's payload as the job its `kind` names.
     pub async fn push(&self, kind: &str, payload: serde_json::Value) -> Result<(), QueueError> {
         let (kind, check) = Self::OUTBOX_KINDS

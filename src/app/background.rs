@@ -103,7 +103,7 @@ pub(super) fn start_domain(
             config.mail.smtp_url.as_deref(),
             &config.mail.from,
             Some(local),
-            Arc::new(infra.metrics.clone()),
+            infra.metrics.registry().clone(),
         )?;
         let (queue, grace) = (infra.queue.clone(), config.shutdown.timeout);
         Some(tokio::spawn(async move {

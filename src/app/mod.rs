@@ -99,6 +99,9 @@ impl Application {
         infra.spawn_upkeep();
         let (relay, connections, background) = start_domain(&config, &infra)?;
         let readiness = infra.readiness(&background.draining, checks);
+        let state_workers = config
+            .run_workers
+            .then(|| (infra.db.clone(), infra.queue.clone()));
         let (http_workers, shutdown_timeout) =
             (config.http.workers, config.shutdown.timeout.as_secs());
         let state = web::Data::new(AppState {
@@ -107,6 +110,7 @@ impl Application {
             connections,
             relay,
             metrics: infra.metrics.clone(),
+            workers: state_workers,
             readiness,
         });
         let server = serve(state.clone(), listener, http_workers, shutdown_timeout)?;

@@ -185,14 +185,16 @@ impl Sightings {
             // row (on whichever instance) queues the notice, and the notice's claim is
             // keyed by connection and day as well.
             if key.reason == Reason::Retired {
+                let now = Utc::now();
                 let job = NotifyStaleSecret {
                     event_id: NotifyStaleSecret::event_id(key.connection_id, key.day),
                     connection_id: key.connection_id,
                     client_id: tally.client_id,
                     consumer_id: tally.consumer_id,
                     day: key.day,
+                    occurred_at: Some(now),
                 };
-                let (id, row) = super::outbox_rows::row(&job, Utc::now())
+                let (id, row) = super::outbox_rows::row(&job, now)
                     .map_err(|e| DbErr::Custom(format!("encoding a notice: {e}")))?;
                 outbox::Entity::insert(row)
                     .exec_without_returning(&txn)

@@ -18,6 +18,10 @@ pub struct AppState {
     pub relay: OutboxRelay,
     /// This application's own recorder: `/metrics` renders it.
     pub metrics: Metrics,
+    /// The database and queue of the in-process job workers (`None` with
+    /// `--no-workers`): `/metrics` samples their readiness and the queue's depth, as
+    /// `mithril-workers` does.
+    pub workers: Option<(sea_orm::DatabaseConnection, kernel::queue::Queue)>,
     /// What `/health/ready` asks: the database always, then Redis where configured, then
     /// whatever was passed to `Application::build_with_checks`.
     pub readiness: Vec<Arc<dyn ReadinessCheck>>,

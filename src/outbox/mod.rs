@@ -10,8 +10,8 @@ use kernel::queue::{Backend, Queue, QueueError};
 use sea_orm::sea_query::{Expr, ExprTrait as _, LockBehavior, LockType, SimpleExpr};
 use sea_orm::{
     ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
-    EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
-    Select, TransactionTrait as _,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Select,
+    TransactionTrait as _,
 };
 use uuid::Uuid;
 
@@ -34,6 +34,14 @@ pub struct OutboxRelay {
     /// A notice row (`notify_owner`, `notify_stale_secret`) whose notice is neither sent nor dead this long after its
     /// dispatch is pushed again.
     reconcile_after: Duration,
+}
+
+/// The rows the relay owes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Backlog {
+    pub rows: u64,
+    /// How long the oldest has waited; zero when there is none.
+    pub oldest: Duration,
 }
 
 /// What is done with claimed rows.
@@ -202,13 +210,25 @@ impl OutboxRelay {
         }
     }
 
-    /// Rows written but not yet pushed (nor set aside): the backlog the relay owes.
-    pub async fn pending(&self) -> Result<u64, DbErr> {
-        outbox::Entity::find()
+    /// Rows written but not yet pushed (nor set aside): the backlog the relay owes, and
+    /// how long the oldest of them has waited.
+    pub async fn backlog(&self) -> Result<Backlog, DbErr> {
+        let (rows, oldest): (i64, Option<DateTime<Utc>>) = outbox::Entity::find()
+            .select_only()
+            .column_as(outbox::Column::Id.count(), "rows")
+            .column_as(outbox::Column::CreatedAt.min(), "oldest")
             .filter(outbox::Column::DispatchedAt.is_null())
             .filter(outbox::Column::DeadAt.is_null())
-            .count(&self.db)
-            .await
+            .into_tuple()
+            .one(&self.db)
+            .await?
+            .unwrap_or((0, None));
+        Ok(Backlog {
+            rows: u64::try_from(rows).unwrap_or(0),
+            oldest: oldest
+                .and_then(|at| (Utc::now() - at).to_std().ok())
+                .unwrap_or_default(),
+        })
     }
 
     /// Runs `sweep` every second, and `reconcile` every `reconcile_every`, until `stop`
@@ -345,7 +365,7 @@ impl OutboxRelay {
             Ok(()) => Ok(Pushed::Yes),
             Err(e @ (QueueError::UnknownKind(_) | QueueError::Payload(_))) => {
                 tracing::error!(outbox_id = %row.id, kind = row.kind, error = %e, "outbox row can never be pushed; set aside");
-                metrics::counter!("mithril_outbox_dead_total").increment(1);
+                metrics::counter!(kernel::metrics::OUTBOX_DEAD).increment(1);
                 outbox::Entity::update_many()
                     .col_expr(outbox::Column::DeadAt, Expr::value(Utc::now()))
                     .filter(outbox::Column::Id.eq(row.id))
@@ -355,7 +375,7 @@ impl OutboxRelay {
                 Ok(Pushed::Dead)
             }
             Err(e @ QueueError::Push(_)) => {
-                metrics::counter!("mithril_outbox_push_failures_total").increment(1);
+                metrics::counter!(kernel::metrics::OUTBOX_PUSH_FAILURES).increment(1);
                 Err(e).context("outbox: pushing to the queue")
             }
         }

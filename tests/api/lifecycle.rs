@@ -321,6 +321,7 @@ async fn two_workers_handed_the_same_notice_send_one_e_mail() {
     let notifier = || {
         Arc::new(workers::notify::Notifier {
             db: app.db.clone(),
+            metrics: kernel::metrics::Registry::new(),
             mailer: workers::mail::Mailer::new(
                 Some(&smtp.url()),
                 &app.state.config.workers.mail_dir,
@@ -355,6 +356,7 @@ async fn giving_up_a_notice_spares_another_workers_live_claim() {
     let app = TestApp::spawn_with(|c| c.run_workers = false).await;
     let notifier = workers::notify::Notifier {
         db: app.db.clone(),
+        metrics: kernel::metrics::Registry::new(),
         mailer: workers::mail::Mailer::new(None, &app.state.config.workers.mail_dir).unwrap(),
         templates: workers::mail::Templates::load().unwrap(),
         mail_from: "Mithril <m@example.org>".to_owned(),

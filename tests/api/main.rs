@@ -32,3 +32,4 @@ mod sightings;
 mod support;
 mod upgrade;
 mod verify;
+mod workers_probe;

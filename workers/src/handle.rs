@@ -2,12 +2,14 @@
 //! `MailJob`), one for invalidations; and what an attempt comes to (done, retried, or
 //! dead-lettered).
 use std::sync::Arc;
+use std::time::Instant;
 
 use apalis::prelude::*;
 use entity::connection;
 use kernel::credentials::CredentialChange;
 use kernel::credentials::redis_cache::RedisCredentials;
 use kernel::jobs::{self, InvalidateCredentials, Job, NotifyOwner, NotifyStaleSecret, RemindOwner};
+use kernel::metrics::Registry;
 use kernel::settings::RetrySettings;
 use sea_orm::{DatabaseConnection, EntityTrait as _};
 
@@ -128,13 +130,15 @@ pub(crate) async fn send_mail<J: MailJob>(
     job: J,
     sender: Data<Arc<J::Sender>>,
     retry: Data<RetrySettings>,
+    metrics: Data<Registry>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
+    let tally = Tally::start(J::KIND, &metrics);
     let id = job.id();
     let (sending, sent_job) = (Arc::clone(&sender), job.clone());
     let sent = unbroken(sent_job.send(sending)).await;
     let give_up = || job.give_up(&sender);
-    conclude(J::KIND, &id, sent, &attempt, &retry, give_up).await
+    conclude(&tally, &id, sent, &attempt, &retry, give_up).await
 }
 
 /// A notice's outcome, as `mithril_jobs_total` counts it.
@@ -164,7 +168,7 @@ async fn unbroken<T: Send + 'static>(
 /// outcome), retried, or dead-lettered, and then marked dead by `give_up` so that
 /// neither the reconciler nor the ticker sends it again.
 async fn conclude<Fut>(
-    job: &'static str,
+    tally: &Tally<'_>,
     id: &uuid::Uuid,
     done: Result<&'static str, NotifyError>,
     attempt: &Attempt,
@@ -176,16 +180,16 @@ where
 {
     match done {
         Ok(label) => {
-            outcome(job, label);
+            tally.outcome(label);
             Ok(())
         }
-        Err(NotifyError::Permanent(reason)) => Err(dead_letter(job, id, &reason)),
+        Err(NotifyError::Permanent(reason)) => Err(dead_letter(tally, id, &reason)),
         Err(NotifyError::Transient(reason)) => {
-            let result = retry_or_dead_letter(job, id, reason, attempt, retry);
+            let result = retry_or_dead_letter(tally, id, reason, attempt, retry);
             if is_final(&result)
                 && let Err(e) = give_up().await
             {
-                tracing::warn!(job, %id, error = %e, "marking it dead failed");
+                tracing::warn!(job = tally.job, %id, error = %e, "marking it dead failed");
             }
             result
         }
@@ -196,20 +200,16 @@ pub(crate) async fn invalidate_credentials(
     job: InvalidateCredentials,
     invalidator: Data<Arc<Invalidator>>,
     retry: Data<RetrySettings>,
+    metrics: Data<Registry>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
+    let tally = Tally::start(jobs::INVALIDATE_CREDENTIALS, &metrics);
     match invalidator.apply(&job).await {
         Ok(()) => {
-            outcome(jobs::INVALIDATE_CREDENTIALS, "ok");
+            tally.outcome("ok");
             Ok(())
         }
-        Err(e) => retry_or_dead_letter(
-            jobs::INVALIDATE_CREDENTIALS,
-            &job.event_id,
-            e.to_string(),
-            &attempt,
-            &retry,
-        ),
+        Err(e) => retry_or_dead_letter(&tally, &job.event_id, e.to_string(), &attempt, &retry),
     }
 }
 
@@ -221,33 +221,53 @@ fn is_final(result: &Result<(), BoxDynError>) -> bool {
         .is_some_and(|e| e.downcast_ref::<AbortError>().is_some())
 }
 
-fn outcome(job: &'static str, outcome: &'static str) {
-    metrics::counter!("mithril_jobs_total", "job" => job, "outcome" => outcome).increment(1);
+/// One job attempt, counted once it comes to an outcome: `mithril_jobs_total` and
+/// `mithril_job_duration_seconds` by kind and outcome.
+struct Tally<'a> {
+    job: &'static str,
+    started: Instant,
+    metrics: &'a Registry,
+}
+
+impl<'a> Tally<'a> {
+    fn start(job: &'static str, metrics: &'a Registry) -> Self {
+        Self {
+            job,
+            started: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn outcome(&self, outcome: &'static str) {
+        self.metrics
+            .job_done(self.job, outcome, self.started.elapsed());
+    }
 }
 
 fn retry_or_dead_letter(
-    job: &'static str,
+    tally: &Tally<'_>,
     event_id: &uuid::Uuid,
     reason: String,
     attempt: &Attempt,
     retry: &RetrySettings,
 ) -> Result<(), BoxDynError> {
+    let job = tally.job;
     if attempt.current() > retry.retries {
         return Err(dead_letter(
-            job,
+            tally,
             event_id,
             &format!("gave up after {} attempts: {reason}", attempt.current()),
         ));
     }
-    outcome(job, "retry");
+    tally.outcome("retry");
     tracing::warn!(job, %event_id, attempt = attempt.current(), reason, "job failed; retrying with backoff");
     Err(reason.into())
 }
 
 /// CAUTION: a dead-lettered job is visible in the log and in
 /// `mithril_jobs_total{outcome="dead"}`; apalis keeps it in its dead set.
-fn dead_letter(job: &'static str, event_id: &uuid::Uuid, reason: &str) -> BoxDynError {
-    outcome(job, "dead");
-    tracing::error!(job, %event_id, reason, "job dead-lettered");
+fn dead_letter(tally: &Tally<'_>, event_id: &uuid::Uuid, reason: &str) -> BoxDynError {
+    tally.outcome("dead");
+    tracing::error!(job = tally.job, %event_id, reason, "job dead-lettered");
     AbortError::new(reason.to_owned()).into()
 }

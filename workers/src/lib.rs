@@ -9,6 +9,7 @@ pub mod local_time;
 pub mod mail;
 pub mod notify;
 pub mod poll;
+pub mod probe;
 pub mod prune;
 pub mod remind;
 pub mod run;

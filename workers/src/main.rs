@@ -1,13 +1,13 @@
 //! `mithril-workers`: runs only the job workers (owner notices, cache invalidation,
 //! reminders before secrets expire, and their ticker).
 //! Any number may run at once, against the same database and Redis as the API.
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use kernel::metrics::Registry;
 use kernel::queue::Queue;
 use kernel::settings::{Common, MAX_SHUTDOWN_TIMEOUT, WorkerSettings, check_bounds, redacted};
-use workers::remind::GlobalMetrics;
+use workers::probe::Probe;
 use workers::run::{Workers, run};
 
 #[derive(Parser)]
@@ -21,6 +21,9 @@ struct Cli {
     common: Common,
     #[command(flatten)]
     workers: WorkerSettings,
+    /// Where the probes (`/health/live`, `/health/ready`) and `/metrics` listen.
+    #[arg(long, env = "MITHRIL_WORKERS_BIND", default_value = "127.0.0.1:4001")]
+    bind: std::net::SocketAddr,
 }
 
 #[tokio::main]
@@ -48,6 +51,23 @@ async fn main() -> anyhow::Result<()> {
         &cli.workers.queue_namespace,
     )
     .await?;
+    // Bound before any work starts: a port in use is a start-up error, not a silent gap
+    // in the scrape.
+    let listener = std::net::TcpListener::bind(cli.bind)
+        .map_err(|e| anyhow::anyhow!("binding MITHRIL_WORKERS_BIND {}: {e}", cli.bind))?;
+    let bound = listener.local_addr()?;
+    let metrics = Registry::new();
+    // The apalis and outbox code that only reaches the `metrics` macros lands here too.
+    metrics.install_global();
+    tokio::spawn(metrics.keep_up());
+    let probes = Probe {
+        db: db.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+    }
+    .serve(listener)?;
+    let probes_handle = probes.handle();
+    tokio::spawn(probes);
     let workers = Workers::build(
         &cli.workers,
         &db,
@@ -55,13 +75,14 @@ async fn main() -> anyhow::Result<()> {
         smtp_url,
         &common.mail_from,
         None,
-        Arc::new(GlobalMetrics),
+        metrics,
     )?;
     tracing::info!(
         database = redacted(&common.database_url),
         redis = redis_url.map(redacted),
         smtp = smtp_url.map(redacted),
         namespace = cli.workers.queue_namespace,
+        probes = %bound,
         "mithril-workers running"
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -71,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     run(queue, workers, common.shutdown_timeout(), stopped).await?;
+    probes_handle.stop(true).await;
     tracing::info!("mithril-workers stopped");
     Ok(())
 }

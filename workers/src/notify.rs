@@ -20,10 +20,18 @@ use crate::mail::{
     DeliveryError, Locale, Mailer, NoticeFields, RenderedNotice, StaleFields, Templates, compose,
 };
 use kernel::jobs::{NotifyOwner, NotifyStaleSecret};
+use kernel::metrics::Registry;
+
+/// How long ago `at` was (zero for a time in the future: clocks of two hosts disagree).
+pub(crate) fn since(at: DateTime<Utc>) -> Duration {
+    (Utc::now() - at).to_std().unwrap_or_default()
+}
 
 /// What sending a notice needs, shared by every job.
 pub struct Notifier {
     pub db: DatabaseConnection,
+    /// Where the delivery SLI goes.
+    pub metrics: Registry,
     pub mailer: Mailer,
     pub templates: Templates,
     pub mail_from: String,
@@ -82,22 +90,31 @@ impl Notifier {
     /// notice being lost.
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, connection_id = %job.connection_id))]
     pub async fn notify(&self, job: &NotifyOwner) -> Result<Notified, NotifyError> {
-        self.send_once(job.event_id, self.compose_rotation(job))
-            .await
+        let since = Some(job.occurred_at);
+        self.send_once(
+            job.event_id,
+            ("rotation", since),
+            self.compose_rotation(job),
+        )
+        .await
     }
 
     /// Sends the owner's notice that a retired secret of a connection is still
     /// presented: once, through the same claim as a rotation notice.
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, connection_id = %job.connection_id))]
     pub async fn notify_stale(&self, job: &NotifyStaleSecret) -> Result<Notified, NotifyError> {
-        self.send_once(job.event_id, self.compose_stale(job)).await
+        let since = job.occurred_at;
+        self.send_once(job.event_id, ("stale", since), self.compose_stale(job))
+            .await
     }
 
     /// Claims the notice `event_id`, then sends what `message` composes (composed only
-    /// once the claim is this worker's), then records the outcome.
+    /// once the claim is this worker's), then records the outcome, and the time since
+    /// the change it tells of (the SLI's `kind`, and the change's time where the job has it).
     async fn send_once(
         &self,
         event_id: Uuid,
+        (kind, changed_at): (&'static str, Option<DateTime<Utc>>),
         message: impl Future<Output = Result<Message, NotifyError>>,
     ) -> Result<Notified, NotifyError> {
         let claims = self.claims();
@@ -118,6 +135,9 @@ impl Notifier {
             }
         };
         claims.send(&notice, lease, send).await?;
+        if let Some(changed_at) = changed_at {
+            self.metrics.notice_delivered(kind, since(changed_at));
+        }
         Ok(Notified::Sent)
     }
 

@@ -7,7 +7,7 @@ use apalis::layers::retry::{HasherRng, RetryPolicy};
 use apalis::prelude::*;
 use kernel::credentials::redis_cache::RedisCredentials;
 use kernel::jobs::{InvalidateCredentials, Job, NotifyOwner, NotifyStaleSecret, RemindOwner};
-use kernel::metrics::ReminderMetrics;
+use kernel::metrics::Registry;
 use kernel::queue::{Backend, Queue};
 use kernel::redis_connect::RedisKeys;
 use kernel::settings::{RetrySettings, WorkerSettings};
@@ -36,12 +36,14 @@ pub struct Workers {
     /// How often an idle worker asks the queue for work (apalis otherwise waits for its
     /// 30 s heartbeat).
     pub poll_interval: Duration,
+    /// Where the jobs' metrics go.
+    pub metrics: Registry,
 }
 
 impl Workers {
     /// The workers of `settings`, the same in `mithril serve` and `mithril-workers`;
-    /// reminder metrics go to `metrics` (`mithril serve` passes its application's
-    /// recorder, which its `/metrics` renders).
+    /// their metrics go to `metrics` (`mithril serve` passes its application's registry,
+    /// `mithril-workers` its own: each renders it at its `/metrics`).
     pub fn build(
         settings: &WorkerSettings,
         db: &DatabaseConnection,
@@ -49,10 +51,11 @@ impl Workers {
         smtp_url: Option<&str>,
         mail_from: &str,
         local: Option<LocalApply>,
-        metrics: Arc<dyn ReminderMetrics>,
+        metrics: Registry,
     ) -> anyhow::Result<Self> {
         let notifier = Arc::new(Notifier {
             db: db.clone(),
+            metrics: metrics.clone(),
             mailer: Mailer::new(smtp_url, &settings.mail_dir)?,
             templates: Templates::load()
                 .map_err(|e| anyhow::anyhow!("loading the notice templates: {e}"))?,
@@ -73,7 +76,7 @@ impl Workers {
                 db: db.clone(),
                 thresholds: settings.reminder_thresholds.clone(),
                 interval: settings.reminder_interval(),
-                metrics,
+                metrics: metrics.clone(),
             }),
             notifier,
             invalidator: Arc::new(Invalidator {
@@ -90,6 +93,7 @@ impl Workers {
             retry: settings.retry(),
             concurrency: settings.concurrency(),
             poll_interval: settings.poll_interval(),
+            metrics,
         })
     }
 }
@@ -186,6 +190,7 @@ macro_rules! spawn_workers {
                     )
                     .data(w.$means.clone())
                     .data(w.retry.clone())
+                    .data(w.metrics.clone())
                     .concurrency(w.concurrency)
                     .retry(policy.clone())
                     .build($handler)

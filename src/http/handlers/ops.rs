@@ -78,11 +78,16 @@ pub async fn ready(
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Outbox rows not yet pushed to the queue: the backlog the relay and sweeper owe.
     // Best effort: a slow or absent database leaves the last value.
-    let pending = state.relay.pending();
-    if let Ok(Ok(pending)) =
-        tokio::time::timeout(state.config.http.readiness_timeout, pending).await
+    let backlog = state.relay.backlog();
+    if let Ok(Ok(backlog)) =
+        tokio::time::timeout(state.config.http.readiness_timeout, backlog).await
     {
-        state.metrics.outbox_pending(pending);
+        state.metrics.outbox_pending(backlog.rows);
+        state.metrics.outbox_backlog(backlog.rows, backlog.oldest);
+    }
+    if let Some((db, queue)) = &state.workers {
+        let within = state.config.http.readiness_timeout;
+        let _ = kernel::health::sample(db, queue, state.metrics.registry(), within).await;
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

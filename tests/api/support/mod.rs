@@ -4,6 +4,7 @@ mod app;
 mod assert;
 mod calls;
 mod processes;
+pub mod proxy;
 mod seeding;
 pub mod serve;
 mod shared_redis;

@@ -55,6 +55,8 @@ pub fn start_workers_with(
         (0..count)
             .map(|_| {
                 Command::new(workers_binary())
+                    // Each process its own probe port; a test that scrapes sets one.
+                    .env("MITHRIL_WORKERS_BIND", "127.0.0.1:0")
                     .envs(env.iter().copied())
                     .env("DATABASE_URL", &config.database.url)
                     .env("REDIS_URL", redis_url)

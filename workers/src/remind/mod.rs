@@ -19,11 +19,9 @@ use uuid::Uuid;
 use crate::claim::{Claim, Claimable, lease_until, open};
 use crate::local_time::ShownTime;
 use crate::mail::ReminderFields;
-use crate::notify::{Notifier, NotifyError};
+use crate::notify::{Notifier, NotifyError, since};
 use kernel::jobs::RemindOwner;
-use kernel::metrics::{
-    REMINDER_TICKS, REMINDERS, ReminderMetrics, SECRETS_EXPIRED, SECRETS_EXPIRING,
-};
+use kernel::metrics::Registry;
 use kernel::thresholds::Thresholds;
 
 /// A queued reminder whose job has not started this long after it was pushed is pushed
@@ -33,29 +31,6 @@ mod ticker;
 pub use ticker::Ticker;
 
 pub const REQUEUE_AFTER: Duration = Duration::from_secs(600);
-
-/// Through the `metrics` macros, to whatever recorder the process installed (none in
-/// `mithril-workers`, which serves no `/metrics`).
-pub struct GlobalMetrics;
-
-impl ReminderMetrics for GlobalMetrics {
-    fn secrets_expiring(&self, within: &str, count: u64) {
-        // Exact below 2^53 secrets.
-        metrics::gauge!(SECRETS_EXPIRING, "within" => within.to_owned()).set(count as f64);
-    }
-
-    fn secrets_expired(&self, count: u64) {
-        metrics::gauge!(SECRETS_EXPIRED).set(count as f64);
-    }
-
-    fn reminder_sent(&self, threshold: &str) {
-        metrics::counter!(REMINDERS, "threshold" => threshold.to_owned()).increment(1);
-    }
-
-    fn ticked(&self) {
-        metrics::counter!(REMINDER_TICKS).increment(1);
-    }
-}
 
 /// What handling one reminder job did.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,7 +47,7 @@ pub enum Reminded {
 pub struct Reminders {
     pub notifier: Arc<Notifier>,
     pub thresholds: Thresholds,
-    pub metrics: Arc<dyn ReminderMetrics>,
+    pub metrics: Registry,
 }
 
 /// The primary key of one reminder.
@@ -151,6 +126,9 @@ impl Reminders {
         let send = self.compose_and_send(&row, expires_at, job);
         claims.send(&key, lease, send).await?;
         self.metrics.reminder_sent(&job.threshold);
+        if let Some(queued_at) = job.queued_at {
+            self.metrics.notice_delivered("reminder", since(queued_at));
+        }
         Ok(Reminded::Sent)
     }
 
@@ -282,6 +260,7 @@ mod tests {
             secret_version: 3,
             threshold: "1h 30m".into(),
             expires_at: Utc::now(),
+            queued_at: None,
         };
         assert_eq!(
             Reminders::message_id(&job),

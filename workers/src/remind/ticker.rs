@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use entity::connection;
 use entity::secret_reminder::{self, EXPIRED, state};
 use kernel::jobs::RemindOwner;
-use kernel::metrics::ReminderMetrics;
+use kernel::metrics::Registry;
 use kernel::queue::Queue;
 use kernel::thresholds::Thresholds;
 use sea_orm::sea_query::{Expr, ExprTrait as _, Query};
@@ -30,7 +30,7 @@ pub struct Ticker {
     pub db: DatabaseConnection,
     pub thresholds: Thresholds,
     pub interval: Duration,
-    pub metrics: Arc<dyn ReminderMetrics>,
+    pub metrics: Registry,
 }
 
 impl Ticker {
@@ -168,6 +168,7 @@ impl Ticker {
                         secret_version: candidate.secret_version,
                         threshold: label,
                         expires_at,
+                        queued_at: Some(now),
                     });
                 }
             }
