@@ -33,8 +33,13 @@ impl std::ops::Deref for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let registry = Registry::new();
+        // From zero, so `increase()` sees the first expired or retired secret presented.
+        for outcome in VERIFY_OUTCOMES {
+            registry.counter(VERIFY, &[Label::from_static_parts("outcome", outcome)], 0);
+        }
         Self {
-            registry: Registry::new(),
+            registry,
             verifies: Arc::new(Default::default()),
         }
     }

@@ -327,6 +327,21 @@ impl Registry {
         self.histogram(JOB_DURATION, &labels, took.as_secs_f64());
     }
 
+    /// Shows the job counters of `kinds` at zero for the outcomes an alert watches, so
+    /// that `increase()` sees a process's first retried or dead job (a series first
+    /// scraped at 1 has no increase).
+    pub fn jobs_from_zero(&self, kinds: &[&'static str]) {
+        for &job in kinds {
+            for outcome in ["ok", "retry", "dead"] {
+                let labels = [
+                    Label::from_static_parts("job", job),
+                    Label::from_static_parts("outcome", outcome),
+                ];
+                self.counter(JOBS, &labels, 0);
+            }
+        }
+    }
+
     /// A notice of `kind` (`rotation`, `reminder`, `stale`) was accepted by the mail
     /// server `after` the change it tells of.
     pub fn notice_delivered(&self, kind: &'static str, after: Duration) {

@@ -47,6 +47,32 @@ pub enum QueueError {
     Push(String),
 }
 
+/// Creates the queue's tables in the service's SQLite database: only those, as `setup`
+/// would also turn `synchronous` off on it, trading durability of committed rotations.
+///
+/// CAUTION: sqlx locks PostgreSQL's migrations (an advisory lock) but not SQLite's, so
+/// processes starting together on a new database (`serve` and `mithril-workers`) all run
+/// them, and the slower fail on what the faster just did ("duplicate column name"). Each
+/// migration is a transaction of its own, so a failed one leaves nothing behind, and a
+/// retry finds the other's work recorded.
+async fn create_sqlite_queue(pool: &SqlitePool) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 10;
+    let mut attempt = 1;
+    loop {
+        match SqliteStorage::<()>::migrations().run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= ATTEMPTS => {
+                return Err(e).context("creating the queue tables");
+            }
+            Err(e) => {
+                tracing::debug!(attempt, error = %e, "creating the queue tables raced another process; again");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
 /// Checks that an outbox payload decodes as the job type of its kind.
 type Check = fn(&serde_json::Value) -> Result<(), serde_json::Error>;
 
@@ -101,12 +127,7 @@ impl Queue {
             }
             (None, _) => {
                 let pool = db.get_sqlite_connection_pool();
-                // Only the queue's tables: `setup` would also turn `synchronous` off on
-                // the service's own database, trading durability of committed rotations.
-                SqliteStorage::<()>::migrations()
-                    .run(pool)
-                    .await
-                    .context("creating the queue tables")?;
+                create_sqlite_queue(pool).await?;
                 Backend::Sqlite(pool.clone())
             }
         };
@@ -250,4 +271,33 @@ impl Queue {
 
 fn refused(e: impl std::fmt::Display) -> QueueError {
     QueueError::Push(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `mithril serve` and `mithril-workers` started together on a new SQLite database
+    /// both create the queue's tables (seen in scripts/metrics-check: "duplicate column
+    /// name" and a worker that never started).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_connecting_at_once_to_a_new_sqlite_database_all_get_the_queue() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
+            let mut dbs = Vec::new();
+            for _ in 0..4 {
+                dbs.push(crate::db::connect(&url, 2).await.unwrap());
+            }
+            let connected = futures_util::future::join_all(
+                dbs.iter().map(|db| Queue::connect(db, None, "mithril")),
+            )
+            .await;
+            for outcome in connected {
+                if let Err(e) = outcome {
+                    panic!("{e:#}");
+                }
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@
 #   RUN/proc/NAME.pid      process id of NAME (api-1.., workers-1.., haproxy, smtp, supervisor)
 #   RUN/proc/NAME.start    its start time (/proc/PID/stat field 22), against pid reuse
 #   RUN/proc/api-I.port    the port of API instance I (kept across restarts)
+#   RUN/proc/workers-J.port  the probe and /metrics port of workers process J (kept too)
 #   RUN/proc/NAME.restarting  present while NAME is being restarted on purpose
 #   RUN/logs/NAME.log      stdout and stderr of NAME (appended across restarts)
 #   RUN/mail/              the notices the sink received (NNNNNN.eml, index.log)
@@ -220,9 +221,18 @@ cl_start_api() {
     "$BIN" serve --no-workers --bind "127.0.0.1:$port"
 }
 
+# The probe port of workers process J (its /health and /metrics), chosen once and kept
+# across restarts, as an API instance's port is.
+cl_workers_port() {
+  local file="$RUN/proc/workers-$1.port"
+  [[ -s $file ]] || cl_free_port >"$file"
+  cat "$file"
+}
+
 cl_start_workers() {
   local j=$1
   cl_spawn "workers-$j" env DATABASE_URL="$DBURL" REDIS_URL="$REDIS" \
+    MITHRIL_WORKERS_BIND="127.0.0.1:$(cl_workers_port "$j")" \
     SMTP_URL="smtp://127.0.0.1:$SMTP_PORT" MITHRIL_QUEUE_NAMESPACE="$NS" \
     MITHRIL_LOG_FORMAT="$CL_LOG_FORMAT" RUST_LOG="$CL_RUST_LOG" \
     MITHRIL_SHUTDOWN_TIMEOUT="$CL_SHUTDOWN_TIMEOUT" \
@@ -360,7 +370,8 @@ cl_up() {
   cl_start_haproxy
   for i in $(seq 1 "$API_COUNT"); do cl_wait_lb_state "api-$i" UP 15 || cl_die "HAProxy does not see api-$i"; done
   for i in $(seq 1 "$WORKER_COUNT"); do
-    cl_alive "workers-$i" || { tail -n 20 "$RUN/logs/workers-$i.log" >&2; cl_die "workers-$i exited"; }
+    cl_wait_http "workers-$i" "http://127.0.0.1:$(cl_workers_port "$i")/health/ready" 200 60 ||
+      cl_die "workers-$i did not become ready"
   done
   cl_wait_http haproxy "$BASE/health/ready" 200 10 || cl_die "the balancer does not answer"
   CL_UP_SECONDS=$(cl_since "$t0")
@@ -375,6 +386,7 @@ cl_print_banner() {
 mithril cluster up in ${CL_UP_SECONDS}s: $API_COUNT API instances, $WORKER_COUNT mithril-workers processes
   balancer          $BASE   (round-robin over 127.0.0.1:$(cat "$RUN"/proc/api-*.port | paste -sd, -))
   HAProxy stats     $STATS_URL
+  workers probes    $(for f in "$RUN"/proc/workers-*.port; do printf 'http://127.0.0.1:%s/metrics ' "$(cat "$f")"; done)
   HAProxy config    $HAPROXY_CFG
   database          $(cl_redacted "$DBURL")
   queue namespace   $NS  (Redis $(cl_redacted "$REDIS"))
@@ -452,9 +464,16 @@ cl_down() {
   cl_log "stopped; logs and mail stay in $RUN"
 }
 
+# HTTP status of http://127.0.0.1:PORT/health/ready, or "-" when nothing answers.
+cl_ready() {
+  local code
+  code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$1/health/ready" 2>/dev/null) || true
+  [[ $code =~ ^[1-5][0-9][0-9]$ ]] && echo "$code" || echo -
+}
+
 cl_status() {
-  local name pid port lb state
-  printf '%-11s %-8s %-7s %-6s %s\n' process pid port state balancer
+  local name pid port lb state ready
+  printf '%-11s %-8s %-7s %-6s %-6s %s\n' process pid port state ready balancer
   for name in $(cl_names); do
     pid=$(cl_pid "$name")
     port=$(cat "$RUN/proc/$name.port" 2>/dev/null || true)
@@ -465,7 +484,9 @@ cl_status() {
     lb=""
     [[ $name == api-* ]] && lb=$(cl_lb_state "$name")
     if cl_alive "$name"; then state=up; else state=down; fi
-    printf '%-11s %-8s %-7s %-6s %s\n' "$name" "${pid:--}" "${port:--}" "$state" "$lb"
+    ready=""
+    [[ $name == api-* || $name == workers-* ]] && [[ -n $port ]] && ready=$(cl_ready "$port")
+    printf '%-11s %-8s %-7s %-6s %-6s %s\n' "$name" "${pid:--}" "${port:--}" "$state" "${ready:--}" "$lb"
   done
   echo "balancer $BASE, run directory $RUN, notices received: $(find "$MAILDIR" -name '*.eml' | wc -l)"
 }

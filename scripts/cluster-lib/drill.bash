@@ -100,6 +100,9 @@ drill_main() {
   for name in "${names[@]}"; do
     case $name in
       rolling) run rolling rolling 3 3 "" ;;
+      # Every drill runs on the product's defaults but this one setting of the mail
+      # server (not of mithril): kill9 kills workers mid-send, and a sink that answers
+      # MAIL within a millisecond leaves no send in flight to kill.
       kill9) run kill9 kill9 3 3 "" DRILL_SMTP_DELAY_MS=200 ;;
       same-connection) run same-connection same-connection 3 3 "" ;;
       redis-restart) run redis-restart redis-restart 3 3 "" ;;

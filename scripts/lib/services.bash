@@ -38,6 +38,19 @@ apt_install() {
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >/dev/null
 }
 
+# ensure_promtool: Prometheus's promtool, from Debian's `prometheus` package when missing
+# (scripts/ops-check, scripts/metrics-check).
+ensure_promtool() {
+  command -v promtool >/dev/null && return 0
+  echo "installing promtool (Debian's prometheus package)" >&2
+  if [[ $(id -u) == 0 ]]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null
+  else
+    { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null
+  fi
+  command -v promtool >/dev/null || { echo "promtool is still missing" >&2; return 1; }
+}
+
 # --- PostgreSQL and Redis -----------------------------------------------------------------
 
 # pg_create_database SERVER DB, pg_drop_database SERVER DB (SERVER without a database;

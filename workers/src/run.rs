@@ -53,6 +53,7 @@ impl Workers {
         local: Option<LocalApply>,
         metrics: Registry,
     ) -> anyhow::Result<Self> {
+        metrics.jobs_from_zero(&Queue::ALL_KINDS);
         let notifier = Arc::new(Notifier {
             db: db.clone(),
             metrics: metrics.clone(),
