@@ -176,7 +176,7 @@ impl Settings {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    kernel::logs::init(&cli.settings.common.log_format);
+    let _traces = kernel::logs::init(&cli.settings.common.log_format, "mithril")?;
     match cli.command {
         Command::Serve {
             bind,

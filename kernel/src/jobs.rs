@@ -29,6 +29,10 @@ pub struct NotifyStaleSecret {
     /// counts from it. Absent in jobs of releases before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` of the span that wrote it (see `kernel::trace`), so the
+    /// worker's spans join the request's trace. Absent when traces are not exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl NotifyStaleSecret {
@@ -59,6 +63,10 @@ pub struct NotifyOwner {
     /// When the new secret expires under the lifetime policy; absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_expires_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` of the span that wrote it (see `kernel::trace`), so the
+    /// worker's spans join the request's trace. Absent when traces are not exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Bring every cache up to what a rotation, re-point or delete changed. Idempotent, and
@@ -68,6 +76,10 @@ pub struct InvalidateCredentials {
     pub event_id: Uuid,
     #[serde(rename = "invalidation")]
     pub change: CredentialChange,
+    /// The W3C `traceparent` of the span that wrote it (see `kernel::trace`), so the
+    /// worker's spans join the request's trace. Absent when traces are not exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// E-mail the client's owner that a connection's secret expires within `threshold`, or

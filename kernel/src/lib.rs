@@ -12,3 +12,4 @@ pub mod queue;
 pub mod redis_connect;
 pub mod settings;
 pub mod thresholds;
+pub mod trace;

@@ -6,6 +6,7 @@ use actix::prelude::*;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::ConnectionError;
@@ -129,6 +130,11 @@ impl Handler<Rotate> for ConnectionActor {
         }
         let (db, effects) = (self.setup.db.clone(), self.setup.effects.clone());
         let lifetime = self.setup.lifetime;
+        let span = if kernel::trace::enabled() {
+            tracing::info_span!(parent: &msg.span, "rotation", client_id = %msg.client_id, connection_id = %msg.connection_id)
+        } else {
+            tracing::Span::none()
+        };
         AtomicResponse::new(Box::pin(
             async move {
                 let _running = running;
@@ -141,9 +147,18 @@ impl Handler<Rotate> for ConnectionActor {
                         return Err(e);
                     }
                 };
-                effects.publish(&rotated.committed).await;
+                let after_commit = if kernel::trace::enabled() {
+                    tracing::info_span!("after_commit")
+                } else {
+                    tracing::Span::none()
+                };
+                effects
+                    .publish(&rotated.committed)
+                    .instrument(after_commit)
+                    .await;
                 Ok(rotated)
             }
+            .instrument(span)
             .into_actor(self)
             .map(|result, actor, _| {
                 actor.last_active = Instant::now();

@@ -44,6 +44,7 @@ pub fn invalidation(
     let job = InvalidateCredentials {
         event_id,
         change: change.clone(),
+        traceparent: kernel::trace::traceparent(),
     };
     Ok(row(&job, now)?)
 }

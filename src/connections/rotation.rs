@@ -30,6 +30,9 @@ pub struct Rotate {
     /// A refresh with an `Idempotency-Key`: its answer is remembered in the rotation's
     /// own transaction.
     pub remember: Option<Remember>,
+    /// The span of the request that asked (the actor runs it on another task): the
+    /// rotation's span is its child. `Span::none()` when traces are not exported.
+    pub span: tracing::Span,
 }
 
 /// The answer's `data` for a connection and its new secret (the HTTP layer's view).
@@ -166,6 +169,7 @@ pub async fn rotate(
         occurred_at: now,
         previous_secret_ends_at: Some(previous_until.unwrap_or(now)),
         secret_expires_at: updated.secret_expires_at,
+        traceparent: kernel::trace::traceparent(),
     };
     let (notify_id, notify) = outbox_rows::row(&notify, now)?;
     let (invalidate_id, invalidate) = outbox_rows::invalidation(event_id, &change, now)?;

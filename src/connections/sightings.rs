@@ -193,6 +193,7 @@ impl Sightings {
                     consumer_id: tally.consumer_id,
                     day: key.day,
                     occurred_at: Some(now),
+                    traceparent: kernel::trace::traceparent(),
                 };
                 let (id, row) = super::outbox_rows::row(&job, now)
                     .map_err(|e| DbErr::Custom(format!("encoding a notice: {e}")))?;

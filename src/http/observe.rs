@@ -5,6 +5,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::REQUEST_ID;
@@ -26,7 +27,19 @@ pub async fn observe(
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let res = next.call(req).await?;
+    // The request's span, a child of the caller's where it sent a W3C `traceparent`.
+    let span = if kernel::trace::enabled() {
+        let span = tracing::info_span!("HTTP request", http.method = %method, http.route = tracing::field::Empty, http.status_code = tracing::field::Empty);
+        let parent = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        kernel::trace::follow(&span, parent);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let res = next.call(req).instrument(span.clone()).await?;
     let latency = started.elapsed();
 
     let request = res.request();
@@ -37,6 +50,8 @@ pub async fn observe(
         .get("id")
         .and_then(|id| Uuid::parse_str(id).ok());
     let status = res.status().as_u16();
+    span.record("http.route", route);
+    span.record("http.status_code", status);
     let request_id = res
         .headers()
         .get(REQUEST_ID)

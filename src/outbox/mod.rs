@@ -13,6 +13,7 @@ use sea_orm::{
     EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Select,
     TransactionTrait as _,
 };
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 mod reconcile;
@@ -361,7 +362,20 @@ impl OutboxRelay {
     /// its kind) is set aside, logged and counted, so that it does not stop every later
     /// row behind it; a queue that refuses is an error.
     async fn push(&self, row: &outbox::Model, db: &impl ConnectionTrait) -> anyhow::Result<Pushed> {
-        match self.queue.push(&row.kind, row.payload.clone()).await {
+        // The dispatch of a row joins the trace of the request that wrote it.
+        let span = if kernel::trace::enabled() {
+            let span = tracing::info_span!("outbox.dispatch", outbox_id = %row.id, kind = row.kind);
+            kernel::trace::follow(&span, row.payload["traceparent"].as_str());
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let pushed = self
+            .queue
+            .push(&row.kind, row.payload.clone())
+            .instrument(span)
+            .await;
+        match pushed {
             Ok(()) => Ok(Pushed::Yes),
             Err(e @ (QueueError::UnknownKind(_) | QueueError::Payload(_))) => {
                 tracing::error!(outbox_id = %row.id, kind = row.kind, error = %e, "outbox row can never be pushed; set aside");

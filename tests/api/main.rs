@@ -30,6 +30,7 @@ mod seed;
 mod shutdown;
 mod sightings;
 mod support;
+mod traces;
 mod upgrade;
 mod verify;
 mod workers_probe;

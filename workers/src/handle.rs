@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument as _;
+
 use apalis::prelude::*;
 use entity::connection;
 use kernel::credentials::CredentialChange;
@@ -70,6 +72,10 @@ pub(crate) trait MailJob: Job + Clone {
     type Sender: Send + Sync + 'static;
     /// The id logs name it by.
     fn id(&self) -> uuid::Uuid;
+    /// The trace it continues (`kernel::trace`), if its writer had one.
+    fn traceparent(&self) -> Option<&str> {
+        None
+    }
     /// Sends it; the outcome as `mithril_jobs_total` counts it.
     fn send(
         self,
@@ -84,6 +90,9 @@ impl MailJob for NotifyOwner {
     fn id(&self) -> uuid::Uuid {
         self.event_id
     }
+    fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
     async fn send(self, notifier: Arc<Notifier>) -> Result<&'static str, NotifyError> {
         notifier.notify(&self).await.map(notified)
     }
@@ -96,6 +105,9 @@ impl MailJob for NotifyStaleSecret {
     type Sender = Notifier;
     fn id(&self) -> uuid::Uuid {
         self.event_id
+    }
+    fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
     async fn send(self, notifier: Arc<Notifier>) -> Result<&'static str, NotifyError> {
         notifier.notify_stale(&self).await.map(notified)
@@ -135,8 +147,9 @@ pub(crate) async fn send_mail<J: MailJob>(
 ) -> Result<(), BoxDynError> {
     let tally = Tally::start(J::KIND, &metrics);
     let id = job.id();
+    let span = job_span(J::KIND, &id, job.traceparent());
     let (sending, sent_job) = (Arc::clone(&sender), job.clone());
-    let sent = unbroken(sent_job.send(sending)).await;
+    let sent = unbroken(sent_job.send(sending).instrument(span)).await;
     let give_up = || job.give_up(&sender);
     conclude(&tally, &id, sent, &attempt, &retry, give_up).await
 }
@@ -204,13 +217,29 @@ pub(crate) async fn invalidate_credentials(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     let tally = Tally::start(jobs::INVALIDATE_CREDENTIALS, &metrics);
-    match invalidator.apply(&job).await {
+    let span = job_span(
+        jobs::INVALIDATE_CREDENTIALS,
+        &job.event_id,
+        job.traceparent.as_deref(),
+    );
+    match invalidator.apply(&job).instrument(span).await {
         Ok(()) => {
             tally.outcome("ok");
             Ok(())
         }
         Err(e) => retry_or_dead_letter(&tally, &job.event_id, e.to_string(), &attempt, &retry),
     }
+}
+
+/// A job attempt's span, in the trace of the change that queued it; `Span::none()` when
+/// traces are not exported.
+fn job_span(job: &'static str, id: &uuid::Uuid, traceparent: Option<&str>) -> tracing::Span {
+    if !kernel::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("job", job, id = %id);
+    kernel::trace::follow(&span, traceparent);
+    span
 }
 
 /// Whether a handler's error ends the job (dead-lettered) rather than asking a retry.

@@ -30,7 +30,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let common = &cli.common;
-    kernel::logs::init(&common.log_format);
+    let _traces = kernel::logs::init(&common.log_format, "mithril-workers")?;
     cli.workers.validate()?;
     check_bounds(
         "MITHRIL_SHUTDOWN_TIMEOUT",

@@ -118,6 +118,7 @@ async fn rotate(
         grace_period,
         actor: initiator(&principal, meta),
         remember: None,
+        span: tracing::Span::current(),
     };
     let rotated = match headers::idempotency_key(req)? {
         None => state.connections.rotate(cmd).await?,

@@ -21,9 +21,19 @@ impl ServeProcess {
     /// Starts `mithril serve --bind 127.0.0.1:0` in `dir` (notices land under
     /// `dir/data/mail`) with `env` on top of an environment without the service URLs.
     pub async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(dir, &[], env).await
+    }
+
+    /// `start`, with `args` after `serve --bind 127.0.0.1:0` (`--no-workers`, say).
+    pub async fn start_with_args(
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mithril"));
         command
             .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(args)
             .current_dir(dir)
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")

@@ -119,6 +119,7 @@ impl Mailer {
         }
     }
 
+    #[tracing::instrument(name = "smtp.send", skip_all)]
     pub async fn send(&self, message: Message) -> Result<(), DeliveryError> {
         match self {
             Self::Smtp(transport) => {
