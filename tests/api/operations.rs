@@ -115,7 +115,8 @@ async fn ready_is_503_within_the_timeout_when_an_added_check_hangs_or_fails() {
     }
 }
 
-fn sample(metrics: &str, line_start: &str) -> Option<f64> {
+/// The value of the first line of a scrape that starts with `line_start`.
+pub fn sample(metrics: &str, line_start: &str) -> Option<f64> {
     metrics
         .lines()
         .find(|l| l.starts_with(line_start))

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::notices::sent_rotation_notices;
+use crate::operations::sample as value;
 use crate::support::proxy::CutProxy;
 use crate::support::smtp::{SmtpServer, SmtpState};
 use crate::support::{TestApp, eventually, free_port, is_postgres, workers_binary};
@@ -62,15 +63,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The value of the first line of `scrape` that starts with `series`.
-fn value(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The metric families of a scrape (its `# TYPE` lines); each must have its `# HELP`.
