@@ -112,6 +112,29 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// The owner's mail.
+    Notices {
+        #[command(subcommand)]
+        command: NoticesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NoticesCommand {
+    /// Write each kind of mail with sample data, as `.eml` (what the mail server would
+    /// receive: signed when DKIM is configured), `.html` and `.txt`: nothing is sent and
+    /// no database is needed.
+    Preview {
+        /// One kind only: rotation, reminder or stale (default: all three).
+        #[arg(long, value_parser = workers::mail::preview::Kind::parse)]
+        kind: Option<workers::mail::preview::Kind>,
+        /// One language only: uk or en (default: both).
+        #[arg(long, value_parser = ["uk", "en"])]
+        locale: Option<String>,
+        /// Where the files go.
+        #[arg(long, default_value = "data/mail-preview")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,7 +175,7 @@ impl Settings {
         let mut config = Config::embedded(common.database_url.clone());
         config.redis_url = common.redis_url().map(str::to_owned);
         config.mail.smtp_url = common.smtp_url().map(str::to_owned);
-        config.mail.from = common.mail_from.clone();
+        config.mail.sender = common.mail.clone();
         config.rotation.max_grace_period = Duration::from_secs(self.max_grace_period);
         config.rotation.actor_idle_timeout = Duration::from_secs(self.actor_idle_timeout.max(1));
         config.shutdown.timeout = common.shutdown_timeout();
@@ -268,6 +291,24 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("applying the lifetime policy")?;
             print_policy_report(&report, config.rotation.secret_lifetime, min_remaining, now);
+        }
+        Command::Notices {
+            command: NoticesCommand::Preview { kind, locale, out },
+        } => {
+            use workers::mail::{Locale, Outgoing, Templates, preview};
+            let mail = &cli.settings.common.mail;
+            let kinds = kind.map_or(preview::Kind::ALL.to_vec(), |k| vec![k]);
+            let locales = locale.map_or(vec![Locale::Uk, Locale::En], |l| vec![Locale::parse(&l)]);
+            let written = preview::write(
+                &out,
+                &kinds,
+                &locales,
+                &Templates::load(mail)?,
+                &Outgoing::from_settings(mail)?,
+            )?;
+            for path in written {
+                println!("{}", path.display());
+            }
         }
     }
     Ok(())

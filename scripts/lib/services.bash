@@ -38,18 +38,22 @@ apt_install() {
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >/dev/null
 }
 
-# ensure_promtool: Prometheus's promtool, from Debian's `prometheus` package when missing
-# (scripts/ops-check, scripts/metrics-check).
-ensure_promtool() {
-  command -v promtool >/dev/null && return 0
-  echo "installing promtool (Debian's prometheus package)" >&2
-  if [[ $(id -u) == 0 ]]; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null
-  else
-    { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null
-  fi
-  command -v promtool >/dev/null || { echo "promtool is still missing" >&2; return 1; }
+# ensure_tool COMMAND PACKAGE: COMMAND, from Debian's PACKAGE when missing (as root, or
+# through sudo).
+ensure_tool() {
+  command -v "$1" >/dev/null && return 0
+  echo "installing $1 (Debian's $2 package)" >&2
+  local sudo=""
+  [[ $(id -u) == 0 ]] || sudo=sudo
+  { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2"; } >/dev/null
+  command -v "$1" >/dev/null || { echo "$1 is still missing" >&2; return 1; }
 }
+
+# ensure_promtool: Prometheus's promtool (scripts/ops-check, scripts/metrics-check).
+ensure_promtool() { ensure_tool promtool prometheus; }
+
+# ensure_chromium: headless Chromium (scripts/mail-check, scripts/docs-check).
+ensure_chromium() { ensure_tool chromium chromium; }
 
 # --- PostgreSQL and Redis -----------------------------------------------------------------
 

@@ -101,7 +101,7 @@ pub(super) fn start_domain(
             db,
             infra.redis.as_ref(),
             config.mail.smtp_url.as_deref(),
-            &config.mail.from,
+            &config.mail.sender,
             Some(local),
             infra.metrics.registry().clone(),
         )?;

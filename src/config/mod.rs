@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use ipnet::IpNet;
-use kernel::settings::{WorkerSettings, check_bounds};
+use kernel::settings::{MailSettings, WorkerSettings, check_bounds};
 
 pub use kernel::settings::{DEFAULT_DATABASE_URL, DEFAULT_MAIL_FROM};
 pub const DEFAULT_BIND: &str = "127.0.0.1:4000";
@@ -92,7 +92,8 @@ pub struct VerifyConfig {
 pub struct MailConfig {
     /// Unset: notices are written as `.eml` files under `workers.mail_dir`.
     pub smtp_url: Option<String>,
-    pub from: String,
+    /// The sender, reply address, DKIM key and owner's portal of every notice.
+    pub sender: MailSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -138,7 +139,7 @@ impl Config {
             },
             mail: MailConfig {
                 smtp_url: None,
-                from: DEFAULT_MAIL_FROM.to_owned(),
+                sender: MailSettings::default(),
             },
             shutdown: ShutdownConfig {
                 drain_delay: Duration::from_secs(5),

@@ -117,3 +117,21 @@ fn mithril_workers_refuses_durations_outside_their_bounds_naming_the_setting() {
     ];
     refuse_all(&workers, &[], &cases);
 }
+
+/// The mail settings are checked at start too: a partial DKIM set, a key that cannot be
+/// read, an address or a portal link that cannot work stop both binaries (rather than
+/// making every notice dead later), naming the setting.
+#[test]
+fn both_binaries_refuse_mail_settings_that_cannot_work_naming_the_setting() {
+    let cases = [
+        ("MITHRIL_DKIM_DOMAIN", "mail.example.org"),
+        ("MITHRIL_DKIM_SELECTOR", "mithril2026"),
+        ("MITHRIL_DKIM_KEY_FILE", "/nonexistent/dkim.pem"),
+        ("MITHRIL_MAIL_REPLY_TO", "support at example"),
+        ("MITHRIL_OWNER_PORTAL_URL", "javascript:alert(1)"),
+        ("MAIL_FROM", "no address here"),
+    ];
+    let serve = std::path::Path::new(env!("CARGO_BIN_EXE_mithril"));
+    refuse_all(serve, &["serve", "--bind", "127.0.0.1:0"], &cases);
+    refuse_all(&workers_binary(), &[], &cases);
+}

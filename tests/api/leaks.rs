@@ -1,5 +1,6 @@
 //! An issued secret goes to the caller who asked for it and nowhere else: no log line (text
-//! or JSON, at debug), no mail file, no Redis key or job holds one.
+//! or JSON, at debug), no mail file, no Redis key or job holds one; nor does any of them
+//! hold the DKIM key the notices are signed with.
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -29,6 +30,16 @@ async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
 #[actix_web::test]
 async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
     let redis = optional_test_redis().await;
+    let dkim_key = crate::mail::fixture("rsa-2048.pem")
+        .to_string_lossy()
+        .into_owned();
+    // Every line of the key's base64: none may appear anywhere.
+    let key_lines: Vec<String> = std::fs::read_to_string(&dkim_key)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::to_owned)
+        .collect();
     for format in ["text", "json"] {
         let database = TestDatabase::new().await;
         let seeded = seed_database(&database.url).await;
@@ -39,6 +50,10 @@ async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
             // Everything every crate logs, not only what operators see by default.
             ("RUST_LOG", "debug"),
             ("MITHRIL_QUEUE_NAMESPACE", namespace.as_str()),
+            // Notices signed with a DKIM key, which must not leak either.
+            ("MITHRIL_DKIM_DOMAIN", "mail.example.org"),
+            ("MITHRIL_DKIM_SELECTOR", "mithril2026"),
+            ("MITHRIL_DKIM_KEY_FILE", dkim_key.as_str()),
         ];
         if let Some(url) = &redis {
             env.push(("REDIS_URL", url.as_str()));
@@ -132,7 +147,11 @@ async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
             .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
             .collect();
         let key = key.to_owned();
-        for secret in issued.iter().chain([&seeded.token, &key]) {
+        assert!(
+            mails.iter().all(|m| m.contains("DKIM-Signature:")),
+            "the scan reaches signed notices"
+        );
+        for secret in issued.iter().chain([&seeded.token, &key]).chain(&key_lines) {
             for line in &lines {
                 assert!(
                     !line.contains(secret.as_str()),
@@ -146,6 +165,56 @@ async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
                 !redis_dump.contains(secret.as_str()),
                 "Redis holds a secret"
             );
+        }
+    }
+}
+
+/// `mithril notices preview` writes what a signed notice looks like: its files and its
+/// output hold no line of the DKIM key it signs with.
+#[test]
+fn the_preview_holds_no_line_of_the_dkim_key() {
+    let key = crate::mail::fixture("ed25519.pem");
+    let key_lines: Vec<String> = std::fs::read_to_string(&key)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::to_owned)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mithril"))
+        .args(["notices", "preview", "--out"])
+        .arg(dir.path().join("preview"))
+        .current_dir(dir.path())
+        .env("MITHRIL_DKIM_DOMAIN", "mail.example.org")
+        .env("MITHRIL_DKIM_SELECTOR", "mithril2026")
+        .env("MITHRIL_DKIM_KEY_FILE", &key)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mut scanned = vec![
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ];
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("preview"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        files.len(),
+        24,
+        "3 kinds (the reminder twice) x 2 languages x 3 files"
+    );
+    for file in &files {
+        scanned.push(String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned());
+    }
+    assert!(
+        scanned.iter().any(|s| s.contains("DKIM-Signature:")),
+        "the previews are signed"
+    );
+    for line in &key_lines {
+        for text in &scanned {
+            assert!(!text.contains(line.as_str()), "the DKIM key in the preview");
         }
     }
 }

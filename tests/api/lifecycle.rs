@@ -327,8 +327,8 @@ async fn two_workers_handed_the_same_notice_send_one_e_mail() {
                 &app.state.config.workers.mail_dir,
             )
             .unwrap(),
-            templates: workers::mail::Templates::load().unwrap(),
-            mail_from: "Mithril <m@example.org>".to_owned(),
+            templates: workers::mail::Templates::load(&sender()).unwrap(),
+            outgoing: workers::mail::Outgoing::from_settings(&sender()).unwrap(),
             lease: kernel::settings::WorkerSettings::default().notice_lease(),
         })
     };
@@ -358,8 +358,8 @@ async fn giving_up_a_notice_spares_another_workers_live_claim() {
         db: app.db.clone(),
         metrics: kernel::metrics::Registry::new(),
         mailer: workers::mail::Mailer::new(None, &app.state.config.workers.mail_dir).unwrap(),
-        templates: workers::mail::Templates::load().unwrap(),
-        mail_from: "Mithril <m@example.org>".to_owned(),
+        templates: workers::mail::Templates::load(&sender()).unwrap(),
+        outgoing: workers::mail::Outgoing::from_settings(&sender()).unwrap(),
         lease: kernel::settings::WorkerSettings::default().notice_lease(),
     };
     let state_of = |event_id| {
@@ -911,4 +911,12 @@ async fn a_send_slower_than_its_lease_keeps_its_claim() {
     assert!(duplicate_ran, "the reconciler's duplicate job ran");
     assert_eq!(smtp_state.count(), 1, "mailed once");
     smtp.stop().await;
+}
+
+/// The sender the notifiers of these tests use.
+fn sender() -> kernel::settings::MailSettings {
+    kernel::settings::MailSettings {
+        from: "Mithril <m@example.org>".to_owned(),
+        ..Default::default()
+    }
 }

@@ -17,6 +17,7 @@ mod idempotency;
 mod leaks;
 mod lifecycle;
 mod lifetime;
+mod mail;
 mod measure;
 mod namespace;
 mod notices;

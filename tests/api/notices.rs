@@ -87,7 +87,7 @@ async fn one_refresh_sends_one_notice_to_the_owner_in_their_language() {
     let smtp = SmtpServer::start(smtp_state.clone(), 0).await;
     let app = TestApp::spawn_with(|c| {
         c.mail.smtp_url = Some(smtp.url());
-        c.mail.from = "Mithril Test <mithril@example.org>".to_owned();
+        c.mail.sender.from = "Mithril Test <mithril@example.org>".to_owned();
     })
     .await;
 
@@ -123,6 +123,7 @@ async fn one_refresh_sends_one_notice_to_the_owner_in_their_language() {
             assert!(!text.contains(secret.as_str()), "no secret in the message");
         }
 
+        crate::mail::assert_automatic_mail(&raw.data, locale);
         let message = MessageParser::default().parse(&raw.data).unwrap();
         let event = connection_event::Entity::find().all(&app.db).await.unwrap();
         let event = event.iter().find(|e| e.request_id == request_id).unwrap();

@@ -30,6 +30,7 @@ struct Reminder {
     text: String,
     html: String,
     accepted_at: DateTime<Utc>,
+    raw: Vec<u8>,
 }
 
 /// The reminders among `messages` (rotation notices are the others), from their
@@ -51,6 +52,7 @@ fn reminders(messages: &[ReceivedMail]) -> Vec<Reminder> {
                 text: message.body_text(0)?.into_owned(),
                 html: message.body_html(0)?.into_owned(),
                 accepted_at: raw.accepted_at,
+                raw: raw.data.clone(),
             })
         })
         .collect()
@@ -200,9 +202,9 @@ async fn reminders_go_once_per_threshold_in_the_owners_language_and_never_hold_a
         "no reminder for a secret without expiry"
     );
 
-    for (c, soon, past, kyiv_word) in [
-        (&uk, "спливає", "сплив", "за київським часом"),
-        (&en, "expires on", "has expired", "Kyiv time"),
+    for (c, soon, past, kyiv_word, lang) in [
+        (&uk, "спливає", "сплив", "за київським часом", "uk"),
+        (&en, "expires on", "has expired", "Kyiv time", "en"),
     ] {
         let expires = expires_at(&app, c.connection_id).await;
         let shown = ShownTime::of(expires);
@@ -212,6 +214,7 @@ async fn reminders_go_once_per_threshold_in_the_owners_language_and_never_hold_a
         );
         for r in got.iter().filter(|r| r.connection_id == c.connection_id) {
             assert_eq!(r.to, c.owner_email);
+            crate::mail::assert_automatic_mail(&r.raw, lang);
             let (word, due) = match r.threshold.as_str() {
                 "8s" => (soon, expires - chrono::Duration::seconds(8)),
                 "4s" => (soon, expires - chrono::Duration::seconds(4)),

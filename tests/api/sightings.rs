@@ -136,6 +136,7 @@ async fn a_retired_secret_still_presented_is_counted_shown_and_mailed_once() {
     assert_eq!(stale.len(), 1, "at most one notice a connection a day");
     assert_eq!(stale[0].to, vec![owner_email]);
     let message = MessageParser::default().parse(&stale[0].data).unwrap();
+    crate::mail::assert_automatic_mail(&stale[0].data, "en");
     let text = message.body_text(0).unwrap();
     assert!(text.contains(&connection_id.to_string()), "{text}");
     assert!(text.contains("127.0.0.1"), "{text}");

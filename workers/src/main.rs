@@ -51,14 +51,25 @@ async fn main() -> anyhow::Result<()> {
         &cli.workers.queue_namespace,
     )
     .await?;
+    let metrics = Registry::new();
+    // The apalis and outbox code that only reaches the `metrics` macros lands here too.
+    metrics.install_global();
+    // Built before the port is bound: mail settings that cannot work (a DKIM key that
+    // cannot be read, say) stop the process before it opens anything.
+    let workers = Workers::build(
+        &cli.workers,
+        &db,
+        redis.as_ref(),
+        smtp_url,
+        &common.mail,
+        None,
+        metrics.clone(),
+    )?;
     // Bound before any work starts: a port in use is a start-up error, not a silent gap
     // in the scrape.
     let listener = std::net::TcpListener::bind(cli.bind)
         .map_err(|e| anyhow::anyhow!("binding MITHRIL_WORKERS_BIND {}: {e}", cli.bind))?;
     let bound = listener.local_addr()?;
-    let metrics = Registry::new();
-    // The apalis and outbox code that only reaches the `metrics` macros lands here too.
-    metrics.install_global();
     tokio::spawn(metrics.keep_up());
     let probes = Probe {
         db: db.clone(),
@@ -68,15 +79,6 @@ async fn main() -> anyhow::Result<()> {
     .serve(listener)?;
     let probes_handle = probes.handle();
     tokio::spawn(probes);
-    let workers = Workers::build(
-        &cli.workers,
-        &db,
-        redis.as_ref(),
-        smtp_url,
-        &common.mail_from,
-        None,
-        metrics,
-    )?;
     tracing::info!(
         database = redacted(&common.database_url),
         redis = redis_url.map(redacted),

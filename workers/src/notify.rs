@@ -17,7 +17,7 @@ pub use crate::claim::NotifyError;
 use crate::claim::{Claim, Claimable, Claims};
 use crate::local_time::ShownTime;
 use crate::mail::{
-    DeliveryError, Locale, Mailer, NoticeFields, RenderedNotice, StaleFields, Templates, compose,
+    DeliveryError, Locale, Mailer, NoticeFields, Outgoing, RenderedNotice, StaleFields, Templates,
 };
 use kernel::jobs::{NotifyOwner, NotifyStaleSecret};
 use kernel::metrics::Registry;
@@ -34,7 +34,8 @@ pub struct Notifier {
     pub metrics: Registry,
     pub mailer: Mailer,
     pub templates: Templates,
-    pub mail_from: String,
+    /// The sender, its automatic-mail headers and its DKIM signature.
+    pub outgoing: Outgoing,
     /// How long a claim lasts before another worker may take the notice over.
     pub lease: Duration,
 }
@@ -73,12 +74,7 @@ impl Notifier {
     ) -> Result<Message, NotifyError> {
         let rendered = render(&self.templates, Locale::parse(&owner.locale))
             .map_err(|e| NotifyError::Permanent(format!("rendering the {what}: {e}")))?;
-        Ok(compose(
-            &self.mail_from,
-            &owner.email,
-            message_id,
-            rendered,
-        )?)
+        Ok(self.outgoing.compose(&owner.email, message_id, rendered)?)
     }
 
     /// Sends the notice of `job` unless it is sent, dead, or being sent by another worker.

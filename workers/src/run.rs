@@ -10,12 +10,12 @@ use kernel::jobs::{InvalidateCredentials, Job, NotifyOwner, NotifyStaleSecret, R
 use kernel::metrics::Registry;
 use kernel::queue::{Backend, Queue};
 use kernel::redis_connect::RedisKeys;
-use kernel::settings::{RetrySettings, WorkerSettings};
+use kernel::settings::{MailSettings, RetrySettings, WorkerSettings};
 use sea_orm::DatabaseConnection;
 
 pub use crate::handle::{InvalidateError, Invalidator, LocalApply};
 use crate::handle::{invalidate_credentials, send_mail};
-use crate::mail::{Mailer, Templates};
+use crate::mail::{Mailer, Outgoing, Templates};
 use crate::notify::Notifier;
 use crate::poll::EveryPeriod;
 use crate::prune::Pruner;
@@ -49,18 +49,24 @@ impl Workers {
         db: &DatabaseConnection,
         redis: Option<&kernel::redis_connect::Redis>,
         smtp_url: Option<&str>,
-        mail_from: &str,
+        mail: &MailSettings,
         local: Option<LocalApply>,
         metrics: Registry,
     ) -> anyhow::Result<Self> {
         metrics.jobs_from_zero(&Queue::ALL_KINDS);
+        let outgoing = Outgoing::from_settings(mail)?;
+        if let Some(record) = outgoing.dkim_record_name() {
+            tracing::info!(
+                dns_txt = record,
+                "notices are DKIM-signed: receivers look the public key up at this name"
+            );
+        }
         let notifier = Arc::new(Notifier {
             db: db.clone(),
             metrics: metrics.clone(),
             mailer: Mailer::new(smtp_url, &settings.mail_dir)?,
-            templates: Templates::load()
-                .map_err(|e| anyhow::anyhow!("loading the notice templates: {e}"))?,
-            mail_from: mail_from.to_owned(),
+            templates: Templates::load(mail)?,
+            outgoing,
             lease: settings.notice_lease(),
         });
         Ok(Self {

@@ -1,16 +1,18 @@
 //! Owner notices: rendering from the template files, and the message they make; their
 //! delivery (SMTP or `.eml` files) is `deliver`.
 
-use lettre::Message;
-use lettre::message::{Mailbox, MultiPart};
-use minijinja::{AutoEscape, Environment};
+use kernel::settings::MailSettings;
+use minijinja::{AutoEscape, Environment, Value, context};
 use serde::Serialize;
 
 use crate::local_time::ShownTime;
 
 mod deliver;
+mod outgoing;
+pub mod preview;
 
 pub use deliver::{DeliveryError, Failure, Mailer, smtp_failure};
+pub use outgoing::Outgoing;
 
 /// Everything a notice says. There is deliberately no field for a secret.
 #[derive(Debug, Clone, Serialize)]
@@ -81,7 +83,7 @@ impl Locale {
         }
     }
 
-    fn code(self) -> &'static str {
+    pub fn code(self) -> &'static str {
         match self {
             Self::Uk => "uk",
             Self::En => "en",
@@ -89,9 +91,66 @@ impl Locale {
     }
 }
 
-/// The notice templates, kept as files under `workers/templates/` and compiled in.
+/// The kinds of mail the service sends, each with its template pair (`<kind>.<lang>.j2`
+/// for what it says, `<kind>.<lang>.subject.j2` for its subject line).
+pub const KINDS: [&str; 3] = ["notice", "reminder", "stale"];
+
+/// The template files under `workers/templates/`, compiled in. A kind's `<kind>.<lang>.j2`
+/// holds what it says and extends `layout`, which is the HTML or the text layout: the two
+/// parts of a message are one text in two forms. `chrome.<lang>.j2` holds what every mail
+/// of a language says around it.
+const SOURCES: [(&str, &str); 16] = [
+    (
+        "layout.html",
+        include_str!("../../templates/layout.html.j2"),
+    ),
+    ("layout.txt", include_str!("../../templates/layout.txt.j2")),
+    ("chrome.uk", include_str!("../../templates/chrome.uk.j2")),
+    ("chrome.en", include_str!("../../templates/chrome.en.j2")),
+    ("notice.uk", include_str!("../../templates/notice.uk.j2")),
+    ("notice.en", include_str!("../../templates/notice.en.j2")),
+    (
+        "reminder.uk",
+        include_str!("../../templates/reminder.uk.j2"),
+    ),
+    (
+        "reminder.en",
+        include_str!("../../templates/reminder.en.j2"),
+    ),
+    ("stale.uk", include_str!("../../templates/stale.uk.j2")),
+    ("stale.en", include_str!("../../templates/stale.en.j2")),
+    (
+        "notice.uk.subject",
+        include_str!("../../templates/notice.uk.subject.j2"),
+    ),
+    (
+        "notice.en.subject",
+        include_str!("../../templates/notice.en.subject.j2"),
+    ),
+    (
+        "reminder.uk.subject",
+        include_str!("../../templates/reminder.uk.subject.j2"),
+    ),
+    (
+        "reminder.en.subject",
+        include_str!("../../templates/reminder.en.subject.j2"),
+    ),
+    (
+        "stale.uk.subject",
+        include_str!("../../templates/stale.uk.subject.j2"),
+    ),
+    (
+        "stale.en.subject",
+        include_str!("../../templates/stale.en.subject.j2"),
+    ),
+];
+
+/// The notice templates, with what every mail shows besides its own facts (the owner's
+/// cabinet, the reply address).
 pub struct Templates {
     env: Environment<'static>,
+    portal_url: Option<String>,
+    reply_to: Option<String>,
 }
 
 pub struct RenderedNotice {
@@ -101,92 +160,47 @@ pub struct RenderedNotice {
 }
 
 impl Templates {
-    pub fn load() -> Result<Self, minijinja::Error> {
+    /// The templates of `settings`: `MITHRIL_OWNER_PORTAL_URL`, when set, must be an
+    /// `https://` or `http://` URL (a link in a mail is never anything else).
+    pub fn load(settings: &MailSettings) -> anyhow::Result<Self> {
+        let portal_url = settings
+            .owner_portal_url()
+            .map(|raw| match url::Url::parse(raw) {
+                Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {
+                    Ok(url.to_string())
+                }
+                _ => Err(anyhow::anyhow!(
+                    "MITHRIL_OWNER_PORTAL_URL is not an https:// or http:// URL"
+                )),
+            })
+            .transpose()?;
         let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(true);
+        // Every HTML template is named `….html`, so that is what gets escaped.
         env.set_auto_escape_callback(|name| {
-            if name.contains(".html") {
+            if name.ends_with(".html") {
                 AutoEscape::Html
             } else {
                 AutoEscape::None
             }
         });
-        for (name, source) in [
-            (
-                "notice.uk.subject",
-                include_str!("../../templates/notice.uk.subject.j2"),
-            ),
-            (
-                "notice.uk.txt",
-                include_str!("../../templates/notice.uk.txt.j2"),
-            ),
-            (
-                "notice.uk.html",
-                include_str!("../../templates/notice.uk.html.j2"),
-            ),
-            (
-                "notice.en.subject",
-                include_str!("../../templates/notice.en.subject.j2"),
-            ),
-            (
-                "notice.en.txt",
-                include_str!("../../templates/notice.en.txt.j2"),
-            ),
-            (
-                "notice.en.html",
-                include_str!("../../templates/notice.en.html.j2"),
-            ),
-            (
-                "reminder.uk.subject",
-                include_str!("../../templates/reminder.uk.subject.j2"),
-            ),
-            (
-                "reminder.uk.txt",
-                include_str!("../../templates/reminder.uk.txt.j2"),
-            ),
-            (
-                "reminder.uk.html",
-                include_str!("../../templates/reminder.uk.html.j2"),
-            ),
-            (
-                "reminder.en.subject",
-                include_str!("../../templates/reminder.en.subject.j2"),
-            ),
-            (
-                "reminder.en.txt",
-                include_str!("../../templates/reminder.en.txt.j2"),
-            ),
-            (
-                "reminder.en.html",
-                include_str!("../../templates/reminder.en.html.j2"),
-            ),
-            (
-                "stale.uk.subject",
-                include_str!("../../templates/stale.uk.subject.j2"),
-            ),
-            (
-                "stale.uk.txt",
-                include_str!("../../templates/stale.uk.txt.j2"),
-            ),
-            (
-                "stale.uk.html",
-                include_str!("../../templates/stale.uk.html.j2"),
-            ),
-            (
-                "stale.en.subject",
-                include_str!("../../templates/stale.en.subject.j2"),
-            ),
-            (
-                "stale.en.txt",
-                include_str!("../../templates/stale.en.txt.j2"),
-            ),
-            (
-                "stale.en.html",
-                include_str!("../../templates/stale.en.html.j2"),
-            ),
-        ] {
-            env.add_template(name, source)?;
+        for (name, source) in SOURCES {
+            if name.starts_with("layout.") || name.ends_with(".subject") {
+                env.add_template(name, source)?;
+            } else {
+                // Content and chrome are read in both forms: as `.html`, what they
+                // interpolate is escaped; as `.txt`, it is not.
+                env.add_template_owned(format!("{name}.html"), source)?;
+                env.add_template_owned(format!("{name}.txt"), source)?;
+            }
         }
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            portal_url,
+            reply_to: settings.reply_to().map(str::to_owned),
+        })
     }
 
     /// The rotation notice.
@@ -222,42 +236,32 @@ impl Templates {
         locale: Locale,
         fields: &impl Serialize,
     ) -> Result<RenderedNotice, minijinja::Error> {
-        let render = |part: &str| {
+        let lang = locale.code();
+        let subject = self
+            .env
+            .get_template(&format!("{kind}.{lang}.subject"))?
+            .render(fields)?
+            .trim()
+            .to_owned();
+        let render = |form: &str| {
             self.env
-                .get_template(&format!("{kind}.{}.{part}", locale.code()))?
-                .render(fields)
+                .get_template(&format!("{kind}.{lang}.{form}"))?
+                .render(context! {
+                    layout => format!("layout.{form}"),
+                    chrome_template => format!("chrome.{lang}.{form}"),
+                    lang,
+                    subject,
+                    portal_url => self.portal_url,
+                    reply_to => self.reply_to,
+                    ..Value::from_serialize(fields)
+                })
         };
         Ok(RenderedNotice {
-            subject: render("subject")?.trim().to_owned(),
             text: render("txt")?,
             html: render("html")?,
+            subject,
         })
     }
-}
-
-/// Builds the multipart (text + HTML) notice.
-pub fn compose(
-    from: &str,
-    to: &str,
-    message_id: &str,
-    rendered: RenderedNotice,
-) -> Result<Message, DeliveryError> {
-    let from: Mailbox = from
-        .parse()
-        .map_err(|e| DeliveryError::Permanent(format!("MAIL_FROM is not an address: {e}")))?;
-    let to: Mailbox = to.parse().map_err(|e| {
-        DeliveryError::Permanent(format!("the owner's e-mail is not an address: {e}"))
-    })?;
-    Message::builder()
-        .from(from)
-        .to(to)
-        .subject(rendered.subject)
-        .message_id(Some(message_id.to_owned()))
-        .multipart(MultiPart::alternative_plain_html(
-            rendered.text,
-            rendered.html,
-        ))
-        .map_err(|e| DeliveryError::Permanent(format!("building the message: {e}")))
 }
 
 #[cfg(test)]
@@ -284,7 +288,7 @@ mod tests {
 
     #[test]
     fn both_languages_render_every_field_and_escape_html() {
-        let templates = Templates::load().unwrap();
+        let templates = Templates::load(&MailSettings::default()).unwrap();
         for locale in [Locale::Uk, Locale::En] {
             let notice = templates.render(locale, &fields()).unwrap();
             for part in [&notice.text, &notice.html] {
@@ -315,7 +319,7 @@ mod tests {
 
     #[test]
     fn a_notice_tells_when_the_previous_secret_stops_and_the_new_one_expires() {
-        let templates = Templates::load().unwrap();
+        let templates = Templates::load(&MailSettings::default()).unwrap();
         let shown = |kyiv: &str, utc: &str| ShownTime {
             kyiv: kyiv.into(),
             utc: utc.into(),
@@ -342,7 +346,7 @@ mod tests {
 
     #[test]
     fn reminders_render_in_both_languages_with_the_way_to_rotate() {
-        let templates = Templates::load().unwrap();
+        let templates = Templates::load(&MailSettings::default()).unwrap();
         let reminder = |expired| ReminderFields {
             client_name: "Clinic <One>".into(),
             consumer_name: "MIS".into(),
