@@ -295,18 +295,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Notices {
             command: NoticesCommand::Preview { kind, locale, out },
         } => {
-            use workers::mail::{Locale, Outgoing, Templates, preview};
+            let locale = locale.map(|l| workers::mail::Locale::parse(&l));
             let mail = &cli.settings.common.mail;
-            let kinds = kind.map_or(preview::Kind::ALL.to_vec(), |k| vec![k]);
-            let locales = locale.map_or(vec![Locale::Uk, Locale::En], |l| vec![Locale::parse(&l)]);
-            let written = preview::write(
-                &out,
-                &kinds,
-                &locales,
-                &Templates::load(mail)?,
-                &Outgoing::from_settings(mail)?,
-            )?;
-            for path in written {
+            for path in workers::mail::preview::write(&out, kind, locale, mail)? {
                 println!("{}", path.display());
             }
         }

@@ -33,13 +33,7 @@ async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
     let dkim_key = crate::mail::fixture("rsa-2048.pem")
         .to_string_lossy()
         .into_owned();
-    // Every line of the key's base64: none may appear anywhere.
-    let key_lines: Vec<String> = std::fs::read_to_string(&dkim_key)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .map(str::to_owned)
-        .collect();
+    let key_lines = crate::mail::key_lines(std::path::Path::new(&dkim_key));
     for format in ["text", "json"] {
         let database = TestDatabase::new().await;
         let seeded = seed_database(&database.url).await;
@@ -174,12 +168,7 @@ async fn issued_secrets_reach_no_log_line_mail_file_or_redis_key() {
 #[test]
 fn the_preview_holds_no_line_of_the_dkim_key() {
     let key = crate::mail::fixture("ed25519.pem");
-    let key_lines: Vec<String> = std::fs::read_to_string(&key)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .map(str::to_owned)
-        .collect();
+    let key_lines = crate::mail::key_lines(&key);
     let dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_mithril"))
         .args(["notices", "preview", "--out"])

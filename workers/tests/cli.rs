@@ -15,6 +15,11 @@ fn help_names_every_setting_an_operator_needs() {
         "REDIS_URL",
         "SMTP_URL",
         "MAIL_FROM",
+        "MITHRIL_MAIL_REPLY_TO",
+        "MITHRIL_OWNER_PORTAL_URL",
+        "MITHRIL_DKIM_DOMAIN",
+        "MITHRIL_DKIM_SELECTOR",
+        "MITHRIL_DKIM_KEY_FILE",
         "MITHRIL_QUEUE_NAMESPACE",
     ] {
         assert!(help.contains(variable), "{variable} missing from --help");

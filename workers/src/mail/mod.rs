@@ -91,58 +91,34 @@ impl Locale {
     }
 }
 
-/// The kinds of mail the service sends, each with its template pair (`<kind>.<lang>.j2`
-/// for what it says, `<kind>.<lang>.subject.j2` for its subject line).
-pub const KINDS: [&str; 3] = ["notice", "reminder", "stale"];
+/// `(name, source)` of each template file `workers/templates/<name>.j2`.
+macro_rules! template_files {
+    ($($name:literal),* $(,)?) => {
+        [$(($name, include_str!(concat!("../../templates/", $name, ".j2")))),*]
+    };
+}
 
 /// The template files under `workers/templates/`, compiled in. A kind's `<kind>.<lang>.j2`
 /// holds what it says and extends `layout`, which is the HTML or the text layout: the two
 /// parts of a message are one text in two forms. `chrome.<lang>.j2` holds what every mail
 /// of a language says around it.
-const SOURCES: [(&str, &str); 16] = [
-    (
-        "layout.html",
-        include_str!("../../templates/layout.html.j2"),
-    ),
-    ("layout.txt", include_str!("../../templates/layout.txt.j2")),
-    ("chrome.uk", include_str!("../../templates/chrome.uk.j2")),
-    ("chrome.en", include_str!("../../templates/chrome.en.j2")),
-    ("notice.uk", include_str!("../../templates/notice.uk.j2")),
-    ("notice.en", include_str!("../../templates/notice.en.j2")),
-    (
-        "reminder.uk",
-        include_str!("../../templates/reminder.uk.j2"),
-    ),
-    (
-        "reminder.en",
-        include_str!("../../templates/reminder.en.j2"),
-    ),
-    ("stale.uk", include_str!("../../templates/stale.uk.j2")),
-    ("stale.en", include_str!("../../templates/stale.en.j2")),
-    (
-        "notice.uk.subject",
-        include_str!("../../templates/notice.uk.subject.j2"),
-    ),
-    (
-        "notice.en.subject",
-        include_str!("../../templates/notice.en.subject.j2"),
-    ),
-    (
-        "reminder.uk.subject",
-        include_str!("../../templates/reminder.uk.subject.j2"),
-    ),
-    (
-        "reminder.en.subject",
-        include_str!("../../templates/reminder.en.subject.j2"),
-    ),
-    (
-        "stale.uk.subject",
-        include_str!("../../templates/stale.uk.subject.j2"),
-    ),
-    (
-        "stale.en.subject",
-        include_str!("../../templates/stale.en.subject.j2"),
-    ),
+const SOURCES: [(&str, &str); 16] = template_files![
+    "layout.html",
+    "layout.txt",
+    "chrome.uk",
+    "chrome.en",
+    "notice.uk",
+    "notice.en",
+    "reminder.uk",
+    "reminder.en",
+    "stale.uk",
+    "stale.en",
+    "notice.uk.subject",
+    "notice.en.subject",
+    "reminder.uk.subject",
+    "reminder.en.subject",
+    "stale.uk.subject",
+    "stale.en.subject",
 ];
 
 /// The notice templates, with what every mail shows besides its own facts (the owner's

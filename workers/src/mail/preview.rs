@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
+use kernel::settings::MailSettings;
 
 use super::{
     Locale, NoticeFields, Outgoing, ReminderFields, RenderedNotice, StaleFields, Templates,
@@ -135,21 +136,24 @@ pub fn samples(
     })
 }
 
-/// Writes `<stem>.eml`, `<stem>.html` and `<stem>.txt` of every sample of `kinds` ×
-/// `locales` into `dir` (made if missing); returns the files written. The `.eml` is what
-/// `outgoing` would send: signed when DKIM is configured.
+/// Writes `<stem>.eml`, `<stem>.html` and `<stem>.txt` of every sample of `kind` in
+/// `locale` (all of them when `None`) into `dir` (made if missing); returns the files
+/// written. The `.eml` is what the sender of `mail` would send: signed when DKIM is
+/// configured.
 pub fn write(
     dir: &Path,
-    kinds: &[Kind],
-    locales: &[Locale],
-    templates: &Templates,
-    outgoing: &Outgoing,
+    kind: Option<Kind>,
+    locale: Option<Locale>,
+    mail: &MailSettings,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    let kinds = kind.map_or(Kind::ALL.to_vec(), |k| vec![k]);
+    let locales = locale.map_or(vec![Locale::Uk, Locale::En], |l| vec![l]);
+    let (templates, outgoing) = (Templates::load(mail)?, Outgoing::from_settings(mail)?);
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     let mut written = Vec::new();
-    for &kind in kinds {
-        for &locale in locales {
-            for Sample { stem, rendered } in samples(templates, kind, locale)
+    for &kind in &kinds {
+        for &locale in &locales {
+            for Sample { stem, rendered } in samples(&templates, kind, locale)
                 .map_err(|e| anyhow::anyhow!("rendering the {kind:?} sample: {e}"))?
             {
                 let html = rendered.html.clone();
