@@ -66,14 +66,33 @@ impl RefreshBudget {
         }
     }
 
+    /// Drops the clients whose budget is full again (they would be allowed a whole burst
+    /// anyway), and the map's room for them.
+    fn forget_idle_clients(&self) {
+        self.local.retain_recent();
+        self.local.shrink_to_fit();
+    }
+
+    /// Forgets idle clients every 10 s while `budget` lives: after a storm of clients the
+    /// map shrinks without waiting for the next 4 096 refreshes.
+    pub async fn maintain(budget: std::sync::Weak<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let Some(budget) = budget.upgrade() else {
+                return;
+            };
+            budget.forget_idle_clients();
+        }
+    }
+
     /// Takes one refresh from `client_id`'s budget.
     ///
     /// CAUTION: if Redis fails or is slow, the local budget decides: the limit never
     /// falls open to unlimited, and never turns into a 5xx.
     pub async fn take(&self, client_id: Uuid) -> Decision {
         if self.taken.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-            self.local.retain_recent();
-            self.local.shrink_to_fit();
+            self.forget_idle_clients();
         }
         if let Some((conn, keys, script)) = &self.redis {
             let mut conn = conn.clone();

@@ -63,6 +63,10 @@ impl Service {
             lifetime,
         })
         .start();
+        let budget = budget.map(Arc::new);
+        if let Some(budget) = &budget {
+            tokio::spawn(RefreshBudget::maintain(Arc::downgrade(budget)));
+        }
         Self {
             db,
             registry,
@@ -70,7 +74,7 @@ impl Service {
             gate,
             lifetime,
             sightings,
-            budget: budget.map(Arc::new),
+            budget,
             idempotency_ttl: rotation.idempotency_ttl,
         }
     }
