@@ -19,6 +19,19 @@ use moka::sync::Cache;
 use crate::secrets::SecretDigest;
 use crate::telemetry::{Metrics, REDIS_LINK_UP};
 
+/// Runs `upkeep` on `target` every `period` until the last strong reference to it is
+/// dropped: the timer of an in-memory structure that must shrink without traffic.
+pub async fn while_alive<T>(target: std::sync::Weak<T>, period: Duration, upkeep: impl Fn(&T)) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let Some(target) = target.upgrade() else {
+            return;
+        };
+        upkeep(&target);
+    }
+}
+
 /// How long this instance remembers a retirement (see `CredentialsCache::new`).
 const LOCAL_RETIRED_TTL: Duration = Duration::from_secs(30);
 
@@ -250,14 +263,7 @@ impl CredentialsCache {
 
     /// Runs `run_maintenance` every few seconds, for as long as the cache lives.
     pub async fn maintain(cache: std::sync::Weak<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            let Some(cache) = cache.upgrade() else {
-                return;
-            };
-            cache.run_maintenance();
-        }
+        while_alive(cache, Duration::from_secs(5), Self::run_maintenance).await;
     }
 
     /// After a missed message (a subscription that dropped), nothing local is trusted.

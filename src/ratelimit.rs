@@ -10,7 +10,7 @@ use kernel::redis_connect::RedisKeys;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
-use crate::cache::budgeted;
+use crate::cache::{budgeted, while_alive};
 use crate::config::RateLimit;
 
 /// What the budget says of one more refresh.
@@ -76,14 +76,7 @@ impl RefreshBudget {
     /// Forgets idle clients every 10 s while `budget` lives: after a storm of clients the
     /// map shrinks without waiting for the next 4 096 refreshes.
     pub async fn maintain(budget: std::sync::Weak<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        loop {
-            tick.tick().await;
-            let Some(budget) = budget.upgrade() else {
-                return;
-            };
-            budget.forget_idle_clients();
-        }
+        while_alive(budget, Duration::from_secs(10), Self::forget_idle_clients).await;
     }
 
     /// Takes one refresh from `client_id`'s budget.

@@ -89,7 +89,7 @@ impl MailSettings {
                 .filter_map(|(missing, name)| missing.then_some(name))
                 .collect();
                 anyhow::bail!(
-                    "DKIM needs MITHRIL_DKIM_DOMAIN, MITHRIL_DKIM_SELECTOR and MITHRIL_DKIM_KEY_FILE together, or none of them: {} is not set",
+                    "DKIM needs MITHRIL_DKIM_DOMAIN, MITHRIL_DKIM_SELECTOR and MITHRIL_DKIM_KEY_FILE together, or none of them; not set: {}",
                     missing.join(" and ")
                 )
             }
