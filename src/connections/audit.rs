@@ -42,9 +42,18 @@ pub struct NewEvent<'a> {
 /// Writes one audit event through `conn`, which should be the transaction of the change
 /// it records, so the event commits or rolls back with it. Returns the event's id.
 pub async fn record(conn: &impl ConnectionTrait, event: NewEvent<'_>) -> Result<Uuid, DbErr> {
+    let (id, row) = row(event);
+    connection_event::Entity::insert(row)
+        .exec_without_returning(conn)
+        .await?;
+    Ok(id)
+}
+
+/// The row of one audit event, and its id, for a write that inserts it itself.
+pub fn row(event: NewEvent<'_>) -> (Uuid, connection_event::ActiveModel) {
     // Version 7 ids sort by time, so "newest first" has a stable tie-breaker.
     let id = Uuid::now_v7();
-    connection_event::Entity::insert(connection_event::ActiveModel {
+    let row = connection_event::ActiveModel {
         id: Set(id),
         connection_id: Set(event.connection_id),
         client_id: Set(event.client_id),
@@ -57,10 +66,8 @@ pub async fn record(conn: &impl ConnectionTrait, event: NewEvent<'_>) -> Result<
         grace_period: Set(event.grace_period),
         secret_expires_at: Set(event.secret_expires_at),
         occurred_at: Set(event.occurred_at),
-    })
-    .exec_without_returning(conn)
-    .await?;
-    Ok(id)
+    };
+    (id, row)
 }
 
 /// One entry of a connection's trail: an audit event, or one day's sightings of a

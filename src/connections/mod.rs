@@ -3,6 +3,7 @@
 //! actors; one function decides which digests authenticate; the audit trail.
 mod actor;
 pub mod audit;
+mod compare_and_set;
 mod effects;
 mod error;
 pub mod idempotency;

@@ -18,15 +18,32 @@ pub enum Cause {
     Delete,
 }
 
-/// Records, in the write's own transaction, every digest `change` retires: those it
-/// retires now (for `cause`), and those it keeps only until a grace period ends (then).
-/// A digest recorded before keeps the earlier of its two ends.
+/// Records, in the write's own transaction, every digest `change` retires (see `rows`).
 pub async fn record(
     conn: &impl ConnectionTrait,
     change: &CredentialChange,
     cause: Cause,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
+    let rows = rows(change, cause, now);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    retired_digest::Entity::insert_many(rows)
+        .on_conflict(keep_earlier_end())
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
+/// The rows of every digest `change` retires: those it retires now (for `cause`), and
+/// those it keeps only until a grace period ends (then). Insert them with
+/// `keep_earlier_end`.
+pub fn rows(
+    change: &CredentialChange,
+    cause: Cause,
+    now: DateTime<Utc>,
+) -> Vec<retired_digest::ActiveModel> {
     let now_reason = match cause {
         Cause::Rotation => reason::ROTATED,
         Cause::Delete => reason::DELETED,
@@ -40,7 +57,7 @@ pub async fn record(
                 .valid_until
                 .map(|until| (&still.digest, until, reason::GRACE_ENDED))
         }));
-    let rows: Vec<retired_digest::ActiveModel> = retiring
+    retiring
         .map(|(digest, at, why)| retired_digest::ActiveModel {
             digest: Set(digest.clone()),
             connection_id: Set(change.connection.id),
@@ -49,26 +66,21 @@ pub async fn record(
             retired_at: Set(at),
             reason: Set(why.to_owned()),
         })
-        .collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    retired_digest::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::column(retired_digest::Column::Digest)
-                .update_columns([
-                    retired_digest::Column::RetiredAt,
-                    retired_digest::Column::Reason,
-                ])
-                .action_and_where(
-                    Expr::col((retired_digest::Entity, retired_digest::Column::RetiredAt))
-                        .gt(Expr::cust("excluded.retired_at")),
-                )
-                .to_owned(),
+        .collect()
+}
+
+/// A digest recorded before keeps the earlier of its two ends.
+pub fn keep_earlier_end() -> OnConflict {
+    OnConflict::column(retired_digest::Column::Digest)
+        .update_columns([
+            retired_digest::Column::RetiredAt,
+            retired_digest::Column::Reason,
+        ])
+        .action_and_where(
+            Expr::col((retired_digest::Entity, retired_digest::Column::RetiredAt))
+                .gt(Expr::cust("excluded.retired_at")),
         )
-        .exec_without_returning(conn)
-        .await?;
-    Ok(())
+        .to_owned()
 }
 
 /// The connection `digest` belonged to, if it retired (by `now`) within the window.

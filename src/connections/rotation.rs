@@ -1,21 +1,22 @@
-//! One rotation: a new secret, the old one kept for its grace period, the audit event
-//! and the outbox rows, all in one transaction.
+//! One rotation: a new secret, the old one kept for its grace period, the audit event,
+//! the outbox rows and the retired digests, all written atomically.
 use std::sync::Arc;
 
 use actix::Message;
-use chrono::{Duration, Utc};
-use entity::{connection, outbox};
+use chrono::{DateTime, Duration, Utc};
+use entity::{connection, connection_event, outbox, retired_digest};
 use kernel::jobs::NotifyOwner;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _, TransactionTrait as _,
+    ActiveModelTrait as _, ColumnTrait as _, DatabaseBackend, DatabaseConnection, EntityTrait as _,
+    IntoActiveModel as _, QueryFilter as _, TransactionTrait as _, Value,
 };
 use uuid::Uuid;
 
 use super::audit::{self, Initiator, NewEvent};
 use super::effects::Committed;
 use super::idempotency::{self, Answer, Ticket};
-use super::{ConnectionError, kinds, outbox_rows, retired, store, validity};
+use super::{ConnectionError, compare_and_set, kinds, outbox_rows, retired, store, validity};
 use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
@@ -70,10 +71,36 @@ pub struct Rotated {
     pub committed: Committed,
 }
 
-/// Runs one rotation in one transaction. Safe under any concurrency, on one instance or
-/// many: the row lock orders concurrent rotations of the same connection. The new secret
-/// expires `lifetime` after now (never, when the policy is off).
+/// Runs one rotation, atomically. Safe under any concurrency, on one instance or many:
+/// on PostgreSQL a rotation without an `Idempotency-Key` is one compare-and-set
+/// statement (see `compare_and_set`), and any other write of the row that came first
+/// sends it down the locking path, where the row lock orders concurrent rotations of the
+/// same connection. The new secret expires `lifetime` after now (never, when the policy
+/// is off).
 pub async fn rotate(
+    db: &DatabaseConnection,
+    cmd: &Rotate,
+    lifetime: SecretLifetime,
+) -> Result<Rotated, ConnectionError> {
+    // CAUTION: keyed rotations stay on the locking path: their answer is sealed into the
+    // same transaction (`idempotency::complete`), which the one statement does not write.
+    if db.get_database_backend() == DatabaseBackend::Postgres && cmd.remember.is_none() {
+        // A connection id is never reused, so a row that is not there now never will be.
+        let current = store::find(db, cmd.client_id, cmd.connection_id)
+            .await?
+            .ok_or(ConnectionError::NotFound)?;
+        let plan = Plan::new(&current, cmd, lifetime, Utc::now())?;
+        if compare_and_set::apply(db, current.state_version, &plan).await? {
+            return Ok(plan.into_rotated());
+        }
+        // Another write of the row came between the read and the statement (another
+        // instance's rotation, a re-point, a delete): nothing was written; take the lock.
+    }
+    rotate_locked(db, cmd, lifetime).await
+}
+
+/// One rotation in one transaction, under the row lock.
+async fn rotate_locked(
     db: &DatabaseConnection,
     cmd: &Rotate,
     lifetime: SecretLifetime,
@@ -82,68 +109,96 @@ pub async fn rotate(
     let current = store::lock(&txn, cmd.client_id, cmd.connection_id)
         .await?
         .ok_or(ConnectionError::NotFound)?;
-
-    let now = Utc::now();
-    let secret = Plaintext::generate().map_err(ConnectionError::Internal)?;
-    // Validated against the maximum at the edge; checked again here, as arithmetic.
-    let grace_ends = match cmd.grace_period {
-        0 => None,
-        seconds => Some(
-            Duration::try_seconds(seconds)
-                .and_then(|grace| now.checked_add_signed(grace))
-                .ok_or_else(|| {
-                    ConnectionError::Internal(anyhow::anyhow!("grace period out of range"))
-                })?,
-        ),
-    };
-    // CAUTION: only one previous secret is kept. Without a grace period the old secret
-    // retires now; with one it becomes the previous secret until the grace ends (or its
-    // own expiry, if sooner), and a previous secret still inside an earlier grace period
-    // is displaced (retired).
-    let previous_until = validity::previous_valid_until(grace_ends, current.secret_expires_at, now);
-    let updated = connection::Model {
-        secret_hash: secret.digest().into_string(),
-        previous_secret_hash: previous_until.map(|_| current.secret_hash.clone()),
-        previous_secret_expires_at: previous_until,
-        secret_version: current.secret_version + 1,
-        state_version: current.state_version + 1,
-        secret_expires_at: lifetime.expiry(now),
-        updated_at: now,
-        ..current.clone()
-    };
-    connection::Entity::update_many()
-        .col_expr(
-            connection::Column::SecretHash,
-            Expr::value(updated.secret_hash.clone()),
-        )
-        .col_expr(
-            connection::Column::PreviousSecretHash,
-            Expr::value(updated.previous_secret_hash.clone()),
-        )
-        .col_expr(
-            connection::Column::PreviousSecretExpiresAt,
-            Expr::value(updated.previous_secret_expires_at),
-        )
-        .col_expr(
-            connection::Column::SecretVersion,
-            Expr::value(updated.secret_version),
-        )
-        .col_expr(
-            connection::Column::StateVersion,
-            Expr::value(updated.state_version),
-        )
-        .col_expr(
-            connection::Column::SecretExpiresAt,
-            Expr::value(updated.secret_expires_at),
-        )
-        .col_expr(connection::Column::UpdatedAt, Expr::value(now))
-        .filter(connection::Column::Id.eq(updated.id))
+    let plan = Plan::new(&current, cmd, lifetime, Utc::now())?;
+    let mut update = connection::Entity::update_many();
+    for (column, value) in plan.rotated_values() {
+        update = update.col_expr(column, Expr::value(value));
+    }
+    update
+        .filter(connection::Column::Id.eq(plan.updated.id))
         .exec(&txn)
         .await?;
+    connection_event::Entity::insert(plan.event.clone())
+        .exec_without_returning(&txn)
+        .await?;
+    outbox::Entity::insert_many(plan.outbox.clone())
+        .exec_without_returning(&txn)
+        .await?;
+    if !plan.retired.is_empty() {
+        retired_digest::Entity::insert_many(plan.retired.clone())
+            .on_conflict(retired::keep_earlier_end())
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    if let Some(remember) = &cmd.remember {
+        let answer = Answer {
+            data: (remember.render)(&plan.updated, plan.secret.expose())?,
+            secret_expires_at: plan.updated.secret_expires_at,
+        };
+        idempotency::complete(&txn, &remember.ticket, &answer).await?;
+    }
+    txn.commit().await?;
+    Ok(plan.into_rotated())
+}
 
-    let event_id = audit::record(
-        &txn,
-        NewEvent {
+/// Everything one rotation writes, worked out from the row it replaces: the same rows
+/// whichever path writes them.
+pub(super) struct Plan {
+    pub(super) updated: connection::Model,
+    secret: Plaintext,
+    pub(super) event: connection_event::ActiveModel,
+    pub(super) outbox: Vec<outbox::ActiveModel>,
+    pub(super) retired: Vec<retired_digest::ActiveModel>,
+    committed: Committed,
+}
+
+/// The columns a rotation sets.
+const ROTATED_COLUMNS: [connection::Column; 7] = [
+    connection::Column::SecretHash,
+    connection::Column::PreviousSecretHash,
+    connection::Column::PreviousSecretExpiresAt,
+    connection::Column::SecretVersion,
+    connection::Column::StateVersion,
+    connection::Column::SecretExpiresAt,
+    connection::Column::UpdatedAt,
+];
+
+impl Plan {
+    fn new(
+        current: &connection::Model,
+        cmd: &Rotate,
+        lifetime: SecretLifetime,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ConnectionError> {
+        let secret = Plaintext::generate().map_err(ConnectionError::Internal)?;
+        // Validated against the maximum at the edge; checked again here, as arithmetic.
+        let grace_ends = match cmd.grace_period {
+            0 => None,
+            seconds => Some(
+                Duration::try_seconds(seconds)
+                    .and_then(|grace| now.checked_add_signed(grace))
+                    .ok_or_else(|| {
+                        ConnectionError::Internal(anyhow::anyhow!("grace period out of range"))
+                    })?,
+            ),
+        };
+        // CAUTION: only one previous secret is kept. Without a grace period the old secret
+        // retires now; with one it becomes the previous secret until the grace ends (or
+        // its own expiry, if sooner), and a previous secret still inside an earlier grace
+        // period is displaced (retired).
+        let previous_until =
+            validity::previous_valid_until(grace_ends, current.secret_expires_at, now);
+        let updated = connection::Model {
+            secret_hash: secret.digest().into_string(),
+            previous_secret_hash: previous_until.map(|_| current.secret_hash.clone()),
+            previous_secret_expires_at: previous_until,
+            secret_version: current.secret_version + 1,
+            state_version: current.state_version + 1,
+            secret_expires_at: lifetime.expiry(now),
+            updated_at: now,
+            ..current.clone()
+        };
+        let (event_id, event) = audit::row(NewEvent {
             kind: kinds::SECRET_REFRESHED,
             connection_id: updated.id,
             client_id: updated.client_id,
@@ -152,46 +207,54 @@ pub async fn rotate(
             grace_period: Some(cmd.grace_period),
             secret_expires_at: updated.secret_expires_at,
             occurred_at: now,
-        },
-    )
-    .await?;
-
-    let change = validity::change(&current, Some(&updated), now);
-    let notify = NotifyOwner {
-        event_id,
-        connection_id: updated.id,
-        client_id: updated.client_id,
-        consumer_id: updated.consumer_id,
-        actor_user_id: cmd.actor.user_id,
-        request_id: cmd.actor.request_id.clone(),
-        secret_version: updated.secret_version,
-        grace_period: cmd.grace_period,
-        occurred_at: now,
-        previous_secret_ends_at: Some(previous_until.unwrap_or(now)),
-        secret_expires_at: updated.secret_expires_at,
-        traceparent: kernel::trace::traceparent(),
-    };
-    let (notify_id, notify) = outbox_rows::row(&notify, now)?;
-    let (invalidate_id, invalidate) = outbox_rows::invalidation(event_id, &change, now)?;
-    outbox::Entity::insert_many([notify, invalidate])
-        .exec_without_returning(&txn)
-        .await?;
-    retired::record(&txn, &change, retired::Cause::Rotation, now).await?;
-    if let Some(remember) = &cmd.remember {
-        let answer = Answer {
-            data: (remember.render)(&updated, secret.expose())?,
+        });
+        let change = validity::change(current, Some(&updated), now);
+        let notify = NotifyOwner {
+            event_id,
+            connection_id: updated.id,
+            client_id: updated.client_id,
+            consumer_id: updated.consumer_id,
+            actor_user_id: cmd.actor.user_id,
+            request_id: cmd.actor.request_id.clone(),
+            secret_version: updated.secret_version,
+            grace_period: cmd.grace_period,
+            occurred_at: now,
+            previous_secret_ends_at: Some(previous_until.unwrap_or(now)),
             secret_expires_at: updated.secret_expires_at,
+            traceparent: kernel::trace::traceparent(),
         };
-        idempotency::complete(&txn, &remember.ticket, &answer).await?;
+        let (notify_id, notify) = outbox_rows::row(&notify, now)?;
+        let (invalidate_id, invalidate) = outbox_rows::invalidation(event_id, &change, now)?;
+        let retired = retired::rows(&change, retired::Cause::Rotation, now);
+        Ok(Self {
+            updated,
+            secret,
+            event,
+            outbox: vec![notify, invalidate],
+            retired,
+            committed: Committed {
+                change,
+                outbox_ids: vec![notify_id, invalidate_id],
+            },
+        })
     }
 
-    txn.commit().await?;
-    Ok(Rotated {
-        connection: updated,
-        secret,
-        committed: Committed {
-            change,
-            outbox_ids: vec![notify_id, invalidate_id],
-        },
-    })
+    /// The rotated columns and their new values.
+    pub(super) fn rotated_values(&self) -> impl Iterator<Item = (connection::Column, Value)> {
+        let updated = self.updated.clone().into_active_model();
+        ROTATED_COLUMNS.into_iter().filter_map(move |column| {
+            updated
+                .get(column)
+                .into_value()
+                .map(|value| (column, value))
+        })
+    }
+
+    fn into_rotated(self) -> Rotated {
+        Rotated {
+            connection: self.updated,
+            secret: self.secret,
+            committed: self.committed,
+        }
+    }
 }

@@ -99,3 +99,103 @@ async fn per_client_actors_stop_after_their_idle_timeout() {
     let (status, _) = app.refresh(a.client_id, a.connection_id, &a.token).await;
     assert_eq!(status, 200);
 }
+
+/// On PostgreSQL a refresh reads the row, then writes its rotation in one statement that
+/// matches the state version it read. Here another write (a re-point by another
+/// instance) commits in between: the refresh must notice, take the row lock and rotate
+/// from the row as it is now, so no version is lost and the caches learn the new
+/// `redirect_uri`, not the one the refresh first read.
+#[actix_web::test]
+#[ignore = "needs PostgreSQL: set MITHRIL_TEST_POSTGRES_URL, run with --include-ignored"]
+async fn a_refresh_that_loses_a_race_to_another_write_rotates_the_row_as_it_is_now() {
+    use entity::outbox;
+    use sea_orm::{ConnectionTrait as _, QuerySelect as _, Statement, TransactionTrait as _};
+
+    let app = TestApp::spawn().await;
+    assert!(
+        crate::support::is_postgres(&app),
+        "this test needs MITHRIL_TEST_POSTGRES_URL"
+    );
+    let me = app.owned("MSP").await;
+    let elsewhere = "https://elsewhere.example.org/cb";
+
+    // Another instance re-points the connection and holds its row lock while the
+    // refresh arrives.
+    let other = sea_orm::Database::connect(app.state.config.database.url.as_str())
+        .await
+        .unwrap();
+    let held = other.begin().await.unwrap();
+    connection::Entity::find_by_id(me.connection_id)
+        .lock_exclusive()
+        .one(&held)
+        .await
+        .unwrap()
+        .unwrap();
+    held.execute_raw(Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        "UPDATE connections SET redirect_uri = $1, state_version = state_version + 1 WHERE id = $2",
+        [elsewhere.into(), me.connection_id.into()],
+    ))
+    .await
+    .unwrap();
+
+    let refresh = {
+        let (client, connection, token) = (me.client_id, me.connection_id, me.token.clone());
+        let (http, url) = (
+            app.http.clone(),
+            app.refresh_url(&client.to_string(), &connection.to_string()),
+        );
+        actix_web::rt::spawn(async move {
+            http.patch(url)
+                .bearer_auth(token)
+                .header("x-request-id", "lost-the-race")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let waiting = eventually(Duration::from_secs(10), || async {
+        app.query_i64(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+            >= 1
+    })
+    .await;
+    assert!(waiting, "the refresh waits on the row lock");
+    held.commit().await.unwrap();
+    assert_eq!(refresh.await.unwrap(), 200);
+
+    let row = connection::Entity::find_by_id(me.connection_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.redirect_uri, elsewhere, "the re-point stays");
+    assert_eq!(row.secret_version, 1);
+    assert_eq!(
+        row.state_version, 2,
+        "both writes counted: the re-point's and the rotation's"
+    );
+    let events = connection_event::Entity::find()
+        .filter(connection_event::Column::RequestId.eq("lost-the-race"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "one rotation recorded");
+    assert_eq!(events[0].secret_version, Some(1));
+    let invalidations = outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq("invalidate_credentials"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(invalidations.len(), 1, "one rotation's invalidation");
+    let payload = invalidations[0].payload.to_string();
+    assert!(
+        payload.contains(elsewhere),
+        "the caches learn the row as it is now: {payload}"
+    );
+}
