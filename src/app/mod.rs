@@ -93,8 +93,9 @@ impl Application {
             db.clone(),
             config.http.token_cache_ttl,
             config.http.token_cache_capacity,
-        )
-        .start();
+        );
+        let tokens = authorizer.tokens();
+        let authorizer = authorizer.start();
         let infra = Infrastructure::connect(&config, db).await?;
         infra.spawn_upkeep();
         let (relay, connections, background) = start_domain(&config, &infra)?;
@@ -107,6 +108,7 @@ impl Application {
         let state = web::Data::new(AppState {
             config,
             authorizer,
+            tokens,
             connections,
             relay,
             metrics: infra.metrics.clone(),

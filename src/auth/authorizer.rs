@@ -28,6 +28,14 @@ impl Message for Authorize {
 
 pub struct Authorizer {
     db: DatabaseConnection,
+    tokens: TokenCache,
+}
+
+/// The authorizer's caches. Shared with the request path: a request whose token is cached
+/// (or was refused a moment ago) is decided on its own thread, without a hop to the
+/// actor; only a miss, which reads the database, goes through the mailbox.
+#[derive(Clone)]
+pub struct TokenCache {
     /// Token digest → principal. Bounded, with a short TTL so a blocked user or client is
     /// refused again within `ttl` (an expired token is refused at once: each hit checks
     /// `expires_at`).
@@ -43,19 +51,43 @@ pub struct Authorizer {
     unknown: Cache<SecretDigest, ()>,
 }
 
+impl TokenCache {
+    /// The answer to `msg` from the caches alone; `None` when its token is in neither
+    /// (the database must say).
+    pub fn decide(&self, msg: &Authorize) -> Option<Result<Principal, AuthError>> {
+        let Some(digest) = &msg.token else {
+            return Some(Err(AuthError::AccessDenied));
+        };
+        if let Some(principal) = self.cache.get(digest) {
+            return Some(check(principal, msg.scope, msg.path_client_id.as_deref()));
+        }
+        if self.unknown.contains_key(digest) {
+            return Some(Err(AuthError::AccessDenied));
+        }
+        None
+    }
+}
+
 impl Authorizer {
     pub fn new(db: DatabaseConnection, ttl: Duration, capacity: u64) -> Self {
         Self {
             db,
-            cache: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build(),
-            unknown: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(crate::config::NEGATIVE_CACHE_TTL)
-                .build(),
+            tokens: TokenCache {
+                cache: Cache::builder()
+                    .max_capacity(capacity)
+                    .time_to_live(ttl)
+                    .build(),
+                unknown: Cache::builder()
+                    .max_capacity(capacity)
+                    .time_to_live(crate::config::NEGATIVE_CACHE_TTL)
+                    .build(),
+            },
         }
+    }
+
+    /// The caches, for the request path's own lookups.
+    pub fn tokens(&self) -> TokenCache {
+        self.tokens.clone()
     }
 }
 
@@ -66,8 +98,8 @@ impl Actor for Authorizer {
         // Expired entries leave on a timer, not only when the caches are next written:
         // an idle instance gives back the memory of a burst.
         ctx.run_interval(MAINTENANCE_EVERY, |authorizer, _| {
-            authorizer.cache.run_pending_tasks();
-            authorizer.unknown.run_pending_tasks();
+            authorizer.tokens.cache.run_pending_tasks();
+            authorizer.tokens.unknown.run_pending_tasks();
         });
     }
 }
@@ -81,21 +113,14 @@ impl Handler<Authorize> for Authorizer {
     type Result = ResponseFuture<Result<Principal, AuthError>>;
 
     fn handle(&mut self, msg: Authorize, _: &mut Context<Self>) -> Self::Result {
+        if let Some(decided) = self.tokens.decide(&msg) {
+            return Box::pin(std::future::ready(decided));
+        }
         let Some(digest) = msg.token else {
             return Box::pin(std::future::ready(Err(AuthError::AccessDenied)));
         };
-        if let Some(principal) = self.cache.get(&digest) {
-            return Box::pin(std::future::ready(check(
-                principal,
-                msg.scope,
-                msg.path_client_id,
-            )));
-        }
-        if self.unknown.contains_key(&digest) {
-            return Box::pin(std::future::ready(Err(AuthError::AccessDenied)));
-        }
         let db = self.db.clone();
-        let (cache, unknown) = (self.cache.clone(), self.unknown.clone());
+        let (cache, unknown) = (self.tokens.cache.clone(), self.tokens.unknown.clone());
         Box::pin(async move {
             let principal = match load_principal(&db, &digest).await {
                 Ok(Some(principal)) => principal,
@@ -106,7 +131,7 @@ impl Handler<Authorize> for Authorizer {
                 Err(e) => return Err(e),
             };
             cache.insert(digest, principal.clone());
-            check(principal, msg.scope, msg.path_client_id)
+            check(principal, msg.scope, msg.path_client_id.as_deref())
         })
     }
 }
@@ -122,8 +147,8 @@ impl Handler<CachedTokens> for Authorizer {
     type Result = u64;
 
     fn handle(&mut self, _: CachedTokens, _: &mut Context<Self>) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.tokens.cache.run_pending_tasks();
+        self.tokens.cache.entry_count()
     }
 }
 
@@ -131,7 +156,7 @@ impl Handler<CachedTokens> for Authorizer {
 fn check(
     principal: Principal,
     scope: &str,
-    path_client_id: Option<String>,
+    path_client_id: Option<&str>,
 ) -> Result<Principal, AuthError> {
     if principal.expires_at <= Utc::now() {
         return Err(AuthError::AccessDenied);
@@ -140,7 +165,7 @@ fn check(
         return Err(AuthError::InvalidScopes);
     }
     if let Some(path_client_id) = path_client_id
-        && !may_act_on(&principal, &path_client_id)
+        && !may_act_on(&principal, path_client_id)
     {
         return Err(AuthError::Forbidden);
     }

@@ -3,7 +3,7 @@
 mod authorizer;
 mod rules;
 
-pub use authorizer::{Authorize, Authorizer, CachedTokens};
+pub use authorizer::{Authorize, Authorizer, CachedTokens, TokenCache};
 pub use rules::{Principal, may_act_on};
 
 /// The scopes of API.md's methods.

@@ -15,14 +15,9 @@ use super::idempotency;
 use super::rotation::{Rotate, Rotated, rotate};
 use crate::config::SecretLifetime;
 
-/// Sent by an actor that has had no work for its idle timeout.
-pub struct Idle {
-    pub client_id: Uuid,
-}
-
-impl Message for Idle {
-    type Result = ();
-}
+/// Called by an actor that has had no work for its idle timeout, with its client and
+/// its own address (the registry forgets it).
+pub type IdleHook = Arc<dyn Fn(Uuid, Addr<ConnectionActor>) + Send + Sync>;
 
 /// Whether rotations may still start, and which are running: at shutdown, rotations
 /// still queued are refused and the running ones are waited for, before the outbox is
@@ -68,21 +63,26 @@ pub struct ActorSetup {
 pub struct ConnectionActor {
     client_id: Uuid,
     setup: ActorSetup,
-    /// Where to say it has gone idle (the registry): a recipient, not the registry's
-    /// address, so this module needs nothing of the registry's.
-    idle: Recipient<Idle>,
+    /// How to say it has gone idle (to the registry): a hook, so this module needs
+    /// nothing of the registry's.
+    idle: IdleHook,
     last_active: Instant,
     retiring: bool,
+    /// The row this actor last rotated: the next rotation of the same connection starts
+    /// from it (a hot connection's rotations then cost one statement each). Stale when
+    /// another instance wrote the row since; the rotation notices (see `rotate`).
+    last_written: Option<entity::connection::Model>,
 }
 
 impl ConnectionActor {
-    pub fn new(client_id: Uuid, setup: ActorSetup, idle: Recipient<Idle>) -> Self {
+    pub fn new(client_id: Uuid, setup: ActorSetup, idle: IdleHook) -> Self {
         Self {
             client_id,
             setup,
             idle,
             last_active: Instant::now(),
             retiring: false,
+            last_written: None,
         }
     }
 }
@@ -92,14 +92,12 @@ impl Actor for ConnectionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let tick = (self.setup.idle_timeout / 4).max(Duration::from_millis(10));
-        ctx.run_interval(tick, |actor, _| {
+        ctx.run_interval(tick, |actor, ctx| {
             if !actor.retiring && actor.last_active.elapsed() >= actor.setup.idle_timeout {
                 // The registry drops its address; once the mailbox is empty and no caller
                 // holds an address, the actor stops, after finishing anything queued.
                 actor.retiring = true;
-                actor.idle.do_send(Idle {
-                    client_id: actor.client_id,
-                });
+                (actor.idle)(actor.client_id, ctx.address());
             }
         });
     }
@@ -130,6 +128,13 @@ impl Handler<Rotate> for ConnectionActor {
         }
         let (db, effects) = (self.setup.db.clone(), self.setup.effects.clone());
         let lifetime = self.setup.lifetime;
+        // The newer of the caller's read and this actor's last write of the row.
+        let seen = [msg.seen.as_ref(), self.last_written.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter(|row| row.id == msg.connection_id)
+            .max_by_key(|row| row.state_version)
+            .cloned();
         let span = if kernel::trace::enabled() {
             tracing::info_span!(parent: &msg.span, "rotation", client_id = %msg.client_id, connection_id = %msg.connection_id)
         } else {
@@ -138,7 +143,7 @@ impl Handler<Rotate> for ConnectionActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let _running = running;
-                let rotated = match rotate(&db, &msg, lifetime).await {
+                let rotated = match rotate(&db, &msg, seen.as_ref(), lifetime).await {
                     Ok(rotated) => rotated,
                     Err(e) => {
                         if let Some(remember) = &msg.remember {
@@ -162,6 +167,9 @@ impl Handler<Rotate> for ConnectionActor {
             .into_actor(self)
             .map(|result, actor, _| {
                 actor.last_active = Instant::now();
+                if let Ok(rotated) = &result {
+                    actor.last_written = Some(rotated.connection.clone());
+                }
                 result
             }),
         ))

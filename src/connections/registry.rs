@@ -1,36 +1,87 @@
 //! Starts one `ConnectionActor` per client on demand, hands out its address, and forgets
 //! it when it goes idle or dies.
+//!
+//! A shared map, not an actor: handing out an address is a lookup under a short lock on
+//! the request's own thread, where a registry actor cost every refresh a hop to its
+//! thread and back (profiled under P1 of scripts/bench: thread wake-ups dominated).
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, RandomState};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::actor::{ActorSetup, ConnectionActor, Idle};
+use super::actor::{ActorSetup, ConnectionActor, IdleHook};
 
 pub struct ConnectionRegistry {
     setup: ActorSetup,
     // CAUTION: the registry holds the only lasting strong address of each actor, so
     // dropping the entry is what lets an idle actor stop.
-    actors: HashMap<Uuid, Addr<ConnectionActor>>,
+    actors: Mutex<HashMap<Uuid, Addr<ConnectionActor>>>,
     /// The threads the per-client actors run on, one per core (at least one), stopped
     /// with the registry. Each actor runs its rotations there (SQL building, the
-    /// database protocol, TLS), so rotations of different clients use every core
-    /// instead of queueing on the one thread the registry lives on (profiled: that
-    /// thread capped refreshes far below what the database sustains).
+    /// database protocol, TLS), so rotations of different clients use every core.
     arbiters: Vec<Arbiter>,
     placement: RandomState,
+    /// What each actor calls when it has been idle for its timeout: `forget`.
+    on_idle: IdleHook,
 }
 
 impl ConnectionRegistry {
-    pub fn new(setup: ActorSetup) -> Self {
+    pub fn new(setup: ActorSetup) -> Arc<Self> {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        Self {
-            setup,
-            actors: HashMap::new(),
-            arbiters: (0..threads).map(|_| Arbiter::new()).collect(),
-            placement: RandomState::new(),
+        Arc::new_cyclic(|registry: &Weak<Self>| {
+            let registry = registry.clone();
+            Self {
+                setup,
+                actors: Mutex::new(HashMap::new()),
+                arbiters: (0..threads).map(|_| Arbiter::new()).collect(),
+                placement: RandomState::new(),
+                on_idle: Arc::new(move |client_id, actor| {
+                    if let Some(registry) = registry.upgrade() {
+                        registry.forget(client_id, &actor);
+                    }
+                }),
+            }
+        })
+    }
+
+    /// The address of a client's actor, started if it has none or its actor died.
+    ///
+    /// The caller sends `Rotate` to that address itself: the reply channel is then the
+    /// caller's own, so when the caller goes, actix sees it and skips the rotation.
+    pub fn actor_for(&self, client_id: Uuid) -> Addr<ConnectionActor> {
+        let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+        // CAUTION: an actor that panicked is disconnected; it is replaced here rather
+        // than its dead address handed out again.
+        if let Some(actor) = actors.get(&client_id)
+            && actor.connected()
+        {
+            return actor.clone();
         }
+        let actor = ConnectionActor::new(client_id, self.setup.clone(), self.on_idle.clone());
+        let addr = ConnectionActor::start_in_arbiter(&self.arbiter_for(client_id), move |_| actor);
+        actors.insert(client_id, addr.clone());
+        addr
+    }
+
+    /// Drops the address of an idle actor, unless the client already has another one.
+    fn forget(&self, client_id: Uuid, actor: &Addr<ConnectionActor>) {
+        let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+        if actors.get(&client_id) == Some(actor) {
+            actors.remove(&client_id);
+        }
+        // A map that held a storm of clients gives its memory back once they are idle.
+        if actors.capacity() > 1024 && actors.len() * 4 < actors.capacity() {
+            actors.shrink_to_fit();
+        }
+    }
+
+    /// How many per-client actors are alive: for tests, metrics and memory bounds.
+    pub fn active(&self) -> usize {
+        let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+        actors.retain(|_, actor| actor.connected());
+        actors.len()
     }
 
     /// The arbiter of a client: fixed per client id, so one client's actor is always in
@@ -41,72 +92,10 @@ impl ConnectionRegistry {
     }
 }
 
-impl Actor for ConnectionRegistry {
-    type Context = Context<Self>;
-
-    fn stopped(&mut self, _: &mut Self::Context) {
+impl Drop for ConnectionRegistry {
+    fn drop(&mut self) {
         for arbiter in &self.arbiters {
             arbiter.stop();
         }
-    }
-}
-
-/// The address of a client's actor, started if it has none or its actor died.
-///
-/// The caller sends `Rotate` to that address itself: the reply channel is then the
-/// caller's own, so when the caller goes, actix sees it and skips the rotation.
-pub struct ActorFor {
-    pub client_id: Uuid,
-}
-
-impl Message for ActorFor {
-    type Result = Addr<ConnectionActor>;
-}
-
-impl Handler<ActorFor> for ConnectionRegistry {
-    type Result = MessageResult<ActorFor>;
-
-    fn handle(&mut self, msg: ActorFor, ctx: &mut Context<Self>) -> Self::Result {
-        // CAUTION: an actor that panicked is disconnected; it is replaced here rather
-        // than its dead address handed out again.
-        if let Some(actor) = self.actors.get(&msg.client_id)
-            && actor.connected()
-        {
-            return MessageResult(actor.clone());
-        }
-        let actor =
-            ConnectionActor::new(msg.client_id, self.setup.clone(), ctx.address().recipient());
-        let addr =
-            ConnectionActor::start_in_arbiter(&self.arbiter_for(msg.client_id), move |_| actor);
-        self.actors.insert(msg.client_id, addr.clone());
-        MessageResult(addr)
-    }
-}
-
-impl Handler<Idle> for ConnectionRegistry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Idle, _: &mut Context<Self>) {
-        self.actors.remove(&msg.client_id);
-        // A map that held a storm of clients gives its memory back once they are idle.
-        if self.actors.capacity() > 1024 && self.actors.len() * 4 < self.actors.capacity() {
-            self.actors.shrink_to_fit();
-        }
-    }
-}
-
-/// How many per-client actors are alive: for tests, metrics and memory bounds.
-pub struct ActiveActors;
-
-impl Message for ActiveActors {
-    type Result = usize;
-}
-
-impl Handler<ActiveActors> for ConnectionRegistry {
-    type Result = usize;
-
-    fn handle(&mut self, _: ActiveActors, _: &mut Context<Self>) -> usize {
-        self.actors.retain(|_, actor| actor.connected());
-        self.actors.len()
     }
 }

@@ -31,6 +31,10 @@ pub struct Rotate {
     /// A refresh with an `Idempotency-Key`: its answer is remembered in the rotation's
     /// own transaction.
     pub remember: Option<Remember>,
+    /// The row as the caller read it a moment ago, if it did: on PostgreSQL the rotation
+    /// is worked out from it instead of reading the row again, and if another write has
+    /// changed the row since, the rotation notices and takes the row lock.
+    pub seen: Option<connection::Model>,
     /// The span of the request that asked (the actor runs it on another task): the
     /// rotation's span is its child. `Span::none()` when traces are not exported.
     pub span: tracing::Span,
@@ -71,7 +75,8 @@ pub struct Rotated {
     pub committed: Committed,
 }
 
-/// Runs one rotation, atomically. Safe under any concurrency, on one instance or many:
+/// Runs one rotation, atomically, worked out from `seen` (the row as last read or
+/// written) when given and still current. Safe under any concurrency, on one instance or many:
 /// on PostgreSQL a rotation without an `Idempotency-Key` is one compare-and-set
 /// statement (see `compare_and_set`), and any other write of the row that came first
 /// sends it down the locking path, where the row lock orders concurrent rotations of the
@@ -80,15 +85,22 @@ pub struct Rotated {
 pub async fn rotate(
     db: &DatabaseConnection,
     cmd: &Rotate,
+    seen: Option<&connection::Model>,
     lifetime: SecretLifetime,
 ) -> Result<Rotated, ConnectionError> {
     // CAUTION: keyed rotations stay on the locking path: their answer is sealed into the
     // same transaction (`idempotency::complete`), which the one statement does not write.
     if db.get_database_backend() == DatabaseBackend::Postgres && cmd.remember.is_none() {
-        // A connection id is never reused, so a row that is not there now never will be.
-        let current = store::find(db, cmd.client_id, cmd.connection_id)
-            .await?
-            .ok_or(ConnectionError::NotFound)?;
+        let current = match seen {
+            Some(row) if row.id == cmd.connection_id && row.client_id == cmd.client_id => {
+                row.clone()
+            }
+            // A connection id is never reused, so a row that is not there now never
+            // will be.
+            _ => store::find(db, cmd.client_id, cmd.connection_id)
+                .await?
+                .ok_or(ConnectionError::NotFound)?,
+        };
         let plan = Plan::new(&current, cmd, lifetime, Utc::now())?;
         if compare_and_set::apply(db, current.state_version, &plan).await? {
             return Ok(plan.into_rotated());

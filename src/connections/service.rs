@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor as _, Addr};
 use entity::connection;
 use kernel::credentials::{CachedCredential, ConnectionIds, Verdict};
 use sea_orm::DatabaseConnection;
@@ -14,7 +13,7 @@ use uuid::Uuid;
 use super::actor::{ActorSetup, RotationGate};
 use super::audit::{self, Initiator};
 use super::effects::AfterCommit;
-use super::registry::{ActiveActors, ActorFor, ConnectionRegistry};
+use super::registry::ConnectionRegistry;
 use super::rotation::{Rotate, Rotated};
 use super::sightings::{self, Reason, Sightings};
 use super::store::{self, ListFilter};
@@ -30,7 +29,7 @@ use crate::secrets::SecretDigest;
 #[derive(Clone)]
 pub struct Service {
     pub(super) db: DatabaseConnection,
-    registry: Addr<ConnectionRegistry>,
+    registry: Arc<ConnectionRegistry>,
     effects: Arc<AfterCommit>,
     gate: RotationGate,
     lifetime: SecretLifetime,
@@ -61,8 +60,7 @@ impl Service {
             gate: gate.clone(),
             idle_timeout,
             lifetime,
-        })
-        .start();
+        });
         let budget = budget.map(Arc::new);
         if let Some(budget) = &budget {
             tokio::spawn(RefreshBudget::maintain(Arc::downgrade(budget)));
@@ -96,14 +94,8 @@ impl Service {
         if self.gate.is_closed() {
             return Err(ConnectionError::ShuttingDown);
         }
-        let actor = self
-            .registry
-            .send(ActorFor {
-                client_id: cmd.client_id,
-            })
-            .await
-            .map_err(|_| ConnectionError::ActorStopped)?;
-        actor
+        self.registry
+            .actor_for(cmd.client_id)
             .send(cmd)
             .await
             .map_err(|_| ConnectionError::ActorStopped)?
@@ -306,7 +298,7 @@ impl Service {
 
     /// How many per-client actors are alive.
     pub async fn active_actors(&self) -> usize {
-        self.registry.send(ActiveActors).await.unwrap_or(0)
+        self.registry.active()
     }
 
     /// Runs a write and what follows its commit on a task of its own, so that once it
@@ -350,10 +342,10 @@ mod tests {
             None,
         );
         let client_id = Uuid::new_v4();
-        let actor_for = || service.registry.send(ActorFor { client_id });
+        let actor_for = || service.registry.actor_for(client_id);
 
-        let first = actor_for().await.unwrap();
-        assert_eq!(first, actor_for().await.unwrap(), "one actor per client");
+        let first = actor_for();
+        assert_eq!(first, actor_for(), "one actor per client");
         assert!(first.send(super::super::actor::Crash).await.is_err());
         for _ in 0..200 {
             if !first.connected() {
@@ -362,7 +354,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!first.connected(), "the actor died");
-        let second = actor_for().await.unwrap();
+        let second = actor_for();
         assert!(second.connected(), "a new actor, not the dead address");
         assert_ne!(first, second);
         assert_eq!(service.active_actors().await, 1);

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, TokenCache};
 use crate::config::Config;
 use crate::connections::Service;
 use crate::outbox::OutboxRelay;
@@ -12,6 +12,8 @@ use crate::telemetry::Metrics;
 
 pub struct AppState {
     pub config: Config,
+    /// Answers requests whose token is cached; the rest go to `authorizer`.
+    pub tokens: TokenCache,
     pub authorizer: Addr<Authorizer>,
     pub connections: Service,
     /// For `/metrics`' backlog gauge.

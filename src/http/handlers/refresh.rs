@@ -105,7 +105,7 @@ async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let (principal, client_id, connection_id) =
         authorize_connection(state, req, scope::REFRESH_SECRET, path).await?;
-    existing_connection(state, client_id, connection_id).await?;
+    let seen = existing_connection(state, client_id, connection_id).await?;
     let grace_period = if input::has_body(req) {
         let body = input::body(req, payload).await?;
         input::grace_period(&body, state.config.rotation.max_grace_period.as_secs())?
@@ -118,6 +118,7 @@ async fn rotate(
         grace_period,
         actor: initiator(&principal, meta),
         remember: None,
+        seen: Some(seen),
         span: tracing::Span::current(),
     };
     let rotated = match headers::idempotency_key(req)? {
