@@ -141,7 +141,7 @@ if have("p1.json"):
         id="P3", scenario="verify, warm cache, 64 connections",
         p50=ms(p3["p50_us"]), p99=ms(p3["p99_us"]), tput=f"{rps(p3):.0f} req/s",
         base=f"actix-web hello-world: {rps(hello):.0f} req/s, p50 {ms(hello['p50_us']):.2f} / p99 {ms(hello['p99_us']):.2f} ms",
-        ratio=f"{p3_ratio:.2f} × rps", target="≥ 0.6 ×", ok=p3_ratio >= 0.6 and p3["status4xx"] == 0,
+        ratio=f"{p3_ratio:.2f} × rps", target="≥ 0.75 ×", ok=p3_ratio >= 0.75 and p3["status4xx"] == 0,
         note=f"{p3['status4xx']} 4xx, {p3['status5xx']} 5xx; "
              f"{cpu_per_1000(*cpu('p3_cpu'), p3['ok']):.3f} CPU s / 1 000 verifies "
              f"(hello-world {cpu_per_1000(*cpu('p3_hello_cpu'), hello['ok']):.3f} per 1 000 requests)"))
