@@ -22,8 +22,8 @@ use sea_orm::{
     QueryTrait as _, Statement,
 };
 
+use super::plan::Plan;
 use super::retired;
-use super::rotation::Plan;
 
 /// The common table expression of the update; every insert reads it.
 const UPDATED: &str = "updated";

@@ -9,6 +9,7 @@ mod error;
 pub mod idempotency;
 mod once;
 mod outbox_rows;
+mod plan;
 pub mod policy;
 mod registry;
 pub mod retired;

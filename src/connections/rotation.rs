@@ -3,20 +3,20 @@
 use std::sync::Arc;
 
 use actix::Message;
-use chrono::{DateTime, Duration, Utc};
+use chrono::Utc;
 use entity::{connection, connection_event, outbox, retired_digest};
-use kernel::jobs::NotifyOwner;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, DatabaseBackend, DatabaseConnection, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, TransactionTrait as _, Value,
+    ColumnTrait as _, DatabaseBackend, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+    TransactionTrait as _,
 };
 use uuid::Uuid;
 
-use super::audit::{self, Initiator, NewEvent};
+use super::audit::Initiator;
 use super::effects::Committed;
 use super::idempotency::{self, Answer, Ticket};
-use super::{ConnectionError, compare_and_set, kinds, outbox_rows, retired, store, validity};
+use super::plan::Plan;
+use super::{ConnectionError, compare_and_set, retired, store};
 use crate::config::SecretLifetime;
 use crate::secrets::Plaintext;
 
@@ -101,9 +101,9 @@ pub async fn rotate(
                 .await?
                 .ok_or(ConnectionError::NotFound)?,
         };
-        let plan = Plan::new(&current, cmd, lifetime, Utc::now())?;
+        let plan = Plan::new(&current, cmd.grace_period, &cmd.actor, lifetime, Utc::now())?;
         if compare_and_set::apply(db, current.state_version, &plan).await? {
-            return Ok(plan.into_rotated());
+            return Ok(finished(plan));
         }
         // Another write of the row came between the read and the statement (another
         // instance's rotation, a re-point, a delete): nothing was written; take the lock.
@@ -121,7 +121,7 @@ async fn rotate_locked(
     let current = store::lock(&txn, cmd.client_id, cmd.connection_id)
         .await?
         .ok_or(ConnectionError::NotFound)?;
-    let plan = Plan::new(&current, cmd, lifetime, Utc::now())?;
+    let plan = Plan::new(&current, cmd.grace_period, &cmd.actor, lifetime, Utc::now())?;
     let mut update = connection::Entity::update_many();
     for (column, value) in plan.rotated_values() {
         update = update.col_expr(column, Expr::value(value));
@@ -150,123 +150,14 @@ async fn rotate_locked(
         idempotency::complete(&txn, &remember.ticket, &answer).await?;
     }
     txn.commit().await?;
-    Ok(plan.into_rotated())
+    Ok(finished(plan))
 }
 
-/// Everything one rotation writes, worked out from the row it replaces: the same rows
-/// whichever path writes them.
-pub(super) struct Plan {
-    pub(super) updated: connection::Model,
-    secret: Plaintext,
-    pub(super) event: connection_event::ActiveModel,
-    pub(super) outbox: Vec<outbox::ActiveModel>,
-    pub(super) retired: Vec<retired_digest::ActiveModel>,
-    committed: Committed,
-}
-
-/// The columns a rotation sets.
-const ROTATED_COLUMNS: [connection::Column; 7] = [
-    connection::Column::SecretHash,
-    connection::Column::PreviousSecretHash,
-    connection::Column::PreviousSecretExpiresAt,
-    connection::Column::SecretVersion,
-    connection::Column::StateVersion,
-    connection::Column::SecretExpiresAt,
-    connection::Column::UpdatedAt,
-];
-
-impl Plan {
-    fn new(
-        current: &connection::Model,
-        cmd: &Rotate,
-        lifetime: SecretLifetime,
-        now: DateTime<Utc>,
-    ) -> Result<Self, ConnectionError> {
-        let secret = Plaintext::generate().map_err(ConnectionError::Internal)?;
-        // Validated against the maximum at the edge; checked again here, as arithmetic.
-        let grace_ends = match cmd.grace_period {
-            0 => None,
-            seconds => Some(
-                Duration::try_seconds(seconds)
-                    .and_then(|grace| now.checked_add_signed(grace))
-                    .ok_or_else(|| {
-                        ConnectionError::Internal(anyhow::anyhow!("grace period out of range"))
-                    })?,
-            ),
-        };
-        // CAUTION: only one previous secret is kept. Without a grace period the old secret
-        // retires now; with one it becomes the previous secret until the grace ends (or
-        // its own expiry, if sooner), and a previous secret still inside an earlier grace
-        // period is displaced (retired).
-        let previous_until =
-            validity::previous_valid_until(grace_ends, current.secret_expires_at, now);
-        let updated = connection::Model {
-            secret_hash: secret.digest().into_string(),
-            previous_secret_hash: previous_until.map(|_| current.secret_hash.clone()),
-            previous_secret_expires_at: previous_until,
-            secret_version: current.secret_version + 1,
-            state_version: current.state_version + 1,
-            secret_expires_at: lifetime.expiry(now),
-            updated_at: now,
-            ..current.clone()
-        };
-        let (event_id, event) = audit::row(NewEvent {
-            kind: kinds::SECRET_REFRESHED,
-            connection_id: updated.id,
-            client_id: updated.client_id,
-            actor: &cmd.actor,
-            secret_version: Some(updated.secret_version),
-            grace_period: Some(cmd.grace_period),
-            secret_expires_at: updated.secret_expires_at,
-            occurred_at: now,
-        });
-        let change = validity::change(current, Some(&updated), now);
-        let notify = NotifyOwner {
-            event_id,
-            connection_id: updated.id,
-            client_id: updated.client_id,
-            consumer_id: updated.consumer_id,
-            actor_user_id: cmd.actor.user_id,
-            request_id: cmd.actor.request_id.clone(),
-            secret_version: updated.secret_version,
-            grace_period: cmd.grace_period,
-            occurred_at: now,
-            previous_secret_ends_at: Some(previous_until.unwrap_or(now)),
-            secret_expires_at: updated.secret_expires_at,
-            traceparent: kernel::trace::traceparent(),
-        };
-        let (notify_id, notify) = outbox_rows::row(&notify, now)?;
-        let (invalidate_id, invalidate) = outbox_rows::invalidation(event_id, &change, now)?;
-        let retired = retired::rows(&change, retired::Cause::Rotation, now);
-        Ok(Self {
-            updated,
-            secret,
-            event,
-            outbox: vec![notify, invalidate],
-            retired,
-            committed: Committed {
-                change,
-                outbox_ids: vec![notify_id, invalidate_id],
-            },
-        })
-    }
-
-    /// The rotated columns and their new values.
-    pub(super) fn rotated_values(&self) -> impl Iterator<Item = (connection::Column, Value)> {
-        let updated = self.updated.clone().into_active_model();
-        ROTATED_COLUMNS.into_iter().filter_map(move |column| {
-            updated
-                .get(column)
-                .into_value()
-                .map(|value| (column, value))
-        })
-    }
-
-    fn into_rotated(self) -> Rotated {
-        Rotated {
-            connection: self.updated,
-            secret: self.secret,
-            committed: self.committed,
-        }
+/// The committed outcome of `plan`.
+fn finished(plan: Plan) -> Rotated {
+    Rotated {
+        connection: plan.updated,
+        secret: plan.secret,
+        committed: plan.committed,
     }
 }
