@@ -68,6 +68,8 @@ pub struct ConnectionActor {
     idle: IdleHook,
     last_active: Instant,
     retiring: bool,
+    /// The idle check's timer, cancelled when the actor retires.
+    timer: Option<SpawnHandle>,
 }
 
 impl ConnectionActor {
@@ -78,6 +80,7 @@ impl ConnectionActor {
             idle,
             last_active: Instant::now(),
             retiring: false,
+            timer: None,
         }
     }
 }
@@ -89,14 +92,22 @@ impl Actor for ConnectionActor {
         // Fine enough that an actor is gone within a twelfth of its timeout after it:
         // 65 s at the shipped 60 s, inside P4's 70 s.
         let tick = (self.setup.idle_timeout / 12).max(Duration::from_millis(10));
-        ctx.run_interval(tick, |actor, ctx| {
+        let timer = ctx.run_interval(tick, |actor, ctx| {
             if !actor.retiring && actor.last_active.elapsed() >= actor.setup.idle_timeout {
                 // The registry drops its address; once the mailbox is empty and no caller
                 // holds an address, the actor stops, after finishing anything queued.
                 actor.retiring = true;
                 (actor.idle)(actor.client_id, ctx.address());
+                // CAUTION: the timer is a future of this context, and actix stops an
+                // actor only when none is left: a ticking timer kept every idle actor
+                // alive forever (found reading P4's memory). Not `ctx.stop()`: that would
+                // fail rotations still queued in the mailbox.
+                if let Some(timer) = actor.timer.take() {
+                    ctx.cancel_future(timer);
+                }
             }
         });
+        self.timer = Some(timer);
     }
 }
 

@@ -359,4 +359,37 @@ mod tests {
         assert_ne!(first, second);
         assert_eq!(service.active_actors().await, 1);
     }
+
+    /// Not only forgotten by the registry: the actor itself stops, so a storm of clients
+    /// leaves no actor, mailbox or timer behind once they are idle.
+    #[actix_web::test]
+    async fn an_idle_actor_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded(format!(
+            "sqlite://{}/mithril.db?mode=rwc",
+            dir.path().display()
+        ));
+        let db = crate::db::connect(&config).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let queue = kernel::queue::Queue::connect(&db, None, "test")
+            .await
+            .unwrap();
+        let relay = OutboxRelay::new(db.clone(), queue, Duration::from_secs(600));
+        let cache = Arc::new(CredentialsCache::new(Duration::from_secs(60), 100, None));
+        let mut rotation = Config::embedded("sqlite::memory:").rotation;
+        rotation.actor_idle_timeout = Duration::from_secs(1);
+        let service = Service::start(db, cache, relay, &rotation, None);
+        let actor = service.registry.actor_for(Uuid::new_v4()).downgrade();
+        assert!(actor.upgrade().is_some(), "the actor runs");
+        let mut stopped = false;
+        for _ in 0..500 {
+            if actor.upgrade().is_none() {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(stopped, "an actor idle past its timeout stops");
+        assert_eq!(service.active_actors().await, 0);
+    }
 }
