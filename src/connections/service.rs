@@ -320,8 +320,10 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    #[actix_web::test]
-    async fn a_client_whose_actor_died_gets_a_new_one() {
+    /// A service on a fresh SQLite database, with `rotation`'s settings.
+    async fn service_with(
+        rotation: &crate::config::RotationConfig,
+    ) -> (Service, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded(format!(
             "sqlite://{}/mithril.db?mode=rwc",
@@ -334,13 +336,13 @@ mod tests {
             .unwrap();
         let relay = OutboxRelay::new(db.clone(), queue, Duration::from_secs(600));
         let cache = Arc::new(CredentialsCache::new(Duration::from_secs(60), 100, None));
-        let service = Service::start(
-            db,
-            cache,
-            relay,
-            &Config::embedded("sqlite::memory:").rotation,
-            None,
-        );
+        let service = Service::start(db, cache, relay, rotation, None);
+        (service, dir)
+    }
+
+    #[actix_web::test]
+    async fn a_client_whose_actor_died_gets_a_new_one() {
+        let (service, _dir) = service_with(&Config::embedded("sqlite::memory:").rotation).await;
         let client_id = Uuid::new_v4();
         let actor_for = || service.registry.actor_for(client_id);
 
@@ -364,21 +366,9 @@ mod tests {
     /// leaves no actor, mailbox or timer behind once they are idle.
     #[actix_web::test]
     async fn an_idle_actor_stops() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::embedded(format!(
-            "sqlite://{}/mithril.db?mode=rwc",
-            dir.path().display()
-        ));
-        let db = crate::db::connect(&config).await.unwrap();
-        crate::db::migrate(&db).await.unwrap();
-        let queue = kernel::queue::Queue::connect(&db, None, "test")
-            .await
-            .unwrap();
-        let relay = OutboxRelay::new(db.clone(), queue, Duration::from_secs(600));
-        let cache = Arc::new(CredentialsCache::new(Duration::from_secs(60), 100, None));
         let mut rotation = Config::embedded("sqlite::memory:").rotation;
         rotation.actor_idle_timeout = Duration::from_secs(1);
-        let service = Service::start(db, cache, relay, &rotation, None);
+        let (service, _dir) = service_with(&rotation).await;
         let actor = service.registry.actor_for(Uuid::new_v4()).downgrade();
         assert!(actor.upgrade().is_some(), "the actor runs");
         let mut stopped = false;
